@@ -1,0 +1,178 @@
+"""The latent feature diffusion network (LFDN), its noise schedule and DDIM reconstruction.
+
+The model works on feature vectors z0 of shape (N, D) (D = sum of the backbone's stage channels). It is trained
+to predict z0 from a noised z_t (x0-parameterization), which makes DDIM reconstruction from a small start
+timestep a direct measure of how well the model "knows" a feature vector.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+
+
+class ConfigError(ValueError):
+    """A configuration value is out of its valid range."""
+
+
+@dataclass(frozen=True)
+class LFDNConfig:
+    """Architecture and noise schedule of an LFDN. Paper setting: width 1440, depth 16, T = 100."""
+
+    feature_dim: int
+    width: int = 1440
+    depth: int = 16
+    num_timesteps: int = 100
+    beta_start: float = 0.0015
+    beta_end: float = 0.0195
+
+
+def validate_config(config: LFDNConfig) -> None:
+    """Raise ConfigError when a field of `config` cannot describe a working model."""
+    if config.feature_dim < 1 or config.width < 1 or config.depth < 1:
+        raise ConfigError(f"feature_dim, width and depth must be positive, got {config}")
+    if config.num_timesteps < 1:
+        raise ConfigError(f"num_timesteps must be >= 1, got {config.num_timesteps}")
+    if not 0 < config.beta_start <= config.beta_end < 1:
+        raise ConfigError(f"need 0 < beta_start <= beta_end < 1, got {config.beta_start}, {config.beta_end}")
+
+
+def linear_betas(num_timesteps: int, beta_start: float, beta_end: float) -> Tensor:
+    """Latent-diffusion "linear" schedule: betas = linspace(sqrt(start), sqrt(end), T)^2, shape (T,), float64."""
+    return torch.linspace(math.sqrt(beta_start), math.sqrt(beta_end), num_timesteps, dtype=torch.float64) ** 2
+
+
+def timestep_embedding(timesteps: Tensor, dim: int) -> Tensor:
+    """Sinusoidal embedding of integer timesteps (N,) -> (N, dim)."""
+    half = dim // 2
+    frequencies = torch.exp(-math.log(10000.0) * torch.arange(half, device=timesteps.device) / max(half, 1))
+    angles = timesteps.float()[:, None] * frequencies[None, :]
+    embedding = torch.cat([torch.cos(angles), torch.sin(angles)], dim=1)
+    if dim % 2:
+        embedding = torch.nn.functional.pad(embedding, (0, 1))
+    return embedding
+
+
+class ResidualBlock(nn.Module):
+    """GroupNorm(1) -> SiLU -> Linear, add the timestep embedding, GroupNorm(1) -> SiLU -> Linear (zero-init)."""
+
+    def __init__(self, width: int) -> None:
+        super().__init__()
+        self.norm_in = nn.GroupNorm(1, width)
+        self.linear_in = nn.Linear(width, width)
+        self.time_projection = nn.Linear(width, width)
+        self.norm_out = nn.GroupNorm(1, width)
+        self.linear_out = nn.Linear(width, width)
+        # Zero-initialised output makes every block start as the identity, which keeps deep stacks trainable.
+        nn.init.zeros_(self.linear_out.weight)
+        nn.init.zeros_(self.linear_out.bias)
+
+    def forward(self, hidden: Tensor, time_features: Tensor) -> Tensor:
+        """hidden (N, W), time_features (N, W) (already SiLU-activated) -> (N, W)."""
+        update = self.linear_in(nn.functional.silu(self.norm_in(hidden)))
+        update = update + self.time_projection(time_features)
+        update = self.linear_out(nn.functional.silu(self.norm_out(update)))
+        return hidden + update
+
+
+class LFDN(nn.Module):
+    """MLP denoiser: predicts z0 (N, D) from z_t (N, D) and integer timesteps t (N,) in 1..T."""
+
+    def __init__(self, config: LFDNConfig) -> None:
+        super().__init__()
+        validate_config(config)
+        self.config = config
+        width = config.width
+        self.input_projection = nn.Linear(config.feature_dim, width)
+        self.time_mlp = nn.Sequential(nn.Linear(width, width), nn.SiLU(), nn.Linear(width, width))
+        self.blocks = nn.ModuleList(ResidualBlock(width) for _ in range(config.depth))
+        self.norm_final = nn.GroupNorm(1, width)
+        self.output_projection = nn.Linear(width, config.feature_dim)
+        nn.init.zeros_(self.output_projection.weight)
+        nn.init.zeros_(self.output_projection.bias)
+
+    def forward(self, z_t: Tensor, timesteps: Tensor) -> Tensor:
+        time_features = nn.functional.silu(self.time_mlp(timestep_embedding(timesteps, self.config.width)))
+        hidden = self.input_projection(z_t)
+        for block in self.blocks:
+            hidden = block(hidden, time_features)
+        return self.output_projection(nn.functional.silu(self.norm_final(hidden)))
+
+
+class NoiseSchedule(nn.Module):
+    """Cumulative products of the schedule as buffers, indexed by t in 0..T (alpha_bar[0] = 1)."""
+
+    alpha_bar: Tensor
+
+    def __init__(self, config: LFDNConfig) -> None:
+        super().__init__()
+        betas = linear_betas(config.num_timesteps, config.beta_start, config.beta_end)
+        alpha_bar = torch.cat([torch.ones(1, dtype=torch.float64), torch.cumprod(1.0 - betas, dim=0)])
+        self.num_timesteps = config.num_timesteps
+        # Not persistent: the schedule is rebuilt from the config, so checkpoints hold only learned weights.
+        self.register_buffer("alpha_bar", alpha_bar.float(), persistent=False)
+
+    def q_sample(self, z0: Tensor, timesteps: Tensor, noise: Tensor) -> Tensor:
+        """z_t = sqrt(alpha_bar_t) z0 + sqrt(1 - alpha_bar_t) noise; z0, noise (N, D), timesteps (N,)."""
+        alpha_bar = self.alpha_bar[timesteps][:, None]
+        return alpha_bar.sqrt() * z0 + (1.0 - alpha_bar).sqrt() * noise
+
+
+def ddim_timesteps(start: int, steps: int) -> list[int]:
+    """Decreasing timesteps from `start` to 0 visited by `steps` DDIM steps, e.g. (5, 5) -> [5, 4, 3, 2, 1, 0]."""
+    if steps < 1:
+        raise ConfigError(f"steps must be >= 1, got {steps}")
+    steps = min(steps, start)
+    grid = torch.linspace(start, 0, steps + 1).round().long().tolist()
+    return sorted(set(grid), reverse=True)
+
+
+@torch.inference_mode()
+def ddim_reconstruct(
+    denoiser: nn.Module,
+    schedule: NoiseSchedule,
+    z0: Tensor,
+    start: int,
+    steps: int | None = None,
+    eta: float = 1.0,
+    seed: int = 0,
+    batch_size: int = 4096,
+) -> Tensor:
+    """Noise z0 (N, D) to timestep `start` and reconstruct it with DDIM; returns the reconstruction (N, D).
+
+    `steps` defaults to `start` (one step per timestep). Noise is drawn for the whole set at once from a CPU
+    generator seeded with `seed`, so scores do not depend on the batch size or the device.
+    """
+    if not 1 <= start <= schedule.num_timesteps:
+        raise ConfigError(f"start timestep must be in 1..{schedule.num_timesteps}, got {start}")
+    if eta < 0:
+        raise ConfigError(f"eta must be >= 0, got {eta}")
+    device = z0.device
+    generator = torch.Generator().manual_seed(seed)
+
+    def fresh_noise() -> Tensor:
+        return torch.randn(z0.shape, generator=generator, dtype=torch.float32).to(device)
+
+    alpha_bar = schedule.alpha_bar.to(device)
+    z0 = z0.float()
+    z = alpha_bar[start].sqrt() * z0 + (1.0 - alpha_bar[start]).sqrt() * fresh_noise()
+    path = ddim_timesteps(start, steps if steps is not None else start)
+    for current, following in zip(path[:-1], path[1:], strict=True):
+        predicted_z0 = torch.cat(
+            [
+                denoiser(chunk, torch.full((chunk.shape[0],), current, device=device, dtype=torch.long))
+                for chunk in z.split(batch_size)
+            ]
+        ).float()
+        if following == 0:
+            z = predicted_z0
+            break
+        a_t, a_s = alpha_bar[current], alpha_bar[following]
+        predicted_noise = (z - a_t.sqrt() * predicted_z0) / (1.0 - a_t).sqrt()
+        sigma = eta * ((1.0 - a_s) / (1.0 - a_t) * (1.0 - a_t / a_s)).sqrt()
+        direction = (1.0 - a_s - sigma**2).clamp(min=0.0).sqrt() * predicted_noise
+        z = a_s.sqrt() * predicted_z0 + direction + sigma * fresh_noise()
+    return z

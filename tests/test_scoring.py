@@ -1,0 +1,66 @@
+import numpy as np
+import pytest
+import torch
+
+from dlsr_core.baselines import KNNBaseline, MahalanobisBaseline, NotFittedError
+from dlsr_core.checkpoint import CheckpointError
+from dlsr_core.scoring import mfsim_score, mse_score, stage_cosine_similarity
+
+STAGES = (3, 5, 4)
+
+
+def test_mfsim_of_identical_vectors_is_minus_one():
+    z = torch.randn(6, 12)
+    assert torch.allclose(mfsim_score(z, z.clone(), STAGES), torch.full((6,), -1.0), atol=1e-6)
+
+
+def test_mfsim_is_per_stage_not_global():
+    z = torch.ones(1, 12)
+    reconstruction = z.clone()
+    reconstruction[0, :3] = -1.0  # first stage flipped: cos -1, the other two stages +1
+    assert torch.allclose(stage_cosine_similarity(z, reconstruction, STAGES), torch.tensor([[-1.0, 1.0, 1.0]]))
+    assert mfsim_score(z, reconstruction, STAGES).item() == pytest.approx(-1.0 / 3.0)
+
+
+def test_mse_is_summed_squared_error():
+    z = torch.zeros(2, 12)
+    reconstruction = torch.zeros(2, 12)
+    reconstruction[0, 0], reconstruction[1] = 3.0, 1.0
+    assert mse_score(z, reconstruction).tolist() == [9.0, 12.0]
+
+
+def test_stage_sizes_must_cover_features():
+    with pytest.raises(CheckpointError, match="sum to 11"):
+        stage_cosine_similarity(torch.ones(1, 12), torch.ones(1, 12), (3, 4, 4))
+
+
+def brute_force_knn(train, queries, k):
+    train = train / np.linalg.norm(train, axis=1, keepdims=True)
+    queries = queries / np.linalg.norm(queries, axis=1, keepdims=True)
+    distances = np.linalg.norm(queries[:, None, :] - train[None, :, :], axis=2)
+    return np.sort(distances, axis=1)[:, k - 1]
+
+
+def test_knn_matches_brute_force():
+    rng = np.random.default_rng(0)
+    train, queries = rng.normal(size=(50, 8)), rng.normal(size=(7, 8))
+    knn = KNNBaseline(k=5, chunk_size=3).fit(torch.tensor(train))
+    assert np.allclose(knn.score(torch.tensor(queries)), brute_force_knn(train, queries, 5), atol=1e-5)
+
+
+def test_mahalanobis_matches_numpy_and_orders_outliers():
+    rng = np.random.default_rng(1)
+    train = rng.normal(size=(500, 4)) * [1.0, 2.0, 0.5, 1.0]
+    detector = MahalanobisBaseline(shrinkage=0.0).fit(torch.tensor(train))
+    queries = np.array([[0.0, 0.0, 0.0, 0.0], [0.0, 0.0, 3.0, 0.0]])
+    inverse = np.linalg.inv(np.cov(train, rowvar=False))
+    centered = queries - train.mean(axis=0)
+    expected = np.einsum("nd,de,ne->n", centered, inverse, centered)
+    assert np.allclose(detector.score(torch.tensor(queries)), expected, rtol=1e-6)
+
+
+def test_baselines_refuse_to_score_before_fit():
+    with pytest.raises(NotFittedError):
+        KNNBaseline().score(torch.ones(1, 3))
+    with pytest.raises(NotFittedError):
+        MahalanobisBaseline().score(torch.ones(1, 3))
