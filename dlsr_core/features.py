@@ -45,7 +45,7 @@ def extract_features(
 
     `progress(done, total)` is called after each batch. Items that are None (unreadable files) are skipped.
     """
-    batch_size = batch_size or extractor.default_batch_size
+    batch_size = batch_size or extractor.batch_size_for(input_size)
     total = len(dataset)
     rows: list[Tensor] = []
     kept: list[int] = []
