@@ -59,21 +59,34 @@ def main() -> None:
         train_set = extract_features(extractor, train_images, size)
         train_seconds = time.perf_counter() - started
         id_set = cached_features("demo:fashion_mnist_test", "efficientnet_lite0", input_size=size, extractor=extractor)
-        oods = {s: cached_features(s, "efficientnet_lite0", input_size=size, extractor=extractor).features
-                for s in OOD_SETS}
+        oods = {
+            s: cached_features(s, "efficientnet_lite0", input_size=size, extractor=extractor).features for s in OOD_SETS
+        }
         for model in args.models:
             width, depth = (int(v) for v in model.split("x"))
             run_dir = f"/tmp/dlsr-ablation/{size}px-{model}"
             started = time.perf_counter()
-            train(train_set.features, run_dir, LFDNConfig(train_set.features.shape[1], width, depth),
-                  TrainConfig(epochs=args.epochs, batch_size=128, learning_rate=3e-4, ema_decay=0.995),
-                  Provenance("efficientnet_lite0", "pretrained", size, train_set.stage_dims, train_images.name),
-                  resume=False)
+            train(
+                train_set.features,
+                run_dir,
+                LFDNConfig(train_set.features.shape[1], width, depth),
+                TrainConfig(epochs=args.epochs, batch_size=128, learning_rate=3e-4, ema_decay=0.995),
+                Provenance("efficientnet_lite0", "pretrained", size, train_set.stage_dims, train_images.name),
+                resume=False,
+            )
             fit_seconds = time.perf_counter() - started
-            report = evaluate(Detector.load(run_dir), "demo:fashion_mnist_test", id_set.features, oods,
-                              EvaluationSettings(timestep=args.timestep), train_features=train_set.features)
+            report = evaluate(
+                Detector.load(run_dir),
+                "demo:fashion_mnist_test",
+                id_set.features,
+                oods,
+                EvaluationSettings(timestep=args.timestep),
+                train_features=train_set.features,
+            )
             row = {
-                "input_size": size, "model": model, "extract_img_s": len(train_set) / train_seconds,
+                "input_size": size,
+                "model": model,
+                "extract_img_s": len(train_set) / train_seconds,
                 "train_seconds": fit_seconds,
                 **{f"{score}_auroc_far": report.average(score, OOD_SETS[:3]).auroc for score in report.score_names},
                 **{f"{score}_auroc_near": report.average(score, OOD_SETS[3:]).auroc for score in report.score_names},

@@ -29,9 +29,25 @@ def build_commands(args: argparse.Namespace) -> tuple[list[str], list[str]]:
     data = ["--data-root", args.data_root] + (["--download"] if args.download else [])
     if args.cache_dir:
         data += ["--cache-dir", args.cache_dir]
-    train = ["train", "-d", "torchvision:CIFAR10:train", "--out", args.out, "--width", str(args.width),
-             "--depth", str(args.depth), "--epochs", str(args.epochs), "--train-batch-size", str(args.batch_size),
-             "--lr", str(args.lr), *shared, *data]
+    train = [
+        "train",
+        "-d",
+        "torchvision:CIFAR10:train",
+        "--out",
+        args.out,
+        "--width",
+        str(args.width),
+        "--depth",
+        str(args.depth),
+        "--epochs",
+        str(args.epochs),
+        "--train-batch-size",
+        str(args.batch_size),
+        "--lr",
+        str(args.lr),
+        *shared,
+        *data,
+    ]
     ood = ["torchvision:CIFAR100:test", "torchvision:SVHN:test"]
     for name in FOLDER_OOD_SETS:
         folder = Path(args.ood_root) / name
@@ -39,10 +55,24 @@ def build_commands(args: argparse.Namespace) -> tuple[list[str], list[str]]:
             ood.append(f"folder:{folder}")
         else:
             print(f"note: OOD folder {folder} not found; skipped", file=sys.stderr)
-    evaluate = ["evaluate", "--checkpoint", args.out, "--id", "torchvision:CIFAR10:test", "--ood", *ood,
-                "--train", "torchvision:CIFAR10:train", "-t", str(args.timestep),
-                "--json", str(Path(args.out) / "evaluation.json"), "--csv", str(Path(args.out) / "evaluation.csv"),
-                *data]
+    evaluate = [
+        "evaluate",
+        "--checkpoint",
+        args.out,
+        "--id",
+        "torchvision:CIFAR10:test",
+        "--ood",
+        *ood,
+        "--train",
+        "torchvision:CIFAR10:train",
+        "-t",
+        str(args.timestep),
+        "--json",
+        str(Path(args.out) / "evaluation.json"),
+        "--csv",
+        str(Path(args.out) / "evaluation.csv"),
+        *data,
+    ]
     if args.quiet:
         train.append("--quiet")
         evaluate.append("--quiet")
@@ -52,7 +82,9 @@ def build_commands(args: argparse.Namespace) -> tuple[list[str], list[str]]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data-root", default="data", help="torchvision dataset root")
-    parser.add_argument("--ood-root", default="data", help="folder holding iSUN/, LSUN/, LSUN_resize/, dtd/, places365/")
+    parser.add_argument(
+        "--ood-root", default="data", help="folder holding iSUN/, LSUN/, LSUN_resize/, dtd/, places365/"
+    )
     parser.add_argument("--download", action="store_true", help="let torchvision download CIFAR-10/100 and SVHN")
     parser.add_argument("--out", default="runs/cifar10_efficientnet_b4")
     parser.add_argument("--cache-dir", default=None)

@@ -34,8 +34,14 @@ OOD_SETS = ["demo:digits", "demo:letters", "demo:textures", "demo:fashion_mnist_
 def _fresh_python(code: str, env: dict[str, str] | None = None) -> tuple[dict, int]:
     """Run `code` in a new interpreter; returns its last stdout line as JSON and its peak RSS in KiB."""
     before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
-                            env={**os.environ, **(env or {})}, cwd=Path(__file__).resolve().parent.parent)
+    result = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        check=True,
+        env={**os.environ, **(env or {})},
+        cwd=Path(__file__).resolve().parent.parent,
+    )
     peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
     return json.loads(result.stdout.strip().splitlines()[-1]), max(peak, before)
 
@@ -47,8 +53,9 @@ def backbone_vs_full(run_dir: Path, count: int, timestep: int) -> dict:
     batch = extractor.batch_size_for(detector.input_size)
     extractor(extractor.preprocess(images[:batch], detector.input_size))  # warm-up
     started = time.perf_counter()
-    features = torch.cat([extractor(extractor.preprocess(images[i : i + batch], detector.input_size))
-                          for i in range(0, count, batch)])
+    features = torch.cat(
+        [extractor(extractor.preprocess(images[i : i + batch], detector.input_size)) for i in range(0, count, batch)]
+    )
     backbone_seconds = time.perf_counter() - started
     detector.score_features(features[:batch], timestep)  # warm-up
     started = time.perf_counter()

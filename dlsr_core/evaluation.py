@@ -87,13 +87,15 @@ class EvaluationReport:
                 m = self.average(name) if ood_set == "average" else self.metric(ood_set, name)
                 cells.append(f"{100 * m.auroc:>10.2f} / {100 * m.fpr95:>6.2f}")
             lines.append(f"{ood_set:<28}" + "".join(cells))
-        lines.append(f"{'score img/s (cached feats)':<28}" + "".join(
-            f"{self.score_images_per_second[name]:>20.0f}" for name in names
-        ))
+        lines.append(
+            f"{'score img/s (cached feats)':<28}"
+            + "".join(f"{self.score_images_per_second[name]:>20.0f}" for name in names)
+        )
         if self.backbone_images_per_second is not None:
-            lines.append(f"{'end-to-end img/s':<28}" + "".join(
-                f"{self.end_to_end_images_per_second(name):>20.1f}" for name in names
-            ))
+            lines.append(
+                f"{'end-to-end img/s':<28}"
+                + "".join(f"{self.end_to_end_images_per_second(name):>20.1f}" for name in names)
+            )
         return "\n".join(lines)
 
     def to_dict(self) -> dict:
@@ -132,8 +134,9 @@ def score_all(
     count = sum(len(matrix) for matrix in features.values())
     started = time.perf_counter()
     for name, matrix in features.items():
-        result = detector.score_features(matrix, settings.timestep, settings.steps, settings.eta, settings.seed,
-                                         with_lr=False)
+        result = detector.score_features(
+            matrix, settings.timestep, settings.steps, settings.eta, settings.seed, with_lr=False
+        )
         scores[name].update(mse=result.mse, mfsim=result.mfsim)
     # MSE and MFsim come from the same reconstruction, so they share its cost.
     seconds["mse"] = seconds["mfsim"] = time.perf_counter() - started
@@ -193,14 +196,16 @@ def timestep_sweep(
     seed: int = 0,
     progress: Callable[[int, int], None] | None = None,
 ) -> dict[str, list[float]]:
-    """AUROC of `score` at each start timestep for each OOD set (the paper's Figure 4): name -> [AUROC per t]."""
+    """AUROC of `score` at each start timestep for each OOD set (the paper's Figure 4): name -> [AUROC per t].
+
+    `steps` None means one DDIM step per timestep, as everywhere else.
+    """
     curves: dict[str, list[float]] = {name: [] for name in ood_features}
+    with_lr = score == "lr"
     for position, timestep in enumerate(timesteps):
-        settings = EvaluationSettings(timestep=timestep, steps=steps, seed=seed)
-        id_scores = detector.score_features(id_features, timestep, steps, seed=seed, with_lr=score == "lr").get(score)
+        id_scores = detector.score_features(id_features, timestep, steps, seed=seed, with_lr=with_lr).get(score)
         for name, matrix in ood_features.items():
-            ood_scores = detector.score_features(matrix, timestep, steps, settings.eta, seed,
-                                                 with_lr=score == "lr").get(score)
+            ood_scores = detector.score_features(matrix, timestep, steps, seed=seed, with_lr=with_lr).get(score)
             curves[name].append(ood_metrics(id_scores, ood_scores).auroc)
         if progress is not None:
             progress(position + 1, len(timesteps))

@@ -29,7 +29,12 @@ class CountingExtractor:
 
     def preprocess(self, images, input_size):
         self.images_seen += len(images)
-        return torch.stack([torch.from_numpy(np.asarray(image.resize((2, 2)), dtype=np.float32)).mean(2).reshape(4) for image in images])
+        return torch.stack(
+            [
+                torch.from_numpy(np.asarray(image.resize((2, 2)), dtype=np.float32)).mean(2).reshape(4)
+                for image in images
+            ]
+        )
 
     def __call__(self, batch):
         return batch
@@ -50,10 +55,14 @@ def folder(tmp_path):
 def test_cache_hit_skips_the_backbone(folder, tmp_path):
     extractor = CountingExtractor()
     spec = f"folder:{folder}"
-    first = cached_features(spec, "counting", weights="random", input_size=2, cache_dir=tmp_path / "c", extractor=extractor)
+    first = cached_features(
+        spec, "counting", weights="random", input_size=2, cache_dir=tmp_path / "c", extractor=extractor
+    )
     assert extractor.images_seen == 6 and first.skipped == 1 and len(first) == 6
     assert first.seconds > 0
-    second = cached_features(spec, "counting", weights="random", input_size=2, cache_dir=tmp_path / "c", extractor=extractor)
+    second = cached_features(
+        spec, "counting", weights="random", input_size=2, cache_dir=tmp_path / "c", extractor=extractor
+    )
     assert extractor.images_seen == 6, "cached features must not go through the backbone again"
     assert torch.equal(first.features, second.features) and torch.equal(first.indices, second.indices)
     assert second.seconds == 0.0 and second.skipped == 1
@@ -118,8 +127,12 @@ def test_interrupted_write_leaves_no_valid_cache(tmp_path):
         save_feature_set(__import__("pathlib").Path({str(tmp_path / "f.safetensors")!r}), feature_set,
                          cache_key("toy", "counting", "random:counting", 2))
     """)
-    process = subprocess.Popen([sys.executable, "-c", script], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                               env={**os.environ, "PYTHONPATH": os.getcwd()})
+    process = subprocess.Popen(
+        [sys.executable, "-c", script],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        env={**os.environ, "PYTHONPATH": os.getcwd()},
+    )
     assert process.stdout.readline().strip() == b"half-written"
     process.send_signal(signal.SIGKILL)
     process.wait()

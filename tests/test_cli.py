@@ -14,8 +14,26 @@ def workspace(tmp_path_factory):
     root = tmp_path_factory.mktemp("cli")
     cache = str(root / "cache")
     run = root / "run"
-    code = main(["train", "-d", "demo:fashion_mnist_rotated", "--out", str(run), "--width", "32", "--depth", "1",
-                 "--epochs", "2", "--train-batch-size", "128", "--cache-dir", cache, *FAST])
+    code = main(
+        [
+            "train",
+            "-d",
+            "demo:fashion_mnist_rotated",
+            "--out",
+            str(run),
+            "--width",
+            "32",
+            "--depth",
+            "1",
+            "--epochs",
+            "2",
+            "--train-batch-size",
+            "128",
+            "--cache-dir",
+            cache,
+            *FAST,
+        ]
+    )
     assert code == 0
     return root, cache, run
 
@@ -30,9 +48,30 @@ def test_train_writes_loadable_run(workspace):
 
 def test_evaluate_prints_table_and_writes_json_csv(workspace, capsys):
     root, cache, run = workspace
-    code = main(["evaluate", "--checkpoint", str(run), "--id", "demo:fashion_mnist_rotated", "--ood", "demo:letters",
-                 "--train", "demo:fashion_mnist_rotated", "--knn-k", "5", "--json", str(root / "r.json"),
-                 "--csv", str(root / "r.csv"), "--cache-dir", cache, "--quiet", "-t", "3"])
+    code = main(
+        [
+            "evaluate",
+            "--checkpoint",
+            str(run),
+            "--id",
+            "demo:fashion_mnist_rotated",
+            "--ood",
+            "demo:letters",
+            "--train",
+            "demo:fashion_mnist_rotated",
+            "--knn-k",
+            "5",
+            "--json",
+            str(root / "r.json"),
+            "--csv",
+            str(root / "r.csv"),
+            "--cache-dir",
+            cache,
+            "--quiet",
+            "-t",
+            "3",
+        ]
+    )
     out = capsys.readouterr().out
     assert code == 0
     assert "demo:letters" in out and "average" in out and "AUROC / FPR95" in out
@@ -46,8 +85,22 @@ def test_evaluate_prints_table_and_writes_json_csv(workspace, capsys):
 def test_score_dataset_writes_csv(workspace, tmp_path):
     _, cache, run = workspace
     out = tmp_path / "scores.csv"
-    code = main(["score", "--checkpoint", str(run), "-d", "demo:letters", "-o", str(out), "--cache-dir", cache,
-                 "--quiet", "--seed", "4"])
+    code = main(
+        [
+            "score",
+            "--checkpoint",
+            str(run),
+            "-d",
+            "demo:letters",
+            "-o",
+            str(out),
+            "--cache-dir",
+            cache,
+            "--quiet",
+            "--seed",
+            "4",
+        ]
+    )
     assert code == 0
     lines = out.read_text().splitlines()
     assert lines[0].split(",")[:4] == ["item", "mse", "mfsim", "lr"] and len(lines) == 1 + 1000
@@ -84,8 +137,10 @@ def test_bad_input_gives_one_line_and_exit_2(argv, needle, capsys):
 
 def test_timestep_out_of_range_is_a_clean_error(workspace, capsys):
     _, cache, run = workspace
-    assert main(["score", "--checkpoint", str(run), "-d", "demo:letters", "-t", "500", "--cache-dir", cache,
-                 "--quiet"]) == 2
+    assert (
+        main(["score", "--checkpoint", str(run), "-d", "demo:letters", "-t", "500", "--cache-dir", cache, "--quiet"])
+        == 2
+    )
     assert "1..100" in capsys.readouterr().err
 
 
@@ -101,8 +156,22 @@ def test_same_seed_same_scores(workspace, tmp_path):
     _, cache, run = workspace
     outputs = []
     for name in ("a", "b"):
-        main(["score", "--checkpoint", str(run), "-d", "demo:letters", "-o", str(tmp_path / name), "--cache-dir", cache,
-              "--quiet", "--seed", "9"])
+        main(
+            [
+                "score",
+                "--checkpoint",
+                str(run),
+                "-d",
+                "demo:letters",
+                "-o",
+                str(tmp_path / name),
+                "--cache-dir",
+                cache,
+                "--quiet",
+                "--seed",
+                "9",
+            ]
+        )
         outputs.append((tmp_path / name).read_text())
     assert outputs[0] == outputs[1]
     torch.manual_seed(0)

@@ -8,10 +8,33 @@ from dlsr_core.scoring import Detector
 def test_torchrun_two_cpu_processes_train_with_ddp(tmp_path):
     run = tmp_path / "run"
     command = [
-        sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-        "-m", "dlsr_core", "train", "-d", "digits", "--out", str(run), "--cache-dir", str(tmp_path / "cache"),
-        "--weights", "random", "--input-size", "32", "--width", "32", "--depth", "1", "--epochs", "2",
-        "--train-batch-size", "64", "--quiet",
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node=2",
+        "-m",
+        "dlsr_core",
+        "train",
+        "-d",
+        "digits",
+        "--out",
+        str(run),
+        "--cache-dir",
+        str(tmp_path / "cache"),
+        "--weights",
+        "random",
+        "--input-size",
+        "32",
+        "--width",
+        "32",
+        "--depth",
+        "1",
+        "--epochs",
+        "2",
+        "--train-batch-size",
+        "64",
+        "--quiet",
     ]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.getcwd()}
     result = subprocess.run(command, capture_output=True, text=True, timeout=600, env=env)

@@ -53,33 +53,73 @@ def test_reproduction_path_runs_end_to_end(tmp_path, monkeypatch, capsys):
         for index in range(6):
             Image.new("RGB", (36, 36), (200, index * 30, 10)).save(ood_root / folder / f"{index}.jpg")
     out = tmp_path / "run"
-    code = reproduce_cifar10.main([
-        "--data-root", str(tmp_path / "data"), "--ood-root", str(ood_root), "--out", str(out),
-        "--cache-dir", str(tmp_path / "cache"), "--weights", "random", "--input-size", "32", "--width", "32",
-        "--depth", "1", "--epochs", "2", "--batch-size", "16", "--quiet",
-    ])
+    code = reproduce_cifar10.main(
+        [
+            "--data-root",
+            str(tmp_path / "data"),
+            "--ood-root",
+            str(ood_root),
+            "--out",
+            str(out),
+            "--cache-dir",
+            str(tmp_path / "cache"),
+            "--weights",
+            "random",
+            "--input-size",
+            "32",
+            "--width",
+            "32",
+            "--depth",
+            "1",
+            "--epochs",
+            "2",
+            "--batch-size",
+            "16",
+            "--quiet",
+        ]
+    )
     captured = capsys.readouterr()
     assert code == 0, captured.err
     assert "--backbone efficientnet_b4" in captured.out and "torchvision:CIFAR10:train" in captured.out
     assert "LSUN_resize" in captured.err  # missing folders are reported, not fatal
     report = json.loads((out / "evaluation.json").read_text())
     ood_sets = {row["ood_set"] for row in report["rows"]}
-    assert ood_sets == {"torchvision:CIFAR100:test", "torchvision:SVHN:test", f"folder:{ood_root / 'iSUN'}",
-                        f"folder:{ood_root / 'dtd/images'}"}
+    assert ood_sets == {
+        "torchvision:CIFAR100:test",
+        "torchvision:SVHN:test",
+        f"folder:{ood_root / 'iSUN'}",
+        f"folder:{ood_root / 'dtd/images'}",
+    }
     assert {row["score"] for row in report["rows"]} == {"mse", "mfsim", "lr", "knn", "mahalanobis"}
 
 
 def test_paper_defaults():
     import argparse
 
-    namespace = argparse.Namespace(backbone="efficientnet_b4", weights="pretrained", input_size=224, data_root="d",
-                                   download=True, cache_dir=None, out="o", width=1440, depth=16, epochs=100,
-                                   batch_size=256, lr=1e-4, ood_root="/nonexistent", timestep=5, quiet=False)
+    namespace = argparse.Namespace(
+        backbone="efficientnet_b4",
+        weights="pretrained",
+        input_size=224,
+        data_root="d",
+        download=True,
+        cache_dir=None,
+        out="o",
+        width=1440,
+        depth=16,
+        epochs=100,
+        batch_size=256,
+        lr=1e-4,
+        ood_root="/nonexistent",
+        timestep=5,
+        quiet=False,
+    )
     train, evaluate = reproduce_cifar10.build_commands(namespace)
     joined = " ".join(train)
     assert "--width 1440 --depth 16" in joined and "--input-size 224" in joined and "--download" in joined
     assert evaluate[evaluate.index("--ood") + 1 : evaluate.index("--train")] == [
-        "torchvision:CIFAR100:test", "torchvision:SVHN:test"]
+        "torchvision:CIFAR100:test",
+        "torchvision:SVHN:test",
+    ]
 
 
 def test_help(capsys):

@@ -24,8 +24,10 @@ MODEL = LFDNConfig(feature_dim=12, width=64, depth=2)
 def clusters(seed: int = 0):
     generator = torch.Generator().manual_seed(seed)
     centers = torch.randn(3, 12, generator=generator) * 3.0
+
     def draw(center, count):
         return centers[center] + 0.3 * torch.randn(count, 12, generator=generator)
+
     train_set = torch.cat([draw(0, 600), draw(1, 600)])
     id_test = torch.cat([draw(0, 100), draw(1, 100)])
     return train_set, id_test, draw(2, 200)
@@ -110,6 +112,7 @@ def test_resume_continues_to_the_same_weights(tmp_path):
     def stop_during_epoch_three() -> bool:
         calls["steps"] += 1
         return calls["steps"] == 2 * 10 + 3  # 10 steps per epoch: stop in the middle of epoch 3
+
     partial = train(train_set, interrupted, MODEL, config, PROVENANCE, should_stop=stop_during_epoch_three)
     assert partial.stopped_early and partial.epochs_done == 2
     assert load_checkpoint(interrupted / LAST_NAME).info.epoch == 2
@@ -150,3 +153,34 @@ def test_checkpoint_metadata_is_plain_json(trained_run):
         metadata = handle.metadata()
     assert metadata["format"] == "dlsr-lfdn" and metadata["format_version"] == "1"
     assert json.loads(metadata["info"])["stage_dims"] == list(STAGES)
+
+
+def test_missing_default_model_says_how_to_recreate(monkeypatch, tmp_path):
+    from dlsr_core import checkpoint
+
+    default, other = tmp_path / "default", tmp_path / "other"
+    default.mkdir()
+    other.mkdir()
+    monkeypatch.setattr(checkpoint, "DEFAULT_RUN_DIR", default.resolve())
+    with pytest.raises(CheckpointError, match="python -m dlsr_core train -d fashion_mnist:train"):
+        Detector.load(default)
+    with pytest.raises(CheckpointError, match="holds no last.safetensors"):
+        Detector.load(other)  # any other empty run directory gets the generic advice
+
+
+def test_evaluate_and_sweep_agree_with_direct_metrics(trained_run):
+    from dlsr_core.evaluation import EvaluationSettings, evaluate, timestep_sweep
+
+    run_dir, result, id_test, ood_test = trained_run
+    detector = Detector.load(run_dir)
+    report = evaluate(
+        detector, "id", id_test, {"ood": ood_test}, EvaluationSettings(timestep=4, seed=1), train_features=id_test
+    )
+    direct = ood_metrics(
+        detector.score_features(id_test, 4, seed=1).mfsim, detector.score_features(ood_test, 4, seed=1).mfsim
+    )
+    assert report.metric("ood", "mfsim") == direct
+    assert set(report.score_names) == {"mse", "mfsim", "lr", "knn", "mahalanobis"}
+    assert "average" in report.to_table() and report.to_csv().count("\n") == 1 + 5
+    curves = timestep_sweep(detector, id_test, {"ood": ood_test}, [2, 4], score="mfsim", seed=1)
+    assert curves["ood"][1] == pytest.approx(direct.auroc)
