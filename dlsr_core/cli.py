@@ -181,13 +181,21 @@ def _run_train(args) -> None:
         args.weights if args.weights in ("pretrained", "random") else weights_identity(args.backbone, args.weights)
     )
     provenance = Provenance(args.backbone, weights, args.input_size, features.stage_dims, args.dataset)
-    bar = None if args.quiet or rank != 0 else tqdm(total=args.epochs, desc="epochs", unit="epoch")
+    steps_per_epoch = -(-max(len(features) // world_size, 1) // args.train_batch_size)
+    show = not args.quiet and rank == 0
+    bar = tqdm(total=args.epochs * steps_per_epoch, desc="training", unit="step") if show else None
+
+    def on_step(epoch: int, step: int, loss: float) -> None:
+        if bar is not None:
+            bar.n = (epoch - 1) * steps_per_epoch + step  # absolute position, so a resumed run starts mid-bar
+            if step % 10 == 0 or step == steps_per_epoch:
+                bar.set_postfix(epoch=f"{epoch}/{args.epochs}", loss=f"{loss:.4f}", refresh=False)
+            bar.refresh()
 
     def on_epoch(report) -> None:
         if bar is not None:
-            bar.n = report.epoch
-            bar.set_postfix(loss=f"{report.loss:.4f}", saved="yes" if report.checkpoint_saved else "no")
-            bar.refresh()
+            saved = "checkpoint saved" if report.checkpoint_saved else "no checkpoint"
+            bar.write(f"epoch {report.epoch}/{report.epochs}: mean loss {report.loss:.5f} ({saved})")
 
     result = train(
         features.features,
@@ -196,6 +204,7 @@ def _run_train(args) -> None:
         train_config,
         provenance,
         resume=not args.no_resume,
+        on_step=on_step,
         on_epoch=on_epoch,
     )
     if bar is not None:
