@@ -26,7 +26,7 @@ LAST_NAME = "last.safetensors"
 DEFAULT_RUN_DIR = Path(__file__).resolve().parent.parent / "checkpoints" / "default"
 DEFAULT_RECREATE_COMMAND = (
     "python -m dlsr_core train -d fashion_mnist:train --backbone efficientnet_lite0 --input-size 64 --width 512 "
-    "--depth 6 --epochs 20 --train-batch-size 256 --lr 3e-4 --ema-decay 0.999 --half --out checkpoints/default"
+    "--depth 6 --epochs 10 --train-batch-size 256 --lr 3e-4 --ema-decay 0.999 --half --out checkpoints/default"
 )
 
 
