@@ -23,7 +23,7 @@ from dlsr_core.cache import cached_features
 from dlsr_core.checkpoint import DEFAULT_RUN_DIR
 from dlsr_core.data import open_dataset
 from dlsr_core.evaluation import EvaluationReport, EvaluationSettings, evaluate
-from dlsr_core.scoring import Detector
+from dlsr_core.scoring import DEFAULT_STEPS, Detector
 
 ID_SET = "demo:fashion_mnist_test"
 FAR_SETS = ["demo:digits", "demo:letters", "demo:textures"]
@@ -64,7 +64,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--checkpoint", default=str(DEFAULT_RUN_DIR))
     parser.add_argument("--timestep", "-t", type=int, default=5)
-    parser.add_argument("--steps", type=int, default=None)
+    parser.add_argument("--steps", type=int, default=DEFAULT_STEPS, help="DDIM steps; 0 = one per timestep")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--no-baselines", action="store_true")
     parser.add_argument("--out", default="benchmarks/results", help="folder for default_model.{json,csv,md}")
@@ -84,7 +84,7 @@ def main() -> None:
         ID_SET,
         features(ID_SET),
         {s: features(s) for s in FAR_SETS + NEAR_SETS},
-        EvaluationSettings(timestep=args.timestep, steps=args.steps, seed=args.seed),
+        EvaluationSettings(timestep=args.timestep, steps=args.steps or None, seed=args.seed),
         train_features=train,
         backbone_images_per_second=backbone_images_per_second(extractor, info.input_size),
     )
@@ -92,7 +92,7 @@ def main() -> None:
     machine = f"{platform.machine()} CPU, {torch.get_num_threads()} torch threads, torch {torch.__version__}"
     header = (
         f"Model: {args.checkpoint} ({info.backbone} @ {info.input_size}px, LFDN {info.config.width}x"
-        f"{info.config.depth}, epoch {info.epoch}); t={args.timestep}; cells: AUROC / FPR95 / AUPR-Out (%); "
+        f"{info.config.depth}, epoch {info.epoch}); t={args.timestep}, {args.steps or args.timestep} DDIM step(s); cells: AUROC / FPR95 / AUPR-Out (%); "
         f"machine: {machine}"
     )
     print(header)

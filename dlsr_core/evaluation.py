@@ -14,7 +14,7 @@ from torch import Tensor
 
 from dlsr_core.baselines import KNNBaseline, MahalanobisBaseline
 from dlsr_core.metrics import OODMetrics, ood_metrics
-from dlsr_core.scoring import Detector
+from dlsr_core.scoring import DEFAULT_STEPS, Detector
 
 BASELINE_NAMES = ("knn", "mahalanobis")
 
@@ -24,7 +24,7 @@ class EvaluationSettings:
     """How DLSR scores are computed. Paper: small t (3-10); `steps` None means one DDIM step per timestep."""
 
     timestep: int = 5
-    steps: int | None = None
+    steps: int | None = DEFAULT_STEPS
     eta: float = 1.0
     seed: int = 0
     knn_k: int = 50
@@ -192,13 +192,13 @@ def timestep_sweep(
     ood_features: dict[str, Tensor],
     timesteps: list[int],
     score: str = "mfsim",
-    steps: int | None = None,
+    steps: int | None = DEFAULT_STEPS,
     seed: int = 0,
     progress: Callable[[int, int], None] | None = None,
 ) -> dict[str, list[float]]:
     """AUROC of `score` at each start timestep for each OOD set (the paper's Figure 4): name -> [AUROC per t].
 
-    `steps` None means one DDIM step per timestep, as everywhere else.
+    `steps` None means one DDIM step per timestep.
     """
     curves: dict[str, list[float]] = {name: [] for name in ood_features}
     with_lr = score == "lr"

@@ -23,6 +23,9 @@ from dlsr_core.checkpoint import CheckpointError, LoadedCheckpoint, load_checkpo
 from dlsr_core.diffusion import NoiseSchedule, ddim_reconstruct
 
 SCORE_NAMES = ("mse", "mfsim", "lr")
+# One DDIM step from t straight to the x0 prediction. On the shipped model, 1 step and t steps gave the same AUROC
+# (t=5: MFsim far 99.58 vs 99.61, near 97.54 vs 97.62) at a t-th of the cost; pass steps=None for one per timestep.
+DEFAULT_STEPS = 1
 
 
 def split_stages(features: Tensor, stage_dims: tuple[int, ...]) -> tuple[Tensor, ...]:
@@ -123,8 +126,10 @@ class Detector:
                 f"Extract features with --backbone {self.backbone} or pick a checkpoint trained on {backbone}."
             )
 
-    def reconstruct(self, z0: Tensor, t: int = 5, steps: int | None = None, eta: float = 1.0, seed: int = 0) -> Tensor:
-        """DDIM reconstruction of z0 (N, D) from timestep t under the final model -> (N, D)."""
+    def reconstruct(
+        self, z0: Tensor, t: int = 5, steps: int | None = DEFAULT_STEPS, eta: float = 1.0, seed: int = 0
+    ) -> Tensor:
+        """DDIM reconstruction of z0 (N, D) from timestep t in `steps` steps (None: one per timestep) -> (N, D)."""
         self.check_features(z0)
         return ddim_reconstruct(self.final.model, self.schedule, z0.to(self.device), t, steps, eta, seed)
 
@@ -132,7 +137,7 @@ class Detector:
         self,
         z0: Tensor,
         t: int = 5,
-        steps: int | None = None,
+        steps: int | None = DEFAULT_STEPS,
         eta: float = 1.0,
         seed: int = 0,
         with_lr: bool = True,
