@@ -9,7 +9,6 @@ from __future__ import annotations
 import argparse
 import csv
 import json
-import os
 import sys
 from pathlib import Path
 
@@ -158,16 +157,11 @@ def _run_extract(args) -> None:
 
 
 def _run_train(args) -> None:
-    from dlsr_core.training import Provenance, TrainConfig, train
+    from dlsr_core.training import Provenance, TrainConfig, distributed_context, train
 
-    rank = int(os.environ.get("RANK", "0"))
-    world_size = int(os.environ.get("WORLD_SIZE", "1"))
-    if world_size > 1 and rank != 0:
-        # Rank 0 fills the cache first so that processes do not extract the same images concurrently.
-        torch.distributed.init_process_group(backend="nccl" if torch.cuda.is_available() else "gloo")
-        torch.distributed.barrier()
-    elif world_size > 1:
-        torch.distributed.init_process_group(backend="nccl" if torch.cuda.is_available() else "gloo")
+    rank, world_size, _ = distributed_context()
+    if rank != 0:
+        torch.distributed.barrier()  # rank 0 fills the feature cache first; the others then read it
     features = _features(args, args.dataset, args.backbone, args.weights, args.input_size)
     if world_size > 1 and rank == 0:
         torch.distributed.barrier()

@@ -75,23 +75,20 @@ class TrainResult:
     run_dir: Path
 
 
-def _distributed_context() -> tuple[int, int]:
-    """(rank, world size); initialises the process group when started by torchrun with more than one process."""
+def distributed_context() -> tuple[int, int, torch.device]:
+    """(rank, world size, this process's device). Under torchrun with several processes it initialises the process
+    group once (NCCL on GPU, gloo on CPU) and binds each process to its own GPU, so it is safe to call repeatedly."""
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     if world_size > 1 and not dist.is_initialized():
-        backend = "nccl" if torch.cuda.is_available() else "gloo"
-        dist.init_process_group(backend=backend)
-    if dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size()
-    return 0, 1
-
-
-def _device_for_rank(rank: int) -> torch.device:
+        if torch.cuda.is_available():
+            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")) % torch.cuda.device_count())
+        dist.init_process_group(backend="nccl" if torch.cuda.is_available() else "gloo")
+    rank, world_size = (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
     if torch.cuda.is_available():
-        local_rank = int(os.environ.get("LOCAL_RANK", rank))
-        torch.cuda.set_device(local_rank % torch.cuda.device_count())
-        return torch.device("cuda", torch.cuda.current_device())
-    return torch.device("cpu")
+        if world_size == 1:
+            return rank, world_size, torch.device("cuda")
+        return rank, world_size, torch.device("cuda", torch.cuda.current_device())
+    return rank, world_size, torch.device("cpu")
 
 
 def _ema_update(ema_model: LFDN, model: LFDN, decay: float) -> None:
@@ -135,8 +132,7 @@ def train(
     """
     _validate(features, model_config, train_config, provenance)
     run_dir = Path(run_dir)
-    rank, world_size = _distributed_context()
-    device = _device_for_rank(rank)
+    rank, world_size, device = distributed_context()
     torch.manual_seed(train_config.seed)
 
     model = LFDN(model_config).to(device)
