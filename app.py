@@ -1,0 +1,43 @@
+"""DLSR Explorer: `streamlit run app.py`. Routes to the pages in pages/ and shows the loaded model in the sidebar."""
+
+import os
+
+import streamlit as st
+import torch
+
+from pages import shared
+
+# Half the cores (at most 4) for torch, overridable with DLSR_TORCH_THREADS. On a shared 2-core machine two torch
+# threads competing with other processes made scoring 5x slower than one (measured), and the browser needs a core.
+torch.set_num_threads(int(os.environ.get("DLSR_TORCH_THREADS", max(1, min(4, (os.cpu_count() or 2) // 2)))))
+
+st.set_page_config(page_title="DLSR Explorer", page_icon=":material/search:", layout="wide")
+
+# Streamlit forgets a widget's value when the page holding it is not rendered; re-assigning keeps the timestep,
+# steps and score chosen on one page for the others.
+for key in shared.PERSISTENT_KEYS:
+    if key in st.session_state:
+        st.session_state[key] = st.session_state[key]
+
+PAGES = [
+    st.Page("pages/home.py", title="Home / model", icon=":material/home:", default=True),
+    st.Page("pages/score_images.py", title="Score images", icon=":material/image_search:"),
+    st.Page("pages/distributions.py", title="Score distributions", icon=":material/bar_chart:"),
+    st.Page("pages/feature_map.py", title="Feature map (UMAP)", icon=":material/scatter_plot:"),
+    st.Page("pages/failure_cases.py", title="Failure cases", icon=":material/report:"),
+    st.Page("pages/train.py", title="Train", icon=":material/model_training:"),
+]
+page = st.navigation(PAGES)
+
+with st.sidebar:
+    run_dir = shared.current_run_dir()
+    try:
+        st.markdown(shared.model_caption(shared.load_detector(run_dir), run_dir))
+    except Exception as error:  # the page itself explains; the sidebar only must not crash
+        st.warning(f"No usable model at `{run_dir}` ({type(error).__name__}).")
+    st.caption(
+        "DLSR: diffusion-based layer-wise semantic reconstruction for unsupervised OOD detection "
+        "(NeurIPS 2024). All scores: higher = more OOD."
+    )
+
+page.run()

@@ -1,0 +1,138 @@
+"""Train: extract features of an ID dataset and train an LFDN with live progress; stop any time; use the new model."""
+
+import re
+from pathlib import Path
+
+import pandas as pd
+import streamlit as st
+
+from dlsr_core import explorer
+from dlsr_core.backbones import BACKBONES
+from dlsr_core.data import DatasetError, list_demo_sets, parse_dataset
+from pages import shared
+
+JOB_KEY = "train_job"
+NAME_PATTERN = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
+
+st.title("Train a detector")
+job: explorer.TrainingJob | None = st.session_state.get(JOB_KEY)
+busy = job is not None and job.running
+
+with st.form("train"):
+    source = st.radio("ID dataset", ["Built-in", "torchvision by name", "Image folder"], horizontal=True)
+    columns = st.columns(3)
+    builtin_sets = [f"demo:{name}" for name in list_demo_sets()] + [
+        "fashion_mnist:train",
+        "digits",
+        "letters",
+        "textures",
+    ]
+    builtin = columns[0].selectbox(
+        "Built-in set",
+        builtin_sets,
+        index=builtin_sets.index(explorer.DEMO_ID_SET) if explorer.DEMO_ID_SET in builtin_sets else 0,
+    )
+    torchvision_name = columns[1].text_input(
+        "torchvision dataset", "CIFAR10:train", help="Class[:split]; files must already be on disk unless downloading"
+    )
+    download = columns[1].checkbox("Allow download (needs network)")
+    folder = columns[2].text_input("Image folder path", "", help="All images below this folder, any format")
+    columns = st.columns(4)
+    backbone = columns[0].selectbox(
+        "Backbone",
+        list(BACKBONES),
+        index=list(BACKBONES).index("efficientnet_lite0"),
+        help="efficientnet_lite0 works offline; the others need their weights",
+    )
+    input_size = columns[1].number_input("Input size (px)", 32, 384, 64, step=32)
+    width = columns[2].number_input("LFDN width", 32, 2048, 256, step=32, help="Paper: 1440")
+    depth = columns[3].number_input("LFDN depth (blocks)", 1, 32, 4, help="Paper: 16")
+    columns = st.columns(4)
+    epochs = columns[0].number_input("Epochs", 1, 500, 5)
+    batch_size = columns[1].number_input("Batch size", 16, 4096, 256, step=16)
+    learning_rate = columns[2].number_input("Learning rate", 1e-5, 1e-1, 1e-3, format="%.5f")
+    run_name = columns[3].text_input("Run name", "my_run", help="Saved to checkpoints/<run name>")
+    start = st.form_submit_button("Start training", disabled=busy, type="primary")
+
+if start:
+    spec = {
+        "Built-in": builtin,
+        "torchvision by name": f"torchvision:{torchvision_name}",
+        "Image folder": f"folder:{folder}",
+    }[source]
+    run_dir = explorer.checkpoints_root() / run_name
+    problem = None
+    try:
+        spec = str(parse_dataset(spec))
+    except DatasetError as error:
+        problem = str(error)
+    if not NAME_PATTERN.match(run_name):
+        problem = "the run name may use letters, digits, '_', '-' and '.' only"
+    elif run_dir.resolve() == explorer.default_run_dir().resolve():
+        problem = "that name is the shipped default model; pick another run name"
+    if problem:
+        st.error(f"Cannot start: {problem}")
+    else:
+        request = explorer.TrainRequest(
+            dataset=spec,
+            run_dir=run_dir,
+            backbone=backbone,
+            input_size=int(input_size),
+            width=int(width),
+            depth=int(depth),
+            epochs=int(epochs),
+            batch_size=int(batch_size),
+            learning_rate=float(learning_rate),
+            download=download,
+        )
+        if (run_dir / "resume.pt").exists():
+            st.info(f"`{run_dir}` already has a run: training resumes it (same width/depth/batch size needed).")
+        job = explorer.TrainingJob(request).start()
+        st.session_state[JOB_KEY] = job
+
+
+def _render(job: explorer.TrainingJob) -> None:
+    state = job.snapshot()
+    request = job.request
+    st.markdown(
+        f"**{request.dataset}** → `{request.run_dir}` · {request.backbone} @ {request.input_size}px · "
+        f"width {request.width} × depth {request.depth} · phase: **{state.phase}**"
+    )
+    if state.to_extract:
+        st.progress(state.extracted / state.to_extract, text=f"features: {state.extracted}/{state.to_extract} images")
+    if state.phase in ("training", "finished", "stopped") and state.steps_per_epoch:
+        done = (max(state.epoch - 1, 0) * state.steps_per_epoch + state.step) / (state.epochs * state.steps_per_epoch)
+        st.progress(
+            min(done, 1.0),
+            text=f"epoch {state.epoch}/{state.epochs}, step {state.step}/"
+            f"{state.steps_per_epoch} · checkpoints saved: {state.checkpoints}",
+        )
+    if state.losses:
+        st.line_chart(pd.DataFrame({"training loss": state.losses}), height=220, x_label="step", y_label="loss")
+    if state.message:
+        (st.error if state.phase == "failed" else st.caption)(state.message)
+
+
+@st.fragment(run_every=1.0)
+def _live() -> None:
+    current = st.session_state.get(JOB_KEY)
+    if current is None:
+        return
+    _render(current)
+    if current.running:
+        if st.button("Stop training", help="Stops after the current step; the last saved checkpoint is kept"):
+            current.stop()
+            st.toast("Stopping…")
+    elif not st.session_state.get("train_announced") == id(current):
+        st.session_state["train_announced"] = id(current)
+        st.rerun()  # a full rerun refreshes the "use this model" section below
+
+
+_live()
+job = st.session_state.get(JOB_KEY)
+if job is not None and not job.running and (Path(job.request.run_dir) / "last.safetensors").is_file():
+    st.success(f"`{job.request.run_dir.name}` is now selectable on the Home page.")
+    if st.button("Use this model now"):
+        st.session_state[shared.RUN_KEY] = str(job.request.run_dir)
+        st.switch_page("pages/home.py")
+st.caption(f"Runs are saved under `{explorer.checkpoints_root()}`; training continues if you switch pages.")

@@ -1,0 +1,348 @@
+"""Start `streamlit run app.py` on a free port and visit every page in headless Chromium (selenium).
+
+Used by tests/e2e/test_browser.py and tests/e2e/take_screenshots.py. Needs /usr/bin/chromium, /usr/bin/chromedriver
+and the `selenium` package.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+CHROMIUM = os.environ.get("DLSR_CHROMIUM", "/usr/bin/chromium")
+CHROMEDRIVER = os.environ.get("DLSR_CHROMEDRIVER", "/usr/bin/chromedriver")
+CHROME_FLAGS = (
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+    "--disable-dev-shm-usage",
+    "--window-size=1400,1000",
+)
+MAX_SCREENSHOT_BYTES = 300_000
+
+
+@dataclass(frozen=True)
+class PageCheck:
+    """A page's URL path, text that proves it rendered, and an optional button to press first."""
+
+    name: str
+    link: str  # the sidebar navigation label
+    expect: str
+    click: str | None = None
+    timeout: float = 240.0
+    in_iframe: str | None = None  # text that must appear inside an embedded iframe (the hover-enabled map)
+
+
+PAGES = (
+    PageCheck("home", "Home / model", "Loaded model"),
+    PageCheck("score", "Score images", "95%-TPR threshold", click="Use sample images"),
+    PageCheck("distributions", "Score distributions", "Metrics (percent)"),
+    PageCheck("feature_map", "Feature map (UMAP)", "UMAP of", in_iframe="UMAP (cosine)"),
+    PageCheck("failure_cases", "Failure cases", "OOD scored as ID"),
+    PageCheck("train", "Train", "is now selectable", click="Start training"),
+)
+
+
+def missing_requirements() -> str | None:
+    """Why the browser test cannot run here, or None."""
+    for path, what in ((CHROMIUM, "chromium"), (CHROMEDRIVER, "chromedriver")):
+        if not Path(path).exists() and shutil.which(path) is None:
+            return f"{what} not found at {path} (apt-get install chromium chromium-driver)"
+    try:
+        import selenium  # noqa: F401
+    except ImportError:
+        return "the selenium package is not installed (pip install selenium)"
+    return None
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+class StreamlitServer:
+    """`streamlit run app.py --server.headless true --server.port <free port>` as a context manager."""
+
+    def __init__(self, env: dict[str, str] | None = None) -> None:
+        # Runs trained from the Train page go to a throwaway folder, never into the repository's checkpoints/.
+        self.checkpoints = tempfile.TemporaryDirectory(prefix="dlsr-e2e-runs-")
+        env = {"DLSR_CHECKPOINTS_DIR": self.checkpoints.name, **(env or {})}
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.env = {**os.environ, **(env or {})}
+        self.process: subprocess.Popen | None = None
+        self.log = tempfile.TemporaryFile()
+        self.started_at = 0.0
+
+    def __enter__(self) -> StreamlitServer:
+        self.started_at = time.perf_counter()
+        self.process = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "streamlit",
+                "run",
+                "app.py",
+                "--server.headless",
+                "true",
+                "--server.port",
+                str(self.port),
+                "--server.address",
+                "127.0.0.1",
+                "--browser.gatherUsageStats",
+                "false",
+            ],
+            cwd=REPO,
+            env=self.env,
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
+        )
+        deadline = time.time() + 60
+        while time.time() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"streamlit exited early:\n{self.output()}")
+            try:
+                with urllib.request.urlopen(f"{self.url}/_stcore/health", timeout=2) as response:
+                    if response.status == 200:
+                        return self
+            except OSError:
+                time.sleep(0.3)
+        raise RuntimeError(f"streamlit did not answer on {self.url} within 60 s:\n{self.output()}")
+
+    def output(self) -> str:
+        self.log.seek(0)
+        return self.log.read().decode(errors="replace")[-5000:]
+
+    def __exit__(self, *exc) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+        self.checkpoints.cleanup()
+
+
+def make_driver(user_data_dir: str):
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = CHROMIUM
+    for flag in CHROME_FLAGS:
+        options.add_argument(flag)
+    options.add_argument(f"--user-data-dir={user_data_dir}")
+    return webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
+
+
+def small_png(png: bytes) -> bytes:
+    """Re-encode a screenshot with a 128-colour palette so README images stay small."""
+    from PIL import Image
+
+    image = Image.open(io.BytesIO(png)).convert("RGB")
+    for colours in (128, 64, 32):
+        buffer = io.BytesIO()
+        image.quantize(colors=colours, method=Image.Quantize.MEDIANCUT).save(buffer, format="PNG", optimize=True)
+        if buffer.tell() < MAX_SCREENSHOT_BYTES:
+            break
+    return buffer.getvalue()
+
+
+def click_button(driver, label: str, timeout: float) -> None:
+    """Click the button labelled `label`, waiting for it to be rendered."""
+    from selenium.webdriver.common.by import By
+
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        for button in driver.find_elements(By.TAG_NAME, "button"):
+            try:
+                if button.text.strip() == label:
+                    button.click()
+                    return
+            except Exception:  # re-rendered while we looked: look again
+                break
+        time.sleep(0.3)
+    raise AssertionError(f"no button {label!r} within {timeout:.0f} s")
+
+
+def _click_nav_link(driver, label: str, timeout: float) -> None:
+    from selenium.webdriver.common.by import By
+
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        for link in driver.find_elements(By.CSS_SELECTOR, '[data-testid="stSidebarNavLink"]'):
+            try:
+                if label in link.text:
+                    link.click()
+                    return
+            except Exception:  # re-rendered while we looked: look again
+                break
+        time.sleep(0.3)
+    raise AssertionError(f"no sidebar link {label!r} within {timeout:.0f} s")
+
+
+def _wait_idle(driver, timeout: float) -> None:
+    """Wait until the app's script is no longer running (Streamlit marks it on the stApp element)."""
+    from selenium.webdriver.common.by import By
+
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if driver.find_elements(By.CSS_SELECTOR, '[data-testid="stApp"]:not([data-test-script-state="running"])'):
+            return
+        time.sleep(0.3)
+
+
+def _wait_text(driver, text: str, timeout: float) -> float:
+    from selenium.webdriver.common.by import By
+
+    started = time.perf_counter()
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if text in driver.find_element(By.TAG_NAME, "body").text:
+            return time.perf_counter() - started
+        exceptions = driver.find_elements(By.CSS_SELECTOR, '[data-testid="stException"]')
+        if exceptions:
+            raise AssertionError(f"the page shows an exception: {exceptions[0].text[:500]}")
+        time.sleep(0.3)
+    raise AssertionError(
+        f"{text!r} did not appear within {timeout:.0f} s; page text:\n"
+        f"{driver.find_element(By.TAG_NAME, 'body').text[:1500]}"
+    )
+
+
+def _wait_iframe_text(driver, text: str, timeout: float) -> None:
+    from selenium.webdriver.common.by import By
+
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        for frame in driver.find_elements(By.TAG_NAME, "iframe"):
+            driver.switch_to.frame(frame)
+            try:
+                if text in driver.find_element(By.TAG_NAME, "body").text:
+                    _check_hover_thumbnail(driver)
+                    return
+            finally:
+                driver.switch_to.default_content()
+        time.sleep(0.5)
+    raise AssertionError(f"{text!r} did not appear inside an iframe within {timeout:.0f} s")
+
+
+def _check_hover_thumbnail(driver) -> None:
+    """Inside the map's iframe: moving the mouse onto the first point must show its thumbnail and score."""
+    from selenium.webdriver.common.action_chains import ActionChains
+    from selenium.webdriver.common.by import By
+
+    left, top, width, height = driver.execute_script(
+        """
+        const gd = document.getElementById('map'); const layout = gd._fullLayout;
+        const x = gd._fullData[0].x[0], y = gd._fullData[0].y[0];
+        return [layout._size.l + layout.xaxis.l2p(x), layout._size.t + layout.yaxis.l2p(y),
+                gd.clientWidth, gd.clientHeight];
+        """
+    )
+    plot = driver.find_element(By.ID, "map")  # Selenium offsets are from the element's centre
+    ActionChains(driver).move_to_element_with_offset(plot, int(left - width / 2), int(top - height / 2)).perform()
+    deadline = time.time() + 10
+    while time.time() < deadline:
+        source = driver.execute_script("const i = document.querySelector('#hover img'); return i && i.src;")
+        if source:
+            assert source.startswith("data:image/png;base64,"), source[:40]
+            assert "score" in driver.execute_script("return document.getElementById('hover').textContent;")
+            return
+        time.sleep(0.2)
+    raise AssertionError("hovering a point did not show its thumbnail")
+
+
+def _change_timestep(driver, timeout: float = 60) -> float:
+    """Press → on the timestep slider (5 → 6) and time until the page shows the re-scored result."""
+    from selenium.webdriver.common.action_chains import ActionChains
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.common.keys import Keys
+
+    # The first slider is the timestep; its <input type=range> is visually hidden, so focus it by script.
+    slider = driver.find_elements(By.CSS_SELECTOR, '[data-testid="stSlider"] input[type="range"]')[0]
+    before = slider.get_attribute("value")
+    target = f"at t={int(before) + 1},"
+    driver.execute_script("arguments[0].focus();", slider)
+    # Poll inside the page (textContent of the alerts is cheap; WebDriver's body.text takes seconds on this page)
+    # and time from the key press to the new result with the browser's own clock.
+    driver.execute_script(
+        """
+        window.__dlsrChange = {start: performance.now(), done: null};
+        const timer = setInterval(() => {
+          const alerts = [...document.querySelectorAll('[data-testid="stAlert"]')].map((a) => a.textContent);
+          if (alerts.some((text) => text.includes(arguments[0]))) {
+            window.__dlsrChange.done = performance.now();
+            clearInterval(timer);
+          }
+        }, 10);
+        """,
+        target,
+    )
+    ActionChains(driver).send_keys(Keys.ARROW_RIGHT).perform()
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        change = driver.execute_script("return window.__dlsrChange;")
+        if change["done"] is not None:
+            return (change["done"] - change["start"]) / 1000.0
+        time.sleep(0.1)
+    raise AssertionError(f"the Score page did not re-score at t={int(before) + 1} within {timeout} s")
+
+
+def visit_all(server: StreamlitServer, screenshot_dir: Path, pages=PAGES) -> dict[str, float]:
+    """Load each page, press its button, wait for its text, check for exceptions, save a screenshot.
+
+    Returns seconds per page; 'first_page_from_start' is the time from launching the server to a usable Home page.
+    """
+    from selenium.webdriver.common.action_chains import ActionChains
+    from selenium.webdriver.common.by import By
+
+    screenshot_dir.mkdir(parents=True, exist_ok=True)
+    timings: dict[str, float] = {}
+    with tempfile.TemporaryDirectory(prefix="dlsr-chrome-") as profile:
+        driver = make_driver(profile)
+        try:
+            for page in pages:
+                started = time.perf_counter()
+                if page is pages[0]:
+                    driver.get(server.url)
+                else:  # navigate like a user, in the same session: the model must not be reloaded
+                    _click_nav_link(driver, page.link, page.timeout)
+                if page.click:
+                    _wait_text(driver, page.click, page.timeout)
+                    _wait_idle(driver, page.timeout)
+                    click_button(driver, page.click, page.timeout)
+                _wait_text(driver, page.expect, page.timeout)
+                if page.name == "home":
+                    timings["first_page_from_start"] = time.perf_counter() - server.started_at
+                _wait_idle(driver, page.timeout)
+                if page.in_iframe:
+                    _wait_iframe_text(driver, page.in_iframe, 60)
+                timings[page.name] = time.perf_counter() - started
+                if page.name == "score":
+                    timings["score_timestep_change"] = _change_timestep(driver)
+                    _wait_idle(driver, page.timeout)
+                # Park the mouse on the title (no tooltip in the picture) and let charts finish drawing.
+                ActionChains(driver).move_to_element(driver.find_element(By.TAG_NAME, "h1")).perform()
+                time.sleep(1.0)
+                if driver.find_elements(By.CSS_SELECTOR, '[data-testid="stException"]'):
+                    raise AssertionError(f"{page.name}: exception on the page")
+                (screenshot_dir / f"{page.name}.png").write_bytes(small_png(driver.get_screenshot_as_png()))
+        finally:
+            driver.quit()
+    return timings

@@ -1,0 +1,34 @@
+"""End to end: the real `streamlit run app.py` server, every page loaded in headless Chromium, screenshots saved.
+
+Skips (with the reason) when chromium, chromedriver or selenium are missing, or the shipped model is absent.
+Set DLSR_SCREENSHOTS_DIR to keep the screenshots (tests/e2e/take_screenshots.py writes docs/screenshots/).
+"""
+
+import os
+from pathlib import Path
+
+import pytest
+from streamlit_browser import MAX_SCREENSHOT_BYTES, PAGES, StreamlitServer, missing_requirements, visit_all
+
+from dlsr_core import explorer
+from dlsr_core.checkpoint import LAST_NAME
+
+
+@pytest.mark.e2e
+def test_every_page_renders_in_a_real_browser(tmp_path):
+    reason = missing_requirements()
+    if reason:
+        pytest.skip(reason)
+    if not (explorer.default_run_dir() / LAST_NAME).is_file():
+        pytest.skip(f"no shipped model at {explorer.default_run_dir()}")
+    out = Path(os.environ.get("DLSR_SCREENSHOTS_DIR", tmp_path))
+    with StreamlitServer() as server:
+        try:
+            timings = visit_all(server, out)
+        except AssertionError as error:
+            raise AssertionError(f"{error}\n--- server log ---\n{server.output()}") from error
+    print("\n" + "\n".join(f"{name}: {seconds:.1f} s" for name, seconds in timings.items()))
+    for page in PAGES:
+        shot = out / f"{page.name}.png"
+        assert shot.is_file() and 0 < shot.stat().st_size < MAX_SCREENSHOT_BYTES
+    assert "Traceback" not in server.output()

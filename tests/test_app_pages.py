@@ -1,0 +1,246 @@
+"""Every page of the Streamlit app driven headlessly with AppTest on the shipped model and the demo sets.
+
+The model and the feature sets are cached per process (st.cache_resource), so the pages share one load.
+"""
+
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from streamlit.testing.v1 import AppTest
+from test_explorer import BAD, bad_and_odd_files
+
+from dlsr_core import explorer
+from dlsr_core.checkpoint import LAST_NAME
+from dlsr_core.diffusion import LFDNConfig
+from dlsr_core.evaluation import EvaluationSettings, evaluate
+from dlsr_core.scoring import Detector
+from dlsr_core.training import Provenance, TrainConfig, train
+
+torch.set_num_threads(1)
+APP = str(Path(__file__).resolve().parent.parent / "app.py")
+TIMEOUT = 240
+
+
+@pytest.fixture(scope="module")
+def run_dir() -> Path:
+    path = explorer.default_run_dir()
+    if not (path / LAST_NAME).is_file():
+        pytest.skip(f"no shipped model at {path} (train it, or set DLSR_RUN_DIR)")
+    return path
+
+
+@pytest.fixture(scope="module")
+def detector(run_dir) -> Detector:
+    return Detector.load(run_dir, device="cpu")
+
+
+def open_page(page: str | None = None, **state) -> AppTest:
+    app = AppTest.from_file(APP, default_timeout=TIMEOUT)
+    for key, value in state.items():
+        app.session_state[key] = value
+    app.run()
+    if page is not None:
+        app.switch_page(page)
+        app.run()
+    assert not app.exception, [e.value for e in app.exception]
+    return app
+
+
+def texts(app: AppTest) -> str:
+    parts = [
+        e.value
+        for kind in ("markdown", "caption", "success", "info", "error", "warning", "title", "subheader")
+        for e in getattr(app, kind)
+    ]
+    return "\n".join(str(p) for p in parts)
+
+
+def test_home_shows_the_loaded_model(detector):
+    app = open_page()
+    assert app.title[0].value == "DLSR Explorer"
+    metrics = {m.label: m.value for m in app.metric}
+    assert metrics["Backbone"] == detector.backbone
+    assert metrics["Trained on"] == detector.info.dataset
+    assert metrics["Epochs"] == str(detector.info.epoch)
+    assert len(app.get("image")) == 1, "the DLSR diagram is shown"
+
+
+def test_switching_pages_does_not_reload_the_model(monkeypatch):
+    from dlsr_core import scoring
+
+    loads = []
+    original = scoring.Detector.load.__func__
+    monkeypatch.setattr(
+        scoring.Detector, "load", classmethod(lambda cls, *a, **k: loads.append(a) or original(cls, *a, **k))
+    )
+    app = open_page()
+    for page in ("pages/train.py", "pages/home.py", "pages/train.py", "pages/home.py"):
+        app.switch_page(page).run()
+        assert not app.exception
+    assert len(loads) <= 1, f"the model was loaded {len(loads)} times"
+
+
+def test_score_page_scores_good_files_and_explains_bad_ones(detector):
+    files = list(bad_and_odd_files().items())
+    app = open_page("pages/score_images.py", score_uploads=files)
+    errors = [e.value for e in app.error]
+    assert len(errors) == len(BAD) and all(any(name in e for e in errors) for name in BAD)
+    assert "decompression bomb" in "\n".join(errors)
+    good = len(files) - len(BAD)
+    assert f"Scored {good} image(s) at t=5" in app.success[0].value
+    assert "first frame" in texts(app) and "16-bit" in texts(app)
+    results = app.session_state["score_results"]
+    assert len(results) == good and all(r.verdict in ("ID", "OOD") for r in results)
+
+    # A timestep change re-scores from cached features: the backbone does not run again.
+    started = time.perf_counter()
+    app.slider(key="timestep").set_value(8).run()
+    elapsed = time.perf_counter() - started
+    assert not app.exception
+    assert "at t=8" in app.success[0].value
+    print(f"\ntimestep change on the Score page answered in {elapsed:.2f} s")
+    assert elapsed < 10, f"timestep change took {elapsed:.1f} s"
+    new = app.session_state["score_results"]
+    features = explorer.prepare_uploads(_extractor(detector), detector.input_size, files).features
+    np.testing.assert_allclose([r.score for r in new], detector.score_features(features, 8).mfsim, rtol=1e-4)
+
+
+def _extractor(detector):
+    from dlsr_core.backbones import create_feature_extractor
+
+    return create_feature_extractor(detector.backbone, explorer.backbone_weights(detector))
+
+
+def test_score_page_through_the_file_uploader():
+    app = open_page("pages/score_images.py")
+    files = bad_and_odd_files()
+    app.file_uploader[0].set_value(
+        [("photo.jpg", files["photo.jpg"], "image/jpeg"), ("zero.jpg", b"", "image/jpeg")]
+    ).run()
+    assert not app.exception
+    assert "zero.jpg" in app.error[0].value and "Scored 1 image(s)" in app.success[0].value
+
+
+def test_distributions_table_equals_the_core_metrics(detector):
+    app = open_page("pages/distributions.py")
+    table = app.dataframe[0].value
+    id_features = explorer.load_features(detector, explorer.DEMO_ID_SET).features
+    ood = {spec: explorer.load_features(detector, spec).features for spec in explorer.DEMO_OOD_SETS}
+    train_set = explorer.cached_features_only(detector, explorer.BASELINE_TRAIN_SET)
+    baseline_train, id_rows, note = explorer.baseline_split(
+        id_features, train_set.features if train_set is not None else None
+    )
+    report = evaluate(
+        detector,
+        explorer.DEMO_ID_SET,
+        id_features[torch.as_tensor(id_rows)],
+        ood,
+        EvaluationSettings(timestep=5),
+        baseline_train,
+    )
+    for spec in explorer.DEMO_OOD_SETS:
+        for score, label in (("mfsim", "MFsim"), ("mse", "MSE"), ("knn", "k-NN"), ("mahalanobis", "Mahalanobis")):
+            row = table[(table["OOD set"] == spec) & (table["score"] == label)].iloc[0]
+            assert row["AUROC %"] == pytest.approx(100 * report.metric(spec, score).auroc, abs=1e-6)
+            assert row["FPR95 %"] == pytest.approx(100 * report.metric(spec, score).fpr95, abs=1e-6)
+    assert note in texts(app)
+
+    app.multiselect[0].set_value([2, 5])
+    app.number_input[0].set_value(100)
+    app.button[0].click().run()  # the form's "Run sweep"
+    assert not app.exception
+    assert "100 images per set" in texts(app)
+
+
+def test_feature_map_pca_then_umap():
+    app = open_page("pages/feature_map.py")
+    app.radio[0].set_value("PCA").run()
+    assert "PCA of 2400 points" in texts(app)
+    app.radio[0].set_value("UMAP")
+    app.select_slider[0].set_value(50).run()
+    assert not app.exception
+    assert "UMAP of 600 points" in texts(app)
+
+
+def test_failure_cases_show_the_extremes(detector):
+    app = open_page("pages/failure_cases.py")
+    assert "ID scored as OOD: 12" in texts(app) and "OOD scored as ID: 12" in texts(app)
+    table = app.dataframe[0].value
+    id_features = explorer.load_features(detector, explorer.DEMO_ID_SET)
+    scores = explorer.score_matrix(detector, id_features.features, 5)["mfsim"]
+    worst = int(id_features.indices[int(np.argmax(scores))])
+    assert int(table.iloc[0]["index"]) == worst and table.iloc[0]["kind"] == "ID scored as OOD"
+    assert len(app.get("download_button")) == 1
+
+
+def test_train_page_trains_a_selectable_model(tmp_path, monkeypatch):
+    monkeypatch.setenv("DLSR_CHECKPOINTS_DIR", str(tmp_path))
+    app = open_page("pages/train.py")
+    app.selectbox[0].set_value("demo:fashion_mnist_rotated")
+    inputs = {n.label: n for n in app.number_input}
+    inputs["LFDN width"].set_value(32)
+    inputs["LFDN depth (blocks)"].set_value(1)
+    inputs["Epochs"].set_value(2)
+    app.text_input[2].set_value("from_test")
+    next(b for b in app.button if b.label == "Start training").click().run()
+    assert not app.exception
+    job = app.session_state["train_job"]
+    job.join(timeout=180)
+    assert job.snapshot().phase == "finished", job.snapshot().message
+    app.run()
+    assert "is now selectable" in texts(app)
+    assert tmp_path / "from_test" in explorer.list_run_dirs()
+    assert len(app.session_state["train_job"].snapshot().losses) == 2 * 4  # 1000 images / batch 256 = 4 steps
+
+
+def test_train_page_stop_button_keeps_the_last_checkpoint(tmp_path, monkeypatch):
+    monkeypatch.setenv("DLSR_CHECKPOINTS_DIR", str(tmp_path))
+    app = open_page("pages/train.py")
+    app.selectbox[0].set_value("demo:fashion_mnist_rotated")
+    inputs = {n.label: n for n in app.number_input}
+    inputs["LFDN width"].set_value(32)
+    inputs["LFDN depth (blocks)"].set_value(1)
+    inputs["Epochs"].set_value(500)
+    inputs["Batch size"].set_value(96)
+    app.text_input[2].set_value("stopped")
+    next(b for b in app.button if b.label == "Start training").click().run()
+    job = app.session_state["train_job"]
+    deadline = time.time() + 120
+    while not job.snapshot().epoch_losses and time.time() < deadline:
+        time.sleep(0.2)
+    app.run()
+    next(b for b in app.button if b.label == "Stop training").click().run()
+    assert not app.exception
+    job.join(timeout=60)
+    state = job.snapshot()
+    assert state.phase == "stopped" and state.epoch < 500, state.message
+    saved = Detector.load(tmp_path / "stopped", device="cpu").info.epoch
+    assert 1 <= saved <= len(state.epoch_losses)
+    app.run()
+    assert "is now selectable" in texts(app)
+
+
+def test_wrong_backbone_checkpoint_is_explained_not_crashed(tmp_path, monkeypatch):
+    dims = (24, 32, 56, 160, 448)  # EfficientNet-B4-sized features, but the checkpoint claims lite0 (512-d)
+    run = tmp_path / "wrong"
+    train(
+        torch.randn(64, sum(dims)),
+        run,
+        LFDNConfig(feature_dim=sum(dims), width=16, depth=1),
+        TrainConfig(epochs=1, batch_size=32),
+        Provenance("efficientnet_lite0", "pretrained", 64, dims, "fake"),
+    )
+    monkeypatch.setenv("DLSR_CHECKPOINTS_DIR", str(tmp_path))
+    app = open_page()
+    app.selectbox[0].set_value(str(run)).run()
+    assert app.session_state["run_dir"] == str(run)
+    app.switch_page("pages/score_images.py")
+    app.session_state["score_uploads"] = [("photo.jpg", bad_and_odd_files()["photo.jpg"])]
+    app.run()
+    assert not app.exception
+    assert "Wrong backbone" in app.error[0].value and "720-d" in app.error[0].value
+    app.switch_page("pages/distributions.py").run()
+    assert not app.exception and "Wrong backbone" in app.error[0].value

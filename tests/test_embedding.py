@@ -1,0 +1,44 @@
+"""2-D embeddings: PCA is exact and reproducible; UMAP keeps separated clusters apart."""
+
+import numpy as np
+import pytest
+
+from dlsr_core.embedding import EmbeddingError, embed_2d, pca_2d, umap_2d
+
+
+def two_clusters(n: int = 40, d: int = 16, seed: int = 0) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    centre = np.zeros(d)
+    centre[0] = 10.0
+    return np.vstack([rng.normal(0, 1, (n, d)), rng.normal(0, 1, (n, d)) + centre]).astype(np.float32)
+
+
+def test_pca_matches_the_top_principal_axis_and_is_reproducible():
+    points = two_clusters()
+    projected = pca_2d(points)
+    assert projected.shape == (80, 2)
+    # The clusters differ along axis 0, so the first component separates them.
+    assert projected[:40, 0].max() < projected[40:, 0].min() or projected[:40, 0].min() > projected[40:, 0].max()
+    np.testing.assert_array_equal(projected, pca_2d(points.copy()))
+    centered = points - points.mean(axis=0)
+    variance = np.var(projected[:, 0]) + np.var(projected[:, 1])
+    top_two = np.sort(np.linalg.eigvalsh(np.cov(centered.T, bias=True)))[-2:].sum()
+    assert variance == pytest.approx(top_two, rel=1e-3)
+
+
+def test_bad_inputs_raise_named_errors():
+    with pytest.raises(EmbeddingError, match="at least"):
+        pca_2d(np.ones((1, 3)))
+    with pytest.raises(EmbeddingError, match="NaN"):
+        pca_2d(np.array([[0.0, np.nan], [1.0, 2.0]]))
+    with pytest.raises(EmbeddingError, match="unknown"):
+        embed_2d(np.ones((5, 3)), "tsne")
+
+
+def test_umap_keeps_two_clusters_apart():
+    points = two_clusters(n=30)
+    mapped = umap_2d(points, n_neighbors=10, seed=0)
+    assert mapped.shape == (60, 2) and np.isfinite(mapped).all()
+    first, second = mapped[:30].mean(axis=0), mapped[30:].mean(axis=0)
+    spread = max(mapped[:30].std(axis=0).max(), mapped[30:].std(axis=0).max())
+    assert np.linalg.norm(first - second) > 2 * spread
