@@ -128,11 +128,13 @@ def cached_features(
     progress: ProgressCallback | None = None,
     extractor=None,
     batch_size: int | None = None,
-) -> FeatureSet:
+    cache_only: bool = False,
+) -> FeatureSet | None:
     """Features of `dataset` (a dataset spec string) under `backbone`, from the cache or extracted and stored.
 
     `extractor` lets a caller reuse an already built backbones.FeatureExtractor (it must match `backbone`).
     The returned set has `seconds` = 0 when it came from the cache (the original time is in the file's metadata).
+    With `cache_only`, a cache miss returns None instead of running the backbone.
     """
     from dlsr_core.data import open_dataset  # local import: data sources pull in PIL fonts, sklearn, skimage
 
@@ -140,7 +142,7 @@ def cached_features(
     key = cache_key(images.identity, backbone, weights_identity(backbone, weights), input_size)
     path = _cache_path(Path(cache_dir) if cache_dir else default_cache_dir(), key, images.name)
     cached = load_feature_set(path, key)
-    if cached is not None:
+    if cached is not None or cache_only:
         return cached
     if extractor is None:
         from dlsr_core.backbones import create_feature_extractor

@@ -223,29 +223,18 @@ def _load_detector(args):
     return Detector.load(args.checkpoint)
 
 
-def _checkpoint_weights(detector) -> str:
-    """The weights argument that rebuilds the checkpoint's backbone (a file identity can't be reopened)."""
-    weights = detector.info.weights
-    if weights.startswith("file:"):
-        raise CheckpointError(
-            f"the checkpoint's backbone used a local weights file ({weights[:20]}…); "
-            "extract features with `extract --weights FILE` first"
-        )
-    return weights
-
-
 def _run_score(args) -> None:
     detector = _load_detector(args)
     info = detector.info
     if args.dataset:
-        features = _features(args, args.dataset, info.backbone, _checkpoint_weights(detector), info.input_size)
+        features = _features(args, args.dataset, info.backbone, detector.backbone_weights(), info.input_size)
         names = [f"{args.dataset}#{int(i)}" for i in features.indices]
         matrix = features.features
     else:
         from dlsr_core.backbones import create_feature_extractor
         from dlsr_core.data import ImageLoadError, load_image
 
-        extractor = create_feature_extractor(info.backbone, weights=_checkpoint_weights(detector))
+        extractor = create_feature_extractor(info.backbone, weights=detector.backbone_weights())
         images, names = [], []
         for path in args.images:
             try:
@@ -288,7 +277,7 @@ def _run_evaluate(args) -> None:
 
     detector = _load_detector(args)
     info = detector.info
-    weights = _checkpoint_weights(detector)
+    weights = detector.backbone_weights()
     id_set = _features(args, args.id, info.backbone, weights, info.input_size)
     ood_sets = {spec: _features(args, spec, info.backbone, weights, info.input_size) for spec in args.ood}
     train_set = _features(args, args.train, info.backbone, weights, info.input_size) if args.train else None

@@ -130,26 +130,9 @@ def available_scores(detector: Detector) -> list[str]:
 # Features
 
 
-class FeaturesNotCachedError(LookupError):
-    """Raised by the cache-only probe when a feature set would have to be extracted."""
-
-
-class _CacheOnly:
-    """Stands in for a backbone: the first thing feature extraction touches raises FeaturesNotCachedError."""
-
-    def __getattr__(self, name: str):
-        raise FeaturesNotCachedError(name)
-
-
 def backbone_weights(detector: Detector) -> str:
     """The `weights` argument that rebuilds the detector's backbone; CheckpointError for unrecoverable file weights."""
-    weights = detector.info.weights
-    if weights.startswith("file:"):
-        raise CheckpointError(
-            f"the checkpoint's backbone used a local weights file ({weights[:20]}…); extract its features with "
-            "`python -m dlsr_core extract --weights FILE` first"
-        )
-    return weights
+    return detector.backbone_weights()
 
 
 def load_features(
@@ -159,10 +142,12 @@ def load_features(
     cache_dir: str | Path | None = None,
     progress: ProgressCallback | None = None,
     extractor=None,
-) -> FeatureSet:
+    cache_only: bool = False,
+) -> FeatureSet | None:
     """Features (N, D) of dataset `spec` under the detector's backbone, from the disk cache or extracted once.
 
-    Raises CheckpointError when the features do not fit the detector (a wrong-backbone checkpoint).
+    With `cache_only`, None instead of an extraction when they are not cached yet. Raises CheckpointError when the
+    features do not fit the detector (a wrong-backbone checkpoint).
     """
     from dlsr_core.cache import cached_features
 
@@ -174,17 +159,17 @@ def load_features(
         cache_dir=cache_dir,
         progress=progress,
         extractor=extractor,
+        cache_only=cache_only,
     )
-    detector.check_features(features.features, features.backbone)
+    if features is not None:
+        detector.check_features(features.features, features.backbone)
     return features
 
 
 def cached_features_only(detector: Detector, spec: str, cache_dir: str | Path | None = None) -> FeatureSet | None:
     """The detector-compatible features of `spec` if they are already on disk; None (never extracts) otherwise."""
     try:
-        return load_features(detector, spec, cache_dir=cache_dir, extractor=_CacheOnly())
-    except FeaturesNotCachedError:
-        return None
+        return load_features(detector, spec, cache_dir=cache_dir, cache_only=True)
     except (CheckpointError, ValueError, OSError):  # dataset absent here, or features from another backbone
         return None
 

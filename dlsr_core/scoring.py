@@ -108,6 +108,20 @@ class Detector:
     def input_size(self) -> int:
         return self.final.info.input_size
 
+    def backbone_weights(self) -> str:
+        """The `weights` argument that rebuilds this model's backbone ("pretrained"/"random").
+
+        A checkpoint made on features from a local weights file stores only that file's hash, which cannot be
+        reopened: CheckpointError then says to extract the features with the file first.
+        """
+        weights = self.final.info.weights
+        if weights.startswith("file:"):
+            raise CheckpointError(
+                f"the checkpoint's backbone used a local weights file ({weights[:20]}…); extract its features with "
+                "`python -m dlsr_core extract --weights FILE` first"
+            )
+        return weights
+
     @property
     def has_early(self) -> bool:
         return self.early is not None

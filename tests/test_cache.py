@@ -159,3 +159,14 @@ def test_weights_identity(tmp_path):
 def test_default_cache_dir_follows_environment(monkeypatch, tmp_path):
     monkeypatch.setenv("DLSR_CACHE_DIR", str(tmp_path))
     assert cache.default_cache_dir() == tmp_path
+
+
+def test_cache_only_never_runs_the_backbone(folder, tmp_path):
+    extractor = CountingExtractor()
+    spec = f"folder:{folder}"
+    kwargs = dict(weights="random", input_size=2, cache_dir=tmp_path, extractor=extractor)
+    assert cached_features(spec, "counting", cache_only=True, **kwargs) is None
+    assert extractor.images_seen == 0
+    stored = cached_features(spec, "counting", **kwargs)
+    again = cached_features(spec, "counting", cache_only=True, **kwargs)
+    assert torch.equal(again.features, stored.features) and extractor.images_seen == 6
