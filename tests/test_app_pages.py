@@ -13,7 +13,6 @@ from streamlit.testing.v1 import AppTest
 from test_explorer import BAD, bad_and_odd_files
 
 from dlsr_core import explorer
-from dlsr_core.checkpoint import LAST_NAME
 from dlsr_core.diffusion import LFDNConfig
 from dlsr_core.evaluation import EvaluationSettings, evaluate
 from dlsr_core.scoring import Detector
@@ -22,19 +21,6 @@ from dlsr_core.training import Provenance, TrainConfig, train
 torch.set_num_threads(1)
 APP = str(Path(__file__).resolve().parent.parent / "app.py")
 TIMEOUT = 240
-
-
-@pytest.fixture(scope="module")
-def run_dir() -> Path:
-    path = explorer.default_run_dir()
-    if not (path / LAST_NAME).is_file():
-        pytest.skip(f"no shipped model at {path} (train it, or set DLSR_RUN_DIR)")
-    return path
-
-
-@pytest.fixture(scope="module")
-def detector(run_dir) -> Detector:
-    return Detector.load(run_dir, device="cpu")
 
 
 def open_page(page: str | None = None, **state) -> AppTest:

@@ -55,19 +55,6 @@ BAD = {"not_an_image.png", "truncated.png", "zero.jpg", "bomb.png"}
 
 
 @pytest.fixture(scope="module")
-def run_dir() -> Path:
-    path = explorer.default_run_dir()
-    if not (path / LAST_NAME).is_file():
-        pytest.skip(f"no shipped model at {path} (train it, or set DLSR_RUN_DIR)")
-    return path
-
-
-@pytest.fixture(scope="module")
-def detector(run_dir) -> Detector:
-    return Detector.load(run_dir, device="cpu")
-
-
-@pytest.fixture(scope="module")
 def id_features(detector):
     return explorer.load_features(detector, explorer.DEMO_ID_SET)
 
