@@ -92,8 +92,8 @@ def main() -> None:
     machine = f"{platform.machine()} CPU, {torch.get_num_threads()} torch threads, torch {torch.__version__}"
     header = (
         f"Model: {args.checkpoint} ({info.backbone} @ {info.input_size}px, LFDN {info.config.width}x"
-        f"{info.config.depth}, epoch {info.epoch}); t={args.timestep}, {args.steps or args.timestep} DDIM step(s); cells: AUROC / FPR95 / AUPR-Out (%); "
-        f"machine: {machine}"
+        f"{info.config.depth}, epoch {info.epoch}); t={args.timestep}, {args.steps or args.timestep} DDIM step(s); "
+        f"cells: AUROC / FPR95 / AUPR-Out (%); machine: {machine}"
     )
     print(header)
     print(table)

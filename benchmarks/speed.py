@@ -46,6 +46,13 @@ def _fresh_python(code: str, env: dict[str, str] | None = None) -> tuple[dict, i
     return json.loads(result.stdout.strip().splitlines()[-1]), max(peak, before)
 
 
+def _seconds(action) -> float:
+    """Wall time of one call of `action()`."""
+    started = time.perf_counter()
+    action()
+    return time.perf_counter() - started
+
+
 def backbone_vs_full(run_dir: Path, count: int, timestep: int) -> dict:
     detector = Detector.load(run_dir, device="cpu")
     extractor = create_feature_extractor(detector.backbone, weights=detector.info.weights)
@@ -58,12 +65,8 @@ def backbone_vs_full(run_dir: Path, count: int, timestep: int) -> dict:
     )
     backbone_seconds = time.perf_counter() - started
     detector.score_features(features[:batch], timestep)  # warm-up
-    started = time.perf_counter()
-    detector.score_features(features, timestep, with_lr=False)
-    diffusion_seconds = time.perf_counter() - started
-    started = time.perf_counter()
-    detector.score_features(features, timestep, with_lr=True)
-    diffusion_with_lr_seconds = time.perf_counter() - started
+    diffusion_seconds = _seconds(lambda: detector.score_features(features, timestep, with_lr=False))
+    diffusion_with_lr_seconds = _seconds(lambda: detector.score_features(features, timestep, with_lr=True))
     return {
         "images": count,
         "backbone_batch_size": batch,
@@ -79,12 +82,8 @@ def rescoring(run_dir: Path, count: int, timestep: int) -> dict:
     detector = Detector.load(run_dir, device="cpu")
     features = torch.randn(count, detector.info.config.feature_dim)
     detector.score_features(features[:64], timestep)  # warm-up
-    started = time.perf_counter()
-    detector.score_features(features, timestep, with_lr=False)
-    seconds = time.perf_counter() - started
-    started = time.perf_counter()
-    detector.score_features(features, timestep, with_lr=True)
-    with_lr = time.perf_counter() - started
+    seconds = _seconds(lambda: detector.score_features(features, timestep, with_lr=False))
+    with_lr = _seconds(lambda: detector.score_features(features, timestep, with_lr=True))
     return {"vectors": count, "timestep": timestep, "seconds_mse_mfsim": seconds, "seconds_with_lr": with_lr}
 
 

@@ -83,7 +83,8 @@ def _verify_checksum(path: Path, data: bytes) -> None:
     expected_file = checksum_path(path)
     if not expected_file.exists():
         return
-    expected = expected_file.read_text().split()[0] if expected_file.read_text().strip() else ""
+    fields = expected_file.read_text().split()
+    expected = fields[0] if fields else ""
     actual = sha256_hex(data)
     if expected != actual:
         raise CheckpointError(

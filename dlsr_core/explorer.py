@@ -130,11 +130,6 @@ def available_scores(detector: Detector) -> list[str]:
 # Features
 
 
-def backbone_weights(detector: Detector) -> str:
-    """The `weights` argument that rebuilds the detector's backbone; CheckpointError for unrecoverable file weights."""
-    return detector.backbone_weights()
-
-
 def load_features(
     detector: Detector,
     spec: str,
@@ -154,7 +149,7 @@ def load_features(
     features = cached_features(
         spec,
         detector.backbone,
-        weights=backbone_weights(detector),
+        weights=detector.backbone_weights(),
         input_size=detector.input_size,
         cache_dir=cache_dir,
         progress=progress,

@@ -34,7 +34,7 @@ if not files:
 
 id_features = shared.features_or_stop(detector, explorer.DEMO_ID_SET)
 id_scores = shared.reference_scores(detector, run_dir, id_features, timestep, steps, score)
-weights = explorer.backbone_weights(detector)
+weights = detector.backbone_weights()
 batch = shared.prepared_uploads(
     detector.backbone, weights, detector.input_size, shared.digest_files(files), tuple(files)
 )

@@ -5,7 +5,9 @@ import torch
 
 from dlsr_core import explorer
 from dlsr_core.checkpoint import LAST_NAME
+from dlsr_core.diffusion import LFDNConfig
 from dlsr_core.scoring import Detector
+from dlsr_core.training import Provenance, TrainConfig, train
 
 # Two cores are shared by the whole suite; one thread per test process keeps timings predictable.
 torch.set_num_threads(1)
@@ -23,3 +25,21 @@ def run_dir() -> Path:
 @pytest.fixture(scope="session")
 def detector(run_dir) -> Detector:
     return Detector.load(run_dir, device="cpu")
+
+
+@pytest.fixture(scope="session")
+def wrong_backbone_run(tmp_path_factory) -> Path:
+    """A run that says efficientnet_lite0 (512-d) but was trained on 720-d (EfficientNet-B4-sized) features.
+
+    It is the only run in its parent folder, so tests can point DLSR_CHECKPOINTS_DIR there.
+    """
+    run = tmp_path_factory.mktemp("wrong") / "wrong_backbone"
+    dims = (24, 32, 56, 160, 448)
+    train(
+        torch.randn(64, sum(dims)),
+        run,
+        LFDNConfig(feature_dim=sum(dims), width=16, depth=1),
+        TrainConfig(epochs=1, batch_size=32),
+        Provenance("efficientnet_lite0", "pretrained", 64, dims, "fake"),
+    )
+    return run

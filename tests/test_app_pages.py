@@ -13,10 +13,8 @@ from streamlit.testing.v1 import AppTest
 from test_explorer import BAD, bad_and_odd_files
 
 from dlsr_core import explorer
-from dlsr_core.diffusion import LFDNConfig
 from dlsr_core.evaluation import EvaluationSettings, evaluate
 from dlsr_core.scoring import Detector
-from dlsr_core.training import Provenance, TrainConfig, train
 
 torch.set_num_threads(1)
 APP = str(Path(__file__).resolve().parent.parent / "app.py")
@@ -97,7 +95,7 @@ def test_score_page_scores_good_files_and_explains_bad_ones(detector):
 def _extractor(detector):
     from dlsr_core.backbones import create_feature_extractor
 
-    return create_feature_extractor(detector.backbone, explorer.backbone_weights(detector))
+    return create_feature_extractor(detector.backbone, detector.backbone_weights())
 
 
 def test_score_page_through_the_file_uploader():
@@ -209,17 +207,9 @@ def test_train_page_stop_button_keeps_the_last_checkpoint(tmp_path, monkeypatch)
     assert "is now selectable" in texts(app)
 
 
-def test_wrong_backbone_checkpoint_is_explained_not_crashed(tmp_path, monkeypatch):
-    dims = (24, 32, 56, 160, 448)  # EfficientNet-B4-sized features, but the checkpoint claims lite0 (512-d)
-    run = tmp_path / "wrong"
-    train(
-        torch.randn(64, sum(dims)),
-        run,
-        LFDNConfig(feature_dim=sum(dims), width=16, depth=1),
-        TrainConfig(epochs=1, batch_size=32),
-        Provenance("efficientnet_lite0", "pretrained", 64, dims, "fake"),
-    )
-    monkeypatch.setenv("DLSR_CHECKPOINTS_DIR", str(tmp_path))
+def test_wrong_backbone_checkpoint_is_explained_not_crashed(wrong_backbone_run, monkeypatch):
+    run = wrong_backbone_run
+    monkeypatch.setenv("DLSR_CHECKPOINTS_DIR", str(run.parent))
     app = open_page()
     app.selectbox[0].set_value(str(run)).run()
     assert app.session_state["run_dir"] == str(run)

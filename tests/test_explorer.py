@@ -4,7 +4,6 @@ Uses the shipped default model (checkpoints/default, or $DLSR_RUN_DIR) and the c
 """
 
 import io
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -13,11 +12,9 @@ from PIL import Image
 
 from dlsr_core import explorer
 from dlsr_core.checkpoint import LAST_NAME, CheckpointError
-from dlsr_core.diffusion import LFDNConfig
 from dlsr_core.evaluation import EvaluationSettings
 from dlsr_core.metrics import ood_metrics
 from dlsr_core.scoring import Detector
-from dlsr_core.training import Provenance, TrainConfig, train
 
 torch.set_num_threads(1)
 
@@ -108,7 +105,7 @@ def test_uploads_are_scored_like_the_core_scores_their_features(detector, id_fea
 def explorer_extractor(detector):
     from dlsr_core.backbones import create_feature_extractor
 
-    return create_feature_extractor(detector.backbone, explorer.backbone_weights(detector))
+    return create_feature_extractor(detector.backbone, detector.backbone_weights())
 
 
 def test_id_features_score_mostly_in_distribution(detector, id_features):
@@ -116,21 +113,6 @@ def test_id_features_score_mostly_in_distribution(detector, id_features):
     threshold = explorer.id_threshold95(scores["mfsim"])
     assert np.mean(scores["mfsim"] <= threshold) >= 0.95
     assert scores["stage_cos"].shape == (len(id_features), len(detector.stage_dims))
-
-
-@pytest.fixture(scope="module")
-def wrong_backbone_run(tmp_path_factory) -> Path:
-    """A checkpoint that says efficientnet_lite0 but was trained on 720-d (EfficientNet-B4-sized) features."""
-    run = tmp_path_factory.mktemp("wrong") / "wrong_backbone"
-    dims = (24, 32, 56, 160, 448)
-    train(
-        torch.randn(64, sum(dims)),
-        run,
-        LFDNConfig(feature_dim=sum(dims), width=16, depth=1),
-        TrainConfig(epochs=1, batch_size=32),
-        Provenance("efficientnet_lite0", "pretrained", 64, dims, "fake"),
-    )
-    return run
 
 
 def test_wrong_backbone_checkpoint_gets_a_clear_error(wrong_backbone_run):
