@@ -18,7 +18,7 @@ from tqdm import tqdm
 from dlsr_core.checkpoint import DEFAULT_RUN_DIR, CheckpointError
 from dlsr_core.diffusion import ConfigError, LFDNConfig
 from dlsr_core.metrics import MetricInputError
-from dlsr_core.scoring import DEFAULT_STEPS
+from dlsr_core.scoring import DEFAULT_DRAWS, DEFAULT_STEPS
 
 DEFAULT_BACKBONE = "efficientnet_lite0"
 
@@ -73,7 +73,19 @@ def _add_sampling_options(parser: argparse.ArgumentParser) -> None:
         "model, t times cheaper)",
     )
     parser.add_argument("--eta", type=float, default=1.0, help="DDIM eta (paper: 1)")
-    parser.add_argument("--seed", type=int, default=0, help="noise seed; the same seed gives the same scores")
+    parser.add_argument(
+        "--seed",
+        type=int,
+        default=0,
+        help="noise seed; a feature vector's noise depends only on its values and the seed, so the same image "
+        "always gets the same score",
+    )
+    parser.add_argument(
+        "--draws",
+        type=int,
+        default=DEFAULT_DRAWS,
+        help=f"noise draws averaged per score (default {DEFAULT_DRAWS}); more draws lower the score's noise",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -250,7 +262,7 @@ def _run_score(args) -> None:
                 for i in range(0, len(images), 8)
             ]
         )
-    result = detector.score_features(matrix, args.timestep, args.steps or None, args.eta, args.seed)
+    result = detector.score_features(matrix, args.timestep, args.steps or None, args.eta, args.seed, draws=args.draws)
     stream = open(args.output, "w", newline="") if args.output else sys.stdout
     try:
         writer = csv.writer(stream)
@@ -284,7 +296,12 @@ def _run_evaluate(args) -> None:
     timed = [s for s in [id_set, *ood_sets.values()] if s.seconds > 0]
     backbone_speed = sum(len(s) for s in timed) / sum(s.seconds for s in timed) if timed else None
     settings = EvaluationSettings(
-        timestep=args.timestep, steps=args.steps or None, eta=args.eta, seed=args.seed, knn_k=args.knn_k
+        timestep=args.timestep,
+        steps=args.steps or None,
+        eta=args.eta,
+        seed=args.seed,
+        knn_k=args.knn_k,
+        draws=args.draws,
     )
     report = evaluate(
         detector,

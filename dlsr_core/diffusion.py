@@ -13,6 +13,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
+from dlsr_core.noise import keyed_standard_normal, row_noise_keys
+
 
 class ConfigError(ValueError):
     """A configuration value is out of its valid range."""
@@ -130,6 +132,23 @@ def ddim_timesteps(start: int, steps: int) -> list[int]:
     return sorted(set(grid), reverse=True)
 
 
+# LFDN rows are computed in chunks of at least this many rows (short chunks are padded): on CPU, BLAS picks other
+# kernels for very short matrices, which changed a row's output in the last bits depending on the batch it came in.
+MIN_CHUNK_ROWS = 64
+
+
+def _denoise(denoiser: nn.Module, z: Tensor, timestep: int, batch_size: int) -> Tensor:
+    """x0 predictions (N, D) for z (N, D) at one timestep, in chunks padded to at least MIN_CHUNK_ROWS rows."""
+    outputs = []
+    for chunk in z.split(max(batch_size, MIN_CHUNK_ROWS)):
+        rows = chunk.shape[0]
+        if rows < MIN_CHUNK_ROWS:
+            chunk = torch.cat([chunk, chunk.new_zeros(MIN_CHUNK_ROWS - rows, chunk.shape[1])])
+        timesteps = torch.full((chunk.shape[0],), timestep, device=z.device, dtype=torch.long)
+        outputs.append(denoiser(chunk, timesteps)[:rows].float())
+    return torch.cat(outputs)
+
+
 @torch.inference_mode()
 def ddim_reconstruct(
     denoiser: nn.Module,
@@ -140,33 +159,37 @@ def ddim_reconstruct(
     eta: float = 1.0,
     seed: int = 0,
     batch_size: int = 4096,
+    draw: int = 0,
 ) -> Tensor:
     """Noise z0 (N, D) to timestep `start` and reconstruct it with DDIM; returns the reconstruction (N, D).
 
-    `steps` defaults to `start` (one step per timestep). Noise is drawn for the whole set at once from a CPU
-    generator seeded with `seed`, so scores do not depend on the batch size or the device.
+    `steps` defaults to `start` (one step per timestep). Each row's noise is a function of the row's values, `seed`
+    and `draw` only (see dlsr_core.noise), so a vector gets the same reconstruction whatever else is in the batch,
+    in which position, on which device; `draw` = 0, 1, ... gives independent noise for repeated draws.
     """
     if not 1 <= start <= schedule.num_timesteps:
         raise ConfigError(f"start timestep must be in 1..{schedule.num_timesteps}, got {start}")
-    if eta < 0:
-        raise ConfigError(f"eta must be >= 0, got {eta}")
+    if not math.isfinite(eta) or eta < 0:
+        raise ConfigError(f"eta must be a finite number >= 0, got {eta}")
+    if draw < 0:
+        raise ConfigError(f"draw must be >= 0, got {draw}")
     device = z0.device
-    generator = torch.Generator().manual_seed(seed)
+    keys = row_noise_keys(z0, seed)
+    noise_calls = 0
 
     def fresh_noise() -> Tensor:
-        return torch.randn(z0.shape, generator=generator, dtype=torch.float32).to(device)
+        nonlocal noise_calls
+        # Streams of one draw are consecutive; 2**20 calls per draw is far above any number of DDIM steps.
+        noise = keyed_standard_normal(keys, draw * (1 << 20) + noise_calls, z0.shape[1])
+        noise_calls += 1
+        return noise.to(device)
 
     alpha_bar = schedule.alpha_bar.to(device)
     z0 = z0.float()
     z = alpha_bar[start].sqrt() * z0 + (1.0 - alpha_bar[start]).sqrt() * fresh_noise()
     path = ddim_timesteps(start, steps if steps is not None else start)
     for current, following in zip(path[:-1], path[1:], strict=True):
-        predicted_z0 = torch.cat(
-            [
-                denoiser(chunk, torch.full((chunk.shape[0],), current, device=device, dtype=torch.long))
-                for chunk in z.split(batch_size)
-            ]
-        ).float()
+        predicted_z0 = _denoise(denoiser, z, current, batch_size)
         if following == 0:
             z = predicted_z0
             break

@@ -14,7 +14,7 @@ from torch import Tensor
 
 from dlsr_core.baselines import KNNBaseline, MahalanobisBaseline
 from dlsr_core.metrics import OODMetrics, ood_metrics
-from dlsr_core.scoring import DEFAULT_STEPS, Detector
+from dlsr_core.scoring import DEFAULT_DRAWS, DEFAULT_STEPS, Detector
 
 BASELINE_NAMES = ("knn", "mahalanobis")
 
@@ -28,6 +28,7 @@ class EvaluationSettings:
     eta: float = 1.0
     seed: int = 0
     knn_k: int = 50
+    draws: int = DEFAULT_DRAWS  # noise draws averaged per score
 
 
 @dataclass(frozen=True)
@@ -140,12 +141,13 @@ def score_all(
     sampling = (settings.timestep, settings.steps, settings.eta, settings.seed)
     for name, matrix in features.items():
         started = time.perf_counter()
-        result = detector.score_features(matrix, *sampling, with_lr=False)
+        result = detector.score_features(matrix, *sampling, with_lr=False, draws=settings.draws)
         final_seconds += time.perf_counter() - started
         scores[name].update(mse=result.mse, mfsim=result.mfsim)
         if early is not None:
             started = time.perf_counter()
-            scores[name]["lr"] = early.score_features(matrix, *sampling, with_lr=False).mse - result.mse
+            early_mse = early.score_features(matrix, *sampling, with_lr=False, draws=settings.draws).mse
+            scores[name]["lr"] = early_mse - result.mse
             early_seconds += time.perf_counter() - started
     seconds = {"mse": final_seconds, "mfsim": final_seconds}
     if early is not None:
@@ -199,6 +201,7 @@ def timestep_sweep(
     steps: int | None = DEFAULT_STEPS,
     seed: int = 0,
     progress: Callable[[int, int], None] | None = None,
+    draws: int = DEFAULT_DRAWS,
 ) -> dict[str, list[float]]:
     """AUROC of `score` at each start timestep for each OOD set (the paper's Figure 4): name -> [AUROC per t].
 
@@ -206,10 +209,14 @@ def timestep_sweep(
     """
     curves: dict[str, list[float]] = {name: [] for name in ood_features}
     with_lr = score == "lr"
+
+    def scores_of(matrix: Tensor, timestep: int) -> np.ndarray:
+        return detector.score_features(matrix, timestep, steps, seed=seed, with_lr=with_lr, draws=draws).get(score)
+
     for position, timestep in enumerate(timesteps):
-        id_scores = detector.score_features(id_features, timestep, steps, seed=seed, with_lr=with_lr).get(score)
+        id_scores = scores_of(id_features, timestep)
         for name, matrix in ood_features.items():
-            ood_scores = detector.score_features(matrix, timestep, steps, seed=seed, with_lr=with_lr).get(score)
+            ood_scores = scores_of(matrix, timestep)
             curves[name].append(ood_metrics(id_scores, ood_scores).auroc)
         if progress is not None:
             progress(position + 1, len(timesteps))

@@ -25,7 +25,7 @@ from torch import Tensor
 from dlsr_core.checkpoint import DEFAULT_RUN_DIR, LAST_NAME, CheckpointError
 from dlsr_core.evaluation import EvaluationReport, EvaluationSettings, evaluate, timestep_sweep
 from dlsr_core.features import FeatureSet, ProgressCallback
-from dlsr_core.scoring import DEFAULT_STEPS, SCORE_NAMES, Detector
+from dlsr_core.scoring import DEFAULT_DRAWS, DEFAULT_STEPS, SCORE_NAMES, Detector
 
 DEMO_ID_SET = "demo:fashion_mnist_test"
 # Far OOD first, then near OOD (the paper's order of difficulty).
@@ -180,14 +180,23 @@ def score_matrix(
     steps: int | None = DEFAULT_STEPS,
     seed: int = 0,
     with_lr: bool = True,
+    draws: int = DEFAULT_DRAWS,
 ) -> dict[str, np.ndarray]:
-    """DLSR scores (N,) for features (N, D) plus 'stage_cos' (N, S); only the cheap diffusion step runs.
+    """DLSR scores (N,) for features (N, D) plus 'stage_cos' and 'stage_sq_error' (N, S); only the cheap diffusion
+    step runs, `draws` times.
 
     'lr' is included when `with_lr` and the detector has an early checkpoint (it doubles the cost).
     """
     with torch.inference_mode():
-        result = detector.score_features(features, timestep, steps, 1.0, seed, with_lr=with_lr and detector.has_early)
-    out = {"mse": result.mse, "mfsim": result.mfsim, "stage_cos": result.stage_cos}
+        result = detector.score_features(
+            features, timestep, steps, 1.0, seed, with_lr=with_lr and detector.has_early, draws=draws
+        )
+    out = {
+        "mse": result.mse,
+        "mfsim": result.mfsim,
+        "stage_cos": result.stage_cos,
+        "stage_sq_error": result.stage_sq_error,
+    }
     if result.lr is not None:
         out["lr"] = result.lr
     return out

@@ -20,9 +20,14 @@ import torch
 from torch import Tensor
 
 from dlsr_core.checkpoint import CheckpointError, LoadedCheckpoint, load_checkpoint, resolve_run
-from dlsr_core.diffusion import NoiseSchedule, ddim_reconstruct
+from dlsr_core.diffusion import ConfigError, NoiseSchedule, ddim_reconstruct
 
 SCORE_NAMES = ("mse", "mfsim", "lr")
+# Noise draws averaged per score. On the shipped model (benchmarks/noise_draws.py) one draw already gives the AUROC of
+# sixteen (MFsim 98.76 at K = 1, 4 and 16); more draws only steady verdicts near the threshold (MFsim flips between
+# seeds there: 8.1 % at K = 1, 4.2 % at 4, 2.6 % at 16) at K times the cost. 1 keeps scoring fast; raise it for stable
+# verdicts on borderline images.
+DEFAULT_DRAWS = 1
 # One DDIM step from t straight to the x0 prediction. On the shipped model, 1 step and t steps gave the same AUROC
 # (t=5: MFsim far 99.58 vs 99.61, near 97.54 vs 97.62) at a t-th of the cost; pass steps=None for one per timestep.
 DEFAULT_STEPS = 1
@@ -41,6 +46,12 @@ def stage_cosine_similarity(z0: Tensor, reconstruction: Tensor, stage_dims: tupl
     return torch.stack([torch.nn.functional.cosine_similarity(a, b, dim=1) for a, b in pairs], dim=1)
 
 
+def stage_squared_error(z0: Tensor, reconstruction: Tensor, stage_dims: tuple[int, ...]) -> Tensor:
+    """Summed squared error per sample and stage: (N, D), (N, D) -> (N, S); its row sums are the MSE score."""
+    pairs = zip(split_stages(z0, stage_dims), split_stages(reconstruction, stage_dims), strict=True)
+    return torch.stack([(a - b).pow(2).sum(dim=1) for a, b in pairs], dim=1)
+
+
 def mse_score(z0: Tensor, reconstruction: Tensor) -> Tensor:
     """Summed squared error per sample: (N, D), (N, D) -> (N,)."""
     return (z0 - reconstruction).pow(2).sum(dim=1)
@@ -53,13 +64,19 @@ def mfsim_score(z0: Tensor, reconstruction: Tensor, stage_dims: tuple[int, ...])
 
 @dataclass(frozen=True)
 class ScoreResult:
-    """Scores (N,) for N feature vectors, per-stage cosine similarities (N, S) and the reconstruction (N, D)."""
+    """Scores of N feature vectors, each the mean over `draws` noise draws.
+
+    mse, mfsim, lr (N,); stage_cos and stage_sq_error (N, S): per-stage cosine similarity and summed squared error
+    between z0 and its reconstruction; reconstruction (N, D): the reconstruction of the first draw.
+    """
 
     mse: np.ndarray
     mfsim: np.ndarray
     lr: np.ndarray | None
     stage_cos: np.ndarray
     reconstruction: Tensor
+    stage_sq_error: np.ndarray | None = None
+    draws: int = 1
 
     def get(self, name: str) -> np.ndarray:
         """The score array called `name` (one of SCORE_NAMES)."""
@@ -141,11 +158,17 @@ class Detector:
             )
 
     def reconstruct(
-        self, z0: Tensor, t: int = 5, steps: int | None = DEFAULT_STEPS, eta: float = 1.0, seed: int = 0
+        self,
+        z0: Tensor,
+        t: int = 5,
+        steps: int | None = DEFAULT_STEPS,
+        eta: float = 1.0,
+        seed: int = 0,
+        draw: int = 0,
     ) -> Tensor:
         """DDIM reconstruction of z0 (N, D) from timestep t in `steps` steps (None: one per timestep) -> (N, D)."""
         self.check_features(z0)
-        return ddim_reconstruct(self.final.model, self.schedule, z0.to(self.device), t, steps, eta, seed)
+        return ddim_reconstruct(self.final.model, self.schedule, z0.to(self.device), t, steps, eta, seed, draw=draw)
 
     def score_features(
         self,
@@ -155,20 +178,39 @@ class Detector:
         eta: float = 1.0,
         seed: int = 0,
         with_lr: bool = True,
+        draws: int = DEFAULT_DRAWS,
     ) -> ScoreResult:
-        """All scores for features z0 (N, D). The early model, when present, uses the same noise (same seed)."""
+        """All scores for features z0 (N, D), each averaged over `draws` noise draws.
+
+        A row's noise depends only on its values, `seed` and the draw (dlsr_core.noise), so a vector's score does not
+        depend on the rest of the batch. The early model, when present, uses the same noise as the final one.
+        """
+        if draws < 1:
+            raise ConfigError(f"draws must be >= 1, got {draws}")
         z0 = z0.to(self.device).float()
-        reconstruction = self.reconstruct(z0, t, steps, eta, seed)
-        mse = mse_score(z0, reconstruction)
-        stage_cos = stage_cosine_similarity(z0, reconstruction, self.stage_dims)
-        lr = None
-        if with_lr and self.early is not None:
-            early_reconstruction = ddim_reconstruct(self.early.model, self.schedule, z0, t, steps, eta, seed)
-            lr = (mse_score(z0, early_reconstruction) - mse).cpu().numpy()
+        with_lr = with_lr and self.early is not None
+        sums: dict[str, Tensor] = {}
+        first_reconstruction = None
+        for draw in range(draws):
+            reconstruction = self.reconstruct(z0, t, steps, eta, seed, draw)
+            parts = {
+                "stage_sq_error": stage_squared_error(z0, reconstruction, self.stage_dims),
+                "stage_cos": stage_cosine_similarity(z0, reconstruction, self.stage_dims),
+            }
+            if with_lr:
+                early = ddim_reconstruct(self.early.model, self.schedule, z0, t, steps, eta, seed, draw=draw)
+                parts["lr"] = mse_score(z0, early) - parts["stage_sq_error"].sum(dim=1)
+            for name, value in parts.items():
+                sums[name] = sums[name] + value if name in sums else value
+            if first_reconstruction is None:
+                first_reconstruction = reconstruction
+        means = {name: (value / draws).cpu() for name, value in sums.items()}
         return ScoreResult(
-            mse=mse.cpu().numpy(),
-            mfsim=(-stage_cos.mean(dim=1)).cpu().numpy(),
-            lr=lr,
-            stage_cos=stage_cos.cpu().numpy(),
-            reconstruction=reconstruction.cpu(),
+            mse=means["stage_sq_error"].sum(dim=1).numpy(),
+            mfsim=(-means["stage_cos"].mean(dim=1)).numpy(),
+            lr=means["lr"].numpy() if with_lr else None,
+            stage_cos=means["stage_cos"].numpy(),
+            reconstruction=first_reconstruction.cpu(),
+            stage_sq_error=means["stage_sq_error"].numpy(),
+            draws=draws,
         )

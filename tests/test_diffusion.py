@@ -78,18 +78,38 @@ def test_ddim_timesteps_descend_to_zero():
         ddim_timesteps(3, 0)
 
 
-def test_reconstruction_is_seeded_and_independent_of_batch_size():
+def _random_lfdn(config: LFDNConfig = CONFIG) -> LFDN:
     torch.manual_seed(0)
-    model = LFDN(CONFIG).eval()
+    model = LFDN(config).eval()
     for parameter in model.parameters():  # zero-initialised outputs would hide any dependence on the input
         torch.nn.init.normal_(parameter, std=0.2)
-    schedule = NoiseSchedule(CONFIG)
+    return model
+
+
+def test_reconstruction_is_seeded_and_independent_of_batch_size():
+    model, schedule = _random_lfdn(), NoiseSchedule(CONFIG)
     z0 = torch.randn(9, 12)
     first = ddim_reconstruct(model, schedule, z0, 6, seed=11, batch_size=2)
     again = ddim_reconstruct(model, schedule, z0, 6, seed=11, batch_size=9)
     other_seed = ddim_reconstruct(model, schedule, z0, 6, seed=12, batch_size=9)
-    assert torch.allclose(first, again, atol=1e-6)
+    assert torch.equal(first, again)
     assert not torch.allclose(first, other_seed, atol=1e-3)
+
+
+def test_a_row_reconstructs_the_same_whatever_else_is_in_the_batch():
+    model, schedule = _random_lfdn(), NoiseSchedule(CONFIG)
+    z0 = torch.randn(30, 12)
+    together = ddim_reconstruct(model, schedule, z0, 5, steps=3, seed=4)
+    permutation = torch.randperm(30, generator=torch.Generator().manual_seed(0))
+    shuffled = ddim_reconstruct(model, schedule, z0[permutation], 5, steps=3, seed=4)
+    assert torch.equal(shuffled, together[permutation])
+    for size in (1, 7):
+        pieces = torch.cat([ddim_reconstruct(model, schedule, part, 5, steps=3, seed=4) for part in z0.split(size)])
+        assert torch.equal(pieces, together)
+    # repeated draws are independent of each other and reproducible
+    draw_1 = ddim_reconstruct(model, schedule, z0, 5, steps=3, seed=4, draw=1)
+    assert not torch.allclose(draw_1, together, atol=1e-3)
+    assert torch.equal(draw_1, ddim_reconstruct(model, schedule, z0, 5, steps=3, seed=4, draw=1))
 
 
 def test_lfdn_starts_at_zero_output_and_shapes():

@@ -4,7 +4,7 @@ import torch
 
 from dlsr_core.baselines import KNNBaseline, MahalanobisBaseline, NotFittedError
 from dlsr_core.checkpoint import CheckpointError
-from dlsr_core.scoring import mfsim_score, mse_score, stage_cosine_similarity
+from dlsr_core.scoring import mfsim_score, mse_score, stage_cosine_similarity, stage_squared_error
 
 STAGES = (3, 5, 4)
 
@@ -64,3 +64,41 @@ def test_baselines_refuse_to_score_before_fit():
         KNNBaseline().score(torch.ones(1, 3))
     with pytest.raises(NotFittedError):
         MahalanobisBaseline().score(torch.ones(1, 3))
+
+
+def test_stage_squared_error_sums_to_the_mse():
+    z, reconstruction = torch.randn(4, 12), torch.randn(4, 12)
+    per_stage = stage_squared_error(z, reconstruction, STAGES)
+    assert per_stage.shape == (4, 3)
+    assert torch.allclose(per_stage.sum(dim=1), mse_score(z, reconstruction))
+    assert torch.allclose(per_stage[:, 0], (z[:, :3] - reconstruction[:, :3]).pow(2).sum(dim=1))
+
+
+def test_same_image_same_score_in_any_batch(detector):
+    """Duplicates in one batch score identically; batches of 1, 7 and 4096 give identical scores."""
+    features = torch.randn(100, detector.info.config.feature_dim, generator=torch.Generator().manual_seed(5))
+    batch = torch.cat([features, features[[10, 10, 42]]])
+    together = detector.score_features(batch, t=5, steps=2)
+    for name in ("mse", "mfsim", "lr"):
+        values = together.get(name)
+        assert values[100] == values[101] == values[10] and values[102] == values[42]
+    reference = detector.score_features(features, t=5, steps=2)
+    for size in (1, 7, 4096):
+        parts = [detector.score_features(part, t=5, steps=2) for part in features.split(size)]
+        for name in ("mse", "mfsim", "lr"):
+            assert np.array_equal(np.concatenate([p.get(name) for p in parts]), reference.get(name)), (size, name)
+
+
+def test_draws_average_independent_noise(detector):
+    features = torch.randn(40, detector.info.config.feature_dim, generator=torch.Generator().manual_seed(6))
+    single = detector.score_features(features, t=5, seed=3, draws=1, with_lr=False)
+    averaged = detector.score_features(features, t=5, seed=3, draws=3, with_lr=False)
+    per_draw = np.stack(
+        [(features - detector.reconstruct(features, 5, seed=3, draw=d)).pow(2).sum(dim=1).numpy() for d in range(3)]
+    )
+    assert np.allclose(averaged.mse, per_draw.mean(axis=0), rtol=1e-5)
+    assert np.allclose(single.mse, per_draw[0], rtol=1e-6)  # stage-wise vs whole-vector summation order
+    assert not np.allclose(per_draw[0], per_draw[1])
+    assert averaged.draws == 3 and averaged.stage_sq_error.shape == (40, len(detector.stage_dims))
+    other_seed = detector.score_features(features, t=5, seed=4, draws=1, with_lr=False)
+    assert not np.allclose(other_seed.mse, single.mse)
