@@ -1,0 +1,152 @@
+"""Feature extraction + LFDN training on a background thread for the Train page, with progress and Stop."""
+
+from __future__ import annotations
+
+import threading
+import time
+import traceback
+from dataclasses import dataclass, field
+from pathlib import Path
+
+
+@dataclass(frozen=True)
+class TrainRequest:
+    """What the Train page asks for."""
+
+    dataset: str
+    run_dir: Path
+    backbone: str = "efficientnet_lite0"
+    weights: str = "pretrained"
+    input_size: int = 64
+    width: int = 256
+    depth: int = 4
+    epochs: int = 5
+    batch_size: int = 256
+    learning_rate: float = 1e-3
+    cache_dir: str | None = None
+    data_root: str | None = None
+    download: bool = False
+
+
+@dataclass
+class TrainState:
+    """A snapshot of a running job, safe to read from the UI thread."""
+
+    phase: str = "waiting"  # waiting | extracting | training | finished | stopped | failed
+    extracted: int = 0
+    to_extract: int = 0
+    epoch: int = 0
+    epochs: int = 0
+    step: int = 0
+    steps_per_epoch: int = 0
+    losses: list[float] = field(default_factory=list)  # per step
+    epoch_losses: list[float] = field(default_factory=list)
+    checkpoints: int = 0
+    message: str = ""
+
+
+class _StopRequested(Exception):
+    """Raised from the extraction progress callback to abandon extraction when the user presses Stop."""
+
+
+class TrainingJob:
+    """Feature extraction + LFDN training on a daemon thread; `stop()` ends it after saving the current state."""
+
+    def __init__(self, request: TrainRequest) -> None:
+        self.request = request
+        self._state = TrainState(epochs=request.epochs)
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name=f"dlsr-train-{request.run_dir.name}", daemon=True)
+        self.started_at = 0.0
+
+    def start(self) -> TrainingJob:
+        self.started_at = time.time()
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    @property
+    def running(self) -> bool:
+        return self._thread.is_alive()
+
+    def join(self, timeout: float | None = None) -> None:
+        self._thread.join(timeout)
+
+    def snapshot(self) -> TrainState:
+        with self._lock:
+            state = self._state
+            return TrainState(
+                **{**state.__dict__, "losses": list(state.losses), "epoch_losses": list(state.epoch_losses)}
+            )
+
+    def _update(self, **changes) -> None:
+        with self._lock:
+            for key, value in changes.items():
+                setattr(self._state, key, value)
+
+    def _extraction_progress(self, done: int, total: int) -> None:
+        self._update(extracted=done, to_extract=total)
+        if self._stop.is_set():
+            raise _StopRequested
+
+    def _run(self) -> None:
+        from dlsr_core.cache import cached_features
+        from dlsr_core.diffusion import LFDNConfig
+        from dlsr_core.training import Provenance, TrainConfig, train
+
+        request = self.request
+        try:
+            self._update(phase="extracting", message=f"extracting features of {request.dataset}")
+            features = cached_features(
+                request.dataset,
+                request.backbone,
+                weights=request.weights,
+                input_size=request.input_size,
+                cache_dir=request.cache_dir,
+                data_root=request.data_root,
+                download=request.download,
+                progress=self._extraction_progress,
+            )
+            if len(features) == 0:
+                raise ValueError(f"{request.dataset} has no readable images ({features.skipped} skipped)")
+            steps = -(-len(features) // request.batch_size)
+            self._update(
+                phase="training",
+                steps_per_epoch=steps,
+                message=f"training on {len(features)} feature vectors ({features.skipped} unreadable skipped)",
+            )
+
+            def on_step(epoch: int, step: int, loss: float) -> None:
+                with self._lock:
+                    self._state.epoch, self._state.step = epoch, step
+                    self._state.losses.append(loss)
+
+            def on_epoch(report) -> None:
+                with self._lock:
+                    self._state.epoch_losses.append(report.loss)
+                    self._state.checkpoints += int(report.checkpoint_saved)
+
+            result = train(
+                features.features,
+                request.run_dir,
+                LFDNConfig(feature_dim=features.features.shape[1], width=request.width, depth=request.depth),
+                TrainConfig(epochs=request.epochs, batch_size=request.batch_size, learning_rate=request.learning_rate),
+                Provenance(request.backbone, request.weights, request.input_size, features.stage_dims, request.dataset),
+                on_step=on_step,
+                on_epoch=on_epoch,
+                should_stop=self._stop.is_set,
+            )
+            phase = "stopped" if result.stopped_early else "finished"
+            self._update(
+                phase=phase,
+                message=f"{phase} after {result.epochs_done}/{request.epochs} epochs, final "
+                f"loss {result.last_loss:.4f}; checkpoints in {result.run_dir}",
+            )
+        except _StopRequested:
+            self._update(phase="stopped", message="stopped during feature extraction; nothing was trained or cached")
+        except Exception as error:  # shown in the page; the last saved checkpoint stays usable
+            self._update(phase="failed", message=f"{type(error).__name__}: {error}")
+            traceback.print_exc()

@@ -1,0 +1,180 @@
+"""Uploaded files: decoded in memory (never written to disk), embedded once, scored against the ID reference."""
+
+from __future__ import annotations
+
+import base64
+import io
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from PIL import Image
+from torch import Tensor
+
+from dlsr_core.checkpoint import CheckpointError
+from dlsr_core.explorer.scores import id_threshold95, score_matrix, verdict
+from dlsr_core.explorer.sets import DEMO_ID_SET, DEMO_OOD_SETS
+from dlsr_core.scoring import DEFAULT_STEPS, Detector
+
+UPLOAD_TYPES = ("png", "jpg", "jpeg", "webp", "bmp", "tif", "tiff", "gif")
+
+MAX_UPLOAD_BYTES = 50 * 1024 * 1024
+
+PREVIEW_SIZE = 256
+
+
+@dataclass(frozen=True)
+class UploadBatch:
+    """Decoded uploads: names, RGB previews (at most PREVIEW_SIZE px) and features (M, D) of the readable files;
+    errors of the others."""
+
+    names: list[str]
+    images: list[Image.Image]
+    features: Tensor
+    errors: list[tuple[str, str]]
+    notes: list[tuple[str, str]] = field(default_factory=list)  # readable files that were converted on the way
+
+
+def _conversion_note(data: bytes) -> str | None:
+    """Why a readable image was not scored exactly as stored (animation, high bit depth), or None."""
+    try:
+        with Image.open(io.BytesIO(data)) as image:
+            frames, mode = getattr(image, "n_frames", 1), image.mode
+    except Exception:  # load_image already accepted the bytes; a failing probe only loses the note
+        return None
+    notes = []
+    if frames > 1:
+        notes.append(f"animated/multi-page ({frames} frames): the first frame was scored")
+    if mode in ("I", "F") or mode.startswith("I;16"):
+        notes.append(f"{'16-bit' if '16' in mode else mode + '-mode'} image rescaled to 8 bits by its value range")
+    return "; ".join(notes) or None
+
+
+def decode_uploads(
+    files: Sequence[tuple[str, bytes]],
+) -> tuple[list[tuple[str, Image.Image]], list[tuple[str, str]], list[tuple[str, str]]]:
+    """Decode (name, bytes) pairs in memory (nothing is written to disk).
+
+    Returns (name, RGB image) for readable files, (name, reason) errors for the others and (name, note) for
+    readable files that were converted (first frame of an animation, 16-bit rescaled).
+    """
+    from dlsr_core.data import ImageLoadError, load_image
+
+    good: list[tuple[str, Image.Image]] = []
+    errors: list[tuple[str, str]] = []
+    notes: list[tuple[str, str]] = []
+    for name, data in files:
+        if len(data) > MAX_UPLOAD_BYTES:
+            errors.append((name, f"file is {len(data) / 1e6:.0f} MB; the limit is {MAX_UPLOAD_BYTES / 1e6:.0f} MB"))
+            continue
+        try:
+            good.append((name, load_image(bytes(data))))
+        except ImageLoadError as error:
+            errors.append((name, str(error).replace("image bytes: ", "")))
+            continue
+        except Exception as error:  # a decoder bug must not take the rest of the batch down
+            errors.append((name, f"could not be decoded ({type(error).__name__}: {error})"))
+            continue
+        note = _conversion_note(bytes(data))
+        if note:
+            notes.append((name, note))
+    return good, errors, notes
+
+
+def embed_images(extractor, input_size: int, images: Sequence[Image.Image], batch_size: int = 8) -> Tensor:
+    """Backbone features (M, D) of RGB images; (0, D) for none."""
+    rows = [
+        extractor(extractor.preprocess(list(images[i : i + batch_size]), input_size)).float().cpu()
+        for i in range(0, len(images), batch_size)
+    ]
+    return torch.cat(rows) if rows else torch.empty(0, extractor.feature_dim)
+
+
+def prepare_uploads(extractor, input_size: int, files: Sequence[tuple[str, bytes]]) -> UploadBatch:
+    """Decode uploads in memory and run the readable ones through the backbone (the slow step, done once)."""
+    good, errors, notes = decode_uploads(files)
+    features = embed_images(extractor, input_size, [image for _, image in good])
+    return UploadBatch([name for name, _ in good], [_preview(image) for _, image in good], features, errors, notes)
+
+
+def _preview(image: Image.Image, size: int = PREVIEW_SIZE) -> Image.Image:
+    """A copy no larger than size x size: a batch of big photos must not be kept (and cached) at full size."""
+    preview = image.copy()
+    preview.thumbnail((size, size))
+    return preview
+
+
+@dataclass(frozen=True)
+class ImageScore:
+    """One uploaded image scored against the ID reference set."""
+
+    name: str
+    score: float
+    threshold: float
+    verdict: str
+    id_percentile: float  # share of ID reference scores below this image's score, in percent
+    stage_cos: tuple[float, ...]
+
+
+def score_uploads(
+    detector: Detector,
+    features: Tensor,
+    names: Sequence[str],
+    id_scores: np.ndarray,
+    score: str,
+    timestep: int,
+    steps: int | None = DEFAULT_STEPS,
+    seed: int = 0,
+) -> list[ImageScore]:
+    """Score upload features (M, D) under `score`, placed against the ID reference scores at the same timestep."""
+    if len(names) == 0:
+        return []
+    detector.check_features(features)
+    scores = score_matrix(detector, features, timestep, steps, seed, with_lr=score == "lr")
+    if score not in scores:
+        raise CheckpointError(f"score {score!r} is not available for this checkpoint")
+    threshold = id_threshold95(id_scores)
+    reference = np.sort(np.asarray(id_scores, dtype=np.float64))
+    results = []
+    for row, name in enumerate(names):
+        value = float(scores[score][row])
+        below = np.searchsorted(reference, value, side="left")
+        results.append(
+            ImageScore(
+                name=name,
+                score=value,
+                threshold=threshold,
+                verdict=verdict(value, threshold),
+                id_percentile=100.0 * below / len(reference),
+                stage_cos=tuple(float(v) for v in scores["stage_cos"][row]),
+            )
+        )
+    return results
+
+
+def encode_png(image: Image.Image) -> bytes:
+    """PNG bytes of an image (used for sample images and thumbnails, in memory)."""
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def thumbnail_uri(image: Image.Image, size: int = 56) -> str:
+    """A data: URI of a small PNG thumbnail, for hover labels in HTML."""
+    thumb = image.copy()
+    thumb.thumbnail((size, size))
+    return "data:image/png;base64," + base64.b64encode(encode_png(thumb)).decode()
+
+
+def sample_uploads(per_set: int = 2, seed: int = 0) -> list[tuple[str, bytes]]:
+    """A few demo images (ID and OOD) as in-memory PNG "uploads", for a demo without files at hand."""
+    rng = np.random.default_rng(seed)
+    files = []
+    for spec in [DEMO_ID_SET, *DEMO_OOD_SETS]:
+        from dlsr_core.data import open_dataset
+
+        dataset = open_dataset(spec)
+        for index in rng.choice(len(dataset), size=per_set, replace=False):
+            files.append((f"{spec.removeprefix('demo:')}_{int(index)}.png", encode_png(dataset[int(index)])))
+    return files
