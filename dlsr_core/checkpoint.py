@@ -1,27 +1,50 @@
-"""LFDN checkpoints: safetensors weights + JSON metadata + a SHA-256 file beside them. Nothing is unpickled.
+"""LFDN checkpoints: safetensors weights + JSON metadata, loaded without unpickling and checked before any use.
 
 A training run directory holds `first.safetensors` (the first saved epoch, needed by the LR score) and
-`last.safetensors` (the newest), each with `<name>.sha256` beside it, plus `resume.pt` for continuing training.
+`last.safetensors` (the newest), plus `resume.pt` for continuing training.
+
+Writing: a checkpoint carries the SHA-256 of its content (metadata and tensors) inside its own metadata
+(`content_sha256`), so weights and digest are replaced together by one atomic rename and a kill at any moment leaves
+either the previous complete file or the new complete file. A `<name>.sha256` file is also written beside it, after
+the rename, for `sha256sum -c`; any stale one is removed before the rename, so a checkpoint never sits next to the
+digest of another. Checkpoints written before the embedded digest (the shipped default) rely on that file alone.
+
+Reading trusts nothing: the header is parsed with size limits; the metadata is checked against the CheckpointInfo and
+LFDNConfig dataclasses (unknown keys, types, ranges: dlsr_core.schema); the tensor shapes are compared with those of a
+model built from the stored config on the `meta` device (no memory is allocated, so a config claiming width 200000
+fails in milliseconds); then the digests are verified and every weight must be finite. Only then is a model built.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
-from dataclasses import asdict, dataclass, field
+import math
+import re
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
-import safetensors
 import safetensors.torch
 import torch
 from torch import Tensor
 
 from dlsr_core.atomic import atomic_write_bytes, sha256_hex
-from dlsr_core.diffusion import LFDN, LFDNConfig
+from dlsr_core.diffusion import LFDN, ConfigError, LFDNConfig, validate_config
+from dlsr_core.options import MAX_INPUT_SIZE, MIN_INPUT_SIZE
+from dlsr_core.schema import SchemaError, from_json
 
 FORMAT_NAME = "dlsr-lfdn"
 FORMAT_VERSION = 1
 FIRST_NAME = "first.safetensors"
 LAST_NAME = "last.safetensors"
+DIGEST_KEY = "content_sha256"
+METADATA_KEYS = frozenset({"format", "format_version", "info", DIGEST_KEY})
+# safetensors' own limit for the JSON header.
+MAX_HEADER_BYTES = 100_000_000
+# Longest diffusion schedule accepted from a file (the paper uses 100); the schedule is the one size no tensor shows.
+MAX_NUM_TIMESTEPS = 100_000
+_TENSOR_DTYPES = {"F16": 2, "BF16": 2, "F32": 4}
+_RUN_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}$")
 # The shipped default model (a run directory) lives in the repository's checkpoints/ folder.
 DEFAULT_RUN_DIR = Path(__file__).resolve().parent.parent / "checkpoints" / "default"
 DEFAULT_RECREATE_COMMAND = (
@@ -41,16 +64,31 @@ class CheckpointInfo:
     config: LFDNConfig
     backbone: str
     weights: str
-    input_size: int
-    stage_dims: tuple[int, ...]
+    input_size: int = field(metadata={"range": (MIN_INPUT_SIZE, MAX_INPUT_SIZE)})
+    stage_dims: tuple[int, ...] = field(metadata={"range": (1, None)})
     dataset: str
-    epoch: int
+    epoch: int = field(metadata={"range": (0, None)})
     train_settings: dict = field(default_factory=dict)
 
 
 def checksum_path(path: Path) -> Path:
     """The `.sha256` file that sits beside checkpoint `path`."""
     return path.with_name(path.name + ".sha256")
+
+
+def _tensor_bytes(tensor: Tensor) -> memoryview:
+    return memoryview(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy())
+
+
+def content_digest(tensors: dict[str, Tensor], metadata: dict[str, str]) -> str:
+    """SHA-256 over the metadata (without the digest itself) and every tensor's name, dtype, shape and bytes."""
+    digest = hashlib.sha256()
+    digest.update(json.dumps({k: v for k, v in metadata.items() if k != DIGEST_KEY}, sort_keys=True).encode())
+    for name in sorted(tensors):
+        tensor = tensors[name]
+        digest.update(json.dumps([name, str(tensor.dtype), list(tensor.shape)]).encode())
+        digest.update(_tensor_bytes(tensor))
+    return digest.hexdigest()
 
 
 def save_checkpoint(
@@ -61,7 +99,10 @@ def save_checkpoint(
     feature_std: Tensor,
     half_precision: bool = False,
 ) -> None:
-    """Write model weights (optionally float16), feature statistics (D,) and `info` atomically, then the checksum."""
+    """Write model weights (optionally float16), feature statistics (D,) and `info` with their digest, atomically.
+
+    Raises CheckpointError, writing nothing, when a weight or statistic is NaN/Inf.
+    """
     path = Path(path)
     dtype = torch.float16 if half_precision else torch.float32
     tensors = {
@@ -69,23 +110,33 @@ def save_checkpoint(
     }
     tensors["stats.feature_mean"] = feature_mean.detach().to("cpu", torch.float32).contiguous()
     tensors["stats.feature_std"] = feature_std.detach().to("cpu", torch.float32).contiguous()
-    metadata = {
-        "format": FORMAT_NAME,
-        "format_version": str(FORMAT_VERSION),
-        "info": json.dumps(asdict(info)),
-    }
+    bad = [name for name, tensor in tensors.items() if not torch.isfinite(tensor).all()]
+    if bad:
+        raise CheckpointError(f"refusing to write {path}: {bad[0]} holds NaN/Inf values (after float conversion)")
+    metadata = {"format": FORMAT_NAME, "format_version": str(FORMAT_VERSION), "info": json.dumps(asdict(info))}
+    metadata[DIGEST_KEY] = content_digest(tensors, metadata)
     data = safetensors.torch.save(tensors, metadata=metadata)
-    atomic_write_bytes(path, data)
-    atomic_write_bytes(checksum_path(path), f"{sha256_hex(data)}  {path.name}\n".encode())
+    sidecar = checksum_path(path)
+    sidecar.unlink(missing_ok=True)  # never leave the old file's digest beside the new file
+    atomic_write_bytes(path, data)  # the one step that replaces the previous checkpoint
+    atomic_write_bytes(sidecar, f"{sha256_hex(data)}  {path.name}\n".encode())
 
 
-def _verify_checksum(path: Path, data: bytes) -> None:
+def _file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as stream:
+        for block in iter(lambda: stream.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _verify_sidecar(path: Path) -> None:
     expected_file = checksum_path(path)
-    if not expected_file.exists():
+    if not expected_file.is_file():
         return
-    fields = expected_file.read_text().split()
-    expected = fields[0] if fields else ""
-    actual = sha256_hex(data)
+    fields_ = expected_file.read_text(errors="replace").split()
+    expected = fields_[0].lower() if fields_ else ""
+    actual = _file_sha256(path)
     if expected != actual:
         raise CheckpointError(
             f"checkpoint {path} does not match its checksum file {expected_file.name} (expected {expected[:12]}…, "
@@ -93,16 +144,135 @@ def _verify_checksum(path: Path, data: bytes) -> None:
         )
 
 
-def _info_from_metadata(path: Path, metadata: dict[str, str] | None) -> CheckpointInfo:
-    if not metadata or metadata.get("format") != FORMAT_NAME:
+@dataclass(frozen=True)
+class _Header:
+    tensors: dict[str, tuple[str, tuple[int, ...]]]  # name -> (dtype, shape)
+    metadata: dict[str, str]
+    payload_bytes: int
+
+
+def _read_header(path: Path) -> _Header:
+    """Parse and bound-check the safetensors header of `path` without reading the tensors."""
+    damaged = f"{path} is not a readable safetensors file; the file is damaged or truncated"
+    size = path.stat().st_size
+    with path.open("rb") as stream:
+        prefix = stream.read(8)
+        if len(prefix) < 8:
+            raise CheckpointError(f"{damaged} ({size} bytes)")
+        length = int.from_bytes(prefix, "little")
+        if length > min(MAX_HEADER_BYTES, size - 8):
+            raise CheckpointError(f"{damaged} (header of {length} bytes in a {size}-byte file)")
+        raw = stream.read(length)
+    try:
+        header = json.loads(raw)
+    except (ValueError, RecursionError) as error:
+        raise CheckpointError(f"{damaged} (header is not JSON: {error})") from error
+    if not isinstance(header, dict):
+        raise CheckpointError(f"{damaged} (header is not a JSON object)")
+    metadata = header.pop("__metadata__", None) or {}
+    if not isinstance(metadata, dict) or not all(isinstance(v, str) for v in metadata.values()):
+        raise CheckpointError(f"{path}: its metadata must map names to strings")
+    payload = size - 8 - length
+    tensors, covered = {}, 0
+    for name, entry in header.items():
+        try:
+            dtype, shape, (begin, end) = entry["dtype"], entry["shape"], entry["data_offsets"]
+            valid = (
+                dtype in _TENSOR_DTYPES
+                and isinstance(shape, list)
+                and all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape)
+                and all(isinstance(o, int) and not isinstance(o, bool) for o in (begin, end))
+                and 0 <= begin <= end <= payload
+                and end - begin == math.prod(shape) * _TENSOR_DTYPES[dtype]
+            )
+        except (KeyError, TypeError, ValueError):
+            valid = False
+        if not valid:
+            raise CheckpointError(f"{damaged} (tensor {name!r} is described wrongly or lies outside the file)")
+        tensors[name] = (dtype, tuple(shape))
+        covered += end - begin
+    if covered != payload:
+        raise CheckpointError(f"{damaged} ({payload} data bytes, tensors describe {covered})")
+    return _Header(tensors, metadata, payload)
+
+
+def _info_from_metadata(path: Path, metadata: dict[str, str]) -> CheckpointInfo:
+    if metadata.get("format") != FORMAT_NAME:
         raise CheckpointError(f"{path} is not a DLSR LFDN checkpoint (no '{FORMAT_NAME}' metadata)")
-    version = int(metadata.get("format_version", "0"))
-    if version > FORMAT_VERSION:
-        raise CheckpointError(f"{path} has format version {version}; this dlsr_core reads up to {FORMAT_VERSION}")
-    raw = json.loads(metadata["info"])
-    raw["config"] = LFDNConfig(**raw["config"])
-    raw["stage_dims"] = tuple(raw["stage_dims"])
-    return CheckpointInfo(**raw)
+    unknown = sorted(set(metadata) - METADATA_KEYS)
+    if unknown:
+        raise CheckpointError(f"{path}: unknown metadata key(s) {', '.join(map(repr, unknown))}")
+    version_text = metadata.get("format_version", "")
+    if not re.fullmatch(r"[0-9]{1,6}", version_text) or not 1 <= int(version_text) <= FORMAT_VERSION:
+        raise CheckpointError(
+            f"{path} has format version {version_text[:20]!r}; this dlsr_core reads versions 1..{FORMAT_VERSION}"
+        )
+    try:
+        raw = json.loads(metadata.get("info", ""))
+    except (ValueError, RecursionError) as error:
+        raise CheckpointError(f"{path}: its 'info' metadata is not JSON ({error})") from error
+    try:
+        info = from_json(CheckpointInfo, raw, "info")
+        validate_config(info.config)
+    except (SchemaError, ConfigError) as error:
+        raise CheckpointError(f"{path}: invalid metadata: {error}") from error
+    if sum(info.stage_dims) != info.config.feature_dim:
+        raise CheckpointError(
+            f"{path}: invalid metadata: stage sizes {info.stage_dims} sum to {sum(info.stage_dims)}, "
+            f"the model expects {info.config.feature_dim}-d features"
+        )
+    return info
+
+
+def _expected_tensors(path: Path, config: LFDNConfig, header: _Header) -> dict[str, tuple[int, ...]]:
+    """Tensor shapes a model of `config` has, computed on the meta device after bounding every size field."""
+    largest = max((max(shape, default=0) for _, shape in header.tensors.values()), default=0)
+    bound = max(largest, len(header.tensors))
+    for spec in fields(config):
+        value = getattr(config, spec.name)
+        if spec.name == "num_timesteps":
+            if value > MAX_NUM_TIMESTEPS:
+                raise CheckpointError(f"{path}: num_timesteps {value} is above the limit of {MAX_NUM_TIMESTEPS}")
+        elif isinstance(value, int) and not isinstance(value, bool) and value > bound:
+            raise CheckpointError(
+                f"{path}: the stored config asks for {spec.name} = {value}, but no tensor in the file is that large "
+                f"(largest dimension {largest}, {len(header.tensors)} tensors): the metadata does not match the weights"
+            )
+    with torch.device("meta"):
+        skeleton = LFDN(config)
+    expected = {f"model.{key}": tuple(value.shape) for key, value in skeleton.state_dict().items()}
+    expected["stats.feature_mean"] = expected["stats.feature_std"] = (config.feature_dim,)
+    return expected
+
+
+def _check_shapes(path: Path, info: CheckpointInfo, header: _Header) -> None:
+    expected = _expected_tensors(path, info.config, header)
+    found = {name: shape for name, (_, shape) in header.tensors.items()}
+    missing, extra = sorted(set(expected) - set(found)), sorted(set(found) - set(expected))
+    wrong = [name for name in sorted(set(expected) & set(found)) if expected[name] != found[name]]
+    if missing or extra or wrong:
+        if wrong:
+            detail = f"{wrong[0]} is {list(found[wrong[0]])} in the file, {list(expected[wrong[0]])} for the config"
+        elif missing:
+            detail = f"{len(missing)} tensor(s) missing, e.g. {missing[0]}"
+        else:
+            detail = f"{len(extra)} unexpected tensor(s), e.g. {extra[0]}"
+        config = info.config
+        raise CheckpointError(
+            f"{path}: the weights do not fit the stored config (feature_dim {config.feature_dim}, width "
+            f"{config.width}, depth {config.depth}): {detail}"
+        )
+
+
+def read_checkpoint_info(path: str | Path) -> CheckpointInfo:
+    """The validated metadata of a checkpoint file, checked against its tensor shapes; reads no weights."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"no checkpoint at {path}")
+    header = _read_header(path)
+    info = _info_from_metadata(path, header.metadata)
+    _check_shapes(path, info, header)
+    return info
 
 
 @dataclass(frozen=True)
@@ -117,19 +287,34 @@ class LoadedCheckpoint:
 
 
 def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> LoadedCheckpoint:
-    """Verify, rebuild from the stored config and load a checkpoint written by `save_checkpoint`."""
+    """Verify, rebuild from the stored config and load a checkpoint written by `save_checkpoint`.
+
+    Raises CheckpointError for anything wrong with the file: see the module docstring for what is checked.
+    """
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"no checkpoint at {path}")
+    _verify_sidecar(path)
+    header = _read_header(path)
+    info = _info_from_metadata(path, header.metadata)
+    _check_shapes(path, info, header)
     data = path.read_bytes()
-    _verify_checksum(path, data)
     try:
         tensors = safetensors.torch.load(data)
-        with safetensors.safe_open(str(path), framework="pt") as handle:
-            metadata = handle.metadata()
     except Exception as error:  # safetensors raises several unrelated types for damaged files
         raise CheckpointError(f"{path} cannot be read as safetensors ({error}); the file is damaged") from error
-    info = _info_from_metadata(path, metadata)
+    expected_digest = header.metadata.get(DIGEST_KEY)
+    if expected_digest is not None and content_digest(tensors, header.metadata) != expected_digest:
+        raise CheckpointError(
+            f"checkpoint {path} does not match the digest stored inside it: the file is truncated or was altered. "
+            "Re-download or retrain it."
+        )
+    for name, tensor in tensors.items():
+        if not torch.isfinite(tensor).all():
+            raise CheckpointError(
+                f"{path}: {name} holds NaN/Inf values, so every score would be meaningless; retrain the model "
+                "(the run diverged) or use another checkpoint"
+            )
     model = LFDN(info.config)
     state = {key.removeprefix("model."): value.float() for key, value in tensors.items() if key.startswith("model.")}
     try:
@@ -168,3 +353,31 @@ def resolve_run(path: str | Path) -> tuple[Path, Path | None]:
     if early == final or not early.exists():
         return final, None
     return final, early
+
+
+def run_dir_for_name(name: str, root: str | Path) -> Path:
+    """The folder directly inside `root` that a run called `name` trains into; raises CheckpointError otherwise.
+
+    A name is one plain folder name (letters, digits, '_', '-', '.'; not starting with '.'), so '..', '.', 'a/b',
+    absolute paths and empty names are refused; so is the shipped default model and anything at that place that is
+    not a run folder of its own (a file, a symbolic link, a folder with other content).
+    """
+    root = Path(root)
+    if not isinstance(name, str) or not _RUN_NAME.match(name):
+        raise CheckpointError(
+            f"run name {name!r} is not allowed: use 1-64 letters, digits, '_', '-' or '.', not starting with '.' "
+            "(a run is always a new folder directly inside the checkpoints folder)"
+        )
+    candidate = root / name
+    if candidate.resolve().parent != root.resolve():
+        raise CheckpointError(f"run name {name!r} does not name a folder directly inside {root}")
+    if candidate.resolve() == DEFAULT_RUN_DIR or name == DEFAULT_RUN_DIR.name:
+        raise CheckpointError(f"{name!r} is the shipped default model; pick another run name")
+    if candidate.is_symlink() or (candidate.exists() and not candidate.is_dir()):
+        raise CheckpointError(f"{candidate} exists and is not a run folder; pick another run name")
+    if candidate.is_dir() and any(candidate.iterdir()):
+        known = {FIRST_NAME, LAST_NAME, "resume.pt", checksum_path(Path(FIRST_NAME)).name}
+        known.add(checksum_path(Path(LAST_NAME)).name)
+        if not all(entry.name in known or entry.name.endswith(".partial") for entry in candidate.iterdir()):
+            raise CheckpointError(f"{candidate} already holds other files; pick another run name")
+    return candidate
