@@ -1,7 +1,9 @@
 """On-disk cache of feature sets, keyed by everything that changes the features.
 
 Files are safetensors with JSON metadata; a checksum of the stored arrays is kept inside, and files are written
-atomically, so a killed or damaged write is detected on load and the features are recomputed.
+atomically, so a killed or damaged write is detected on load and the features are recomputed. A cache that cannot be
+used (its folder is a file, is read-only or full, a cache file's name is taken by a folder) is warned about once per
+folder and skipped: the features are still computed and returned, only not stored.
 """
 
 from __future__ import annotations
@@ -25,6 +27,22 @@ from dlsr_core.features import FeatureSet, ProgressCallback, extract_features
 PREPROCESSING_VERSION = "resize-square-v1+gap-std-v1"
 CACHE_FORMAT = "dlsr-features-v1"
 logger = logging.getLogger(__name__)
+_warned_folders: set[str] = set()
+
+
+def _warn_unusable(path: Path, error: OSError) -> None:
+    folder = str(path.parent)
+    if folder in _warned_folders:
+        return
+    _warned_folders.add(folder)
+    reason = error.strerror or type(error).__name__
+    logger.warning(
+        "feature cache %s is not usable (%s: %s); carrying on without caching (features are recomputed next time). "
+        "Point --cache-dir or DLSR_CACHE_DIR at a writable folder to cache them.",
+        folder,
+        reason,
+        getattr(error, "filename", None) or path,
+    )
 
 
 def default_cache_dir() -> Path:
@@ -89,11 +107,16 @@ def save_feature_set(path: Path, feature_set: FeatureSet, key: dict[str, str]) -
 
 
 def load_feature_set(path: Path, key: dict[str, str]) -> FeatureSet | None:
-    """The cached set at `path`, or None when it is absent, damaged or was made under another key."""
-    if not path.is_file():
+    """The cached set at `path`, or None when it is absent, unreadable, damaged or was made under another key."""
+    try:
+        if not path.is_file():
+            return None
+        data = path.read_bytes()
+    except OSError as error:
+        _warn_unusable(path, error)
         return None
     try:
-        tensors = safetensors.torch.load(path.read_bytes())
+        tensors = safetensors.torch.load(data)
         with safetensors.safe_open(str(path), framework="pt") as handle:
             metadata = handle.metadata() or {}
     except Exception as error:  # any parse failure means the file cannot be trusted
@@ -105,12 +128,18 @@ def load_feature_set(path: Path, key: dict[str, str]) -> FeatureSet | None:
     if set(tensors) != {"features", "indices"} or metadata.get("checksum") != _payload_checksum(tensors):
         logger.warning("ignoring feature cache %s: checksum mismatch", path)
         return None
+    try:
+        stage_dims = tuple(int(size) for size in json.loads(metadata["stage_dims"]))
+        skipped, dataset = int(metadata["skipped"]), str(metadata["dataset_name"])
+    except (KeyError, TypeError, ValueError) as error:
+        logger.warning("ignoring feature cache %s: damaged metadata (%s)", path, error)
+        return None
     return FeatureSet(
         features=tensors["features"],
-        stage_dims=tuple(json.loads(metadata["stage_dims"])),
+        stage_dims=stage_dims,
         indices=tensors["indices"],
-        skipped=int(metadata["skipped"]),
-        dataset=metadata["dataset_name"],
+        skipped=skipped,
+        dataset=dataset,
         backbone=key["backbone"],
         seconds=0.0,
     )
@@ -151,5 +180,8 @@ def cached_features(
     feature_set = extract_features(
         extractor, images, input_size, batch_size=batch_size, progress=progress, dataset_name=images.name
     )
-    save_feature_set(path, feature_set, key)
+    try:
+        save_feature_set(path, feature_set, key)
+    except OSError as error:  # the features are computed: a cache fault must not cost them
+        _warn_unusable(path, error)
     return feature_set

@@ -45,6 +45,7 @@ __all__ = [
     "FASHION_MNIST_DIR",
     "IMAGE_EXTENSIONS",
     "LETTERS",
+    "MAX_DECODED_SIDE",
     "MAX_IMAGE_PIXELS",
     "SHIFTS",
     "TEXTURE_IMAGES",
@@ -52,7 +53,9 @@ __all__ = [
     "DatasetSpec",
     "ImageDataset",
     "ImageLoadError",
+    "describe_skipped",
     "digits_images",
+    "item_name",
     "letter_fonts",
     "list_demo_sets",
     "load_fashion_mnist",
@@ -82,6 +85,10 @@ TORCHVISION_ROOT = Path("~/.cache/dlsr/datasets")
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff", ".gif")
 # Below Pillow's own limit (~89 MP) so our clear error fires before Pillow's warning does.
 MAX_IMAGE_PIXELS = 64_000_000
+# Decoded images are reduced to at most this many pixels on their longest side (the largest backbone input size the
+# CLI accepts): one decoded image then holds at most ~3 MB, and every path (folder, --images, uploads) decodes alike.
+MAX_DECODED_SIDE = 1024
+_DECODE_RULE = f"max{MAX_DECODED_SIDE}"  # part of folder identities, so cached features follow a change of the rule
 SHIFTS = ("invert", "rot90", "rot180", "rot270", "hflip", "vflip", "blur")
 
 _BUILTIN_SOURCES = ("digits", "letters", "textures")
@@ -313,15 +320,19 @@ def list_demo_sets() -> list[str]:
 # Image decoding
 
 
-def load_image(source: str | Path | bytes, *, max_pixels: int = MAX_IMAGE_PIXELS) -> Image.Image:
-    """Decode a file path or encoded bytes into an 8-bit RGB image.
+def load_image(
+    source: str | Path | bytes, *, max_pixels: int = MAX_IMAGE_PIXELS, max_side: int | None = MAX_DECODED_SIDE
+) -> Image.Image:
+    """Decode a file path or encoded bytes into an 8-bit RGB image at most `max_side` px on its longest side.
 
     Grayscale, palette, CMYK and other modes are converted; transparent pixels are composited onto
     black (the datasets here are light-on-dark). 16-bit and float images are scaled by their actual
     value range. Animated or multi-page files give their first frame; EXIF rotation is applied.
     Raises ImageLoadError for missing, empty, non-image, truncated or corrupt input and for images
     larger than ``max_pixels`` (decompression-bomb guard; Pillow's own ``Image.MAX_IMAGE_PIXELS``,
-    about 89 MP, still applies on top, so raising ``max_pixels`` beyond it has no effect).
+    about 89 MP, still applies on top, so raising ``max_pixels`` beyond it has no effect). Larger images are
+    reduced while decoding where the format allows (JPEG DCT scaling) and right after otherwise, keeping the aspect
+    ratio; ``max_side=None`` keeps the full size.
     """
     if isinstance(source, (bytes, bytearray, memoryview)):
         if len(source) == 0:
@@ -350,8 +361,10 @@ def load_image(source: str | Path | bytes, *, max_pixels: int = MAX_IMAGE_PIXELS
                         "(possible decompression bomb)"
                     )
                 im.seek(0)
+                if max_side and im.format == "JPEG":
+                    im.draft(im.mode, (max_side, max_side))  # decode at 1/2, 1/4 or 1/8 scale when that is enough
                 im.load()
-                return _to_rgb(_exif_upright(im))
+                return _bounded(_exif_upright(im), max_side)
     except ImageLoadError:
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
@@ -364,6 +377,16 @@ def load_image(source: str | Path | bytes, *, max_pixels: int = MAX_IMAGE_PIXELS
         raise ImageLoadError(f"{what}: corrupt or unreadable image ({exc})") from exc
     except Exception as exc:  # Pillow plugins raise many types (SyntaxError, struct.error, ...) on bad data
         raise ImageLoadError(f"{what}: corrupt image ({type(exc).__name__}: {exc})") from exc
+
+
+def _bounded(im: Image.Image, max_side: int | None) -> Image.Image:
+    """RGB copy of `im` no larger than max_side; 8-bit images are box-reduced before conversion to save memory."""
+    if max_side and max(im.size) > 2 * max_side and im.mode in ("L", "RGB"):
+        im = im.reduce(max(im.size) // max_side)
+    rgb = _to_rgb(im)
+    if max_side and max(rgb.size) > max_side:
+        rgb.thumbnail((max_side, max_side), Image.Resampling.BICUBIC)
+    return rgb
 
 
 def _exif_upright(im: Image.Image) -> Image.Image:
@@ -847,6 +870,34 @@ def _open_folder(spec: DatasetSpec) -> ImageDataset:
         except ImageLoadError:
             return None
 
-    return ImageDataset(
-        str(spec), f"folder|n={len(files)}|{digest.hexdigest()[:20]}", len(files), load, None, None, tuple(files)
-    )
+    identity = f"folder|n={len(files)}|{digest.hexdigest()[:20]}|{_DECODE_RULE}"
+    return ImageDataset(str(spec), identity, len(files), load, None, None, tuple(files))
+
+
+def item_name(dataset: ImageDataset, index: int) -> str:
+    """How a row is named in outputs: the file path for folder datasets, else `<dataset>#<index>`."""
+    if dataset.paths is not None:
+        return str(dataset.paths[index])
+    return f"{dataset.name}#{index}"
+
+
+def describe_skipped(dataset: ImageDataset, kept: Sequence[int]) -> list[tuple[str, str]]:
+    """(item, reason) for each position of `dataset` not in `kept` — the items feature extraction skipped.
+
+    Folder files are decoded again to recover the reason (only the skipped ones, so this is cheap).
+    """
+    kept_positions = {int(i) for i in kept}
+    skipped = []
+    for index in range(len(dataset)):
+        if index in kept_positions:
+            continue
+        reason = "could not be decoded"
+        if dataset.paths is not None:
+            path = dataset.paths[index]
+            try:
+                load_image(path)
+                reason = "could not be read when its features were extracted (it reads now: re-extract to use it)"
+            except ImageLoadError as error:
+                reason = str(error).removeprefix(f"{path}: ")
+        skipped.append((item_name(dataset, index), reason))
+    return skipped

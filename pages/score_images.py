@@ -50,10 +50,13 @@ results = explorer.score_uploads(detector, batch.features, batch.names, id_score
 label = explorer.SCORE_LABELS[score]
 threshold = results[0].threshold
 ood_count = sum(result.verdict == "OOD" for result in results)
+id_count = sum(result.verdict == "ID" for result in results)
 st.success(
     f"Scored {len(results)} image(s) at t={timestep}, {steps} DDIM step(s): "
-    f"{ood_count} OOD, {len(results) - ood_count} ID at the 95%-TPR threshold {label} = {threshold:.4g}."
+    f"{ood_count} OOD, {id_count} ID at the 95%-TPR threshold {label} = {threshold:.4g}."
 )
+if ood_count + id_count < len(results):  # a NaN/Inf score or threshold never becomes a verdict
+    st.error(f"{len(results) - ood_count - id_count} image(s) got a NaN/Inf score or threshold: no verdict given.")
 
 histogram = go.Figure(
     go.Histogram(x=id_scores, nbinsx=60, name=f"ID ({explorer.DEMO_ID_SET})", marker_color="#7fa6dc", opacity=0.8)
@@ -84,7 +87,7 @@ for start in range(0, len(results), per_row):
     for column, result, image in chunk:
         with column.container(border=True):
             st.image(image.resize((96, 96)) if max(image.size) < 96 else image, caption=result.name, width=96)
-            badge = ":red-badge[OOD]" if result.verdict == "OOD" else ":green-badge[ID]"
+            badge = {"OOD": ":red-badge[OOD]", "ID": ":green-badge[ID]"}.get(result.verdict, ":gray-badge[no verdict]")
             st.markdown(f"{badge} · {label} = `{result.score:.4g}` · above {result.id_percentile:.1f}% of ID")
             # Plain HTML bars: a dozen Plotly charts would make every timestep change slow to redraw.
             st.html(shared.stage_bars_html(result.stage_cos))

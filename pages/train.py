@@ -1,6 +1,5 @@
 """Train: extract features of an ID dataset and train an LFDN with live progress; stop any time; use the new model."""
 
-import re
 from pathlib import Path
 
 import pandas as pd
@@ -8,11 +7,11 @@ import streamlit as st
 
 from dlsr_core import explorer
 from dlsr_core.backbones import BACKBONES
+from dlsr_core.checkpoint import CheckpointError, run_dir_for_name
 from dlsr_core.data import DatasetError, list_demo_sets, parse_dataset
 from pages import shared
 
 JOB_KEY = "train_job"
-NAME_PATTERN = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
 
 st.title("Train a detector")
 job: explorer.TrainingJob | None = st.session_state.get(JOB_KEY)
@@ -60,16 +59,14 @@ if start:
         "torchvision by name": f"torchvision:{torchvision_name}",
         "Image folder": f"folder:{folder}",
     }[source]
-    run_dir = explorer.checkpoints_root() / run_name
-    problem = None
+    run_dir, problem = None, None
     try:
         spec = str(parse_dataset(spec))
-    except DatasetError as error:
+        run_dir = run_dir_for_name(run_name, explorer.checkpoints_root())  # only ever a folder directly inside it
+    except (DatasetError, CheckpointError) as error:
         problem = str(error)
-    if not NAME_PATTERN.match(run_name):
-        problem = "the run name may use letters, digits, '_', '-' and '.' only"
-    elif run_dir.resolve() == explorer.default_run_dir().resolve():
-        problem = "that name is the shipped default model; pick another run name"
+    if run_dir is not None and run_dir.resolve() == explorer.default_run_dir().resolve():
+        problem = "that name is the model the app opens with; pick another run name"
     if problem:
         st.error(f"Cannot start: {problem}")
     else:

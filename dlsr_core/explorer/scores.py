@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import torch
 from torch import Tensor
@@ -46,6 +48,11 @@ def id_threshold95(id_scores: np.ndarray) -> float:
     return float(np.quantile(scores, 0.95, method="inverted_cdf"))
 
 
+NO_VERDICT = "no verdict"
+
+
 def verdict(score: float, threshold: float) -> str:
-    """'OOD' above the 95%-TPR threshold, else 'ID' (higher score = more OOD)."""
+    """'OOD' above the 95%-TPR threshold, else 'ID' (higher score = more OOD); NO_VERDICT when either is NaN/Inf."""
+    if not (math.isfinite(score) and math.isfinite(threshold)):
+        return NO_VERDICT
     return "OOD" if score > threshold else "ID"

@@ -22,6 +22,11 @@ UPLOAD_TYPES = ("png", "jpg", "jpeg", "webp", "bmp", "tif", "tiff", "gif")
 MAX_UPLOAD_BYTES = 50 * 1024 * 1024
 
 PREVIEW_SIZE = 256
+# Decoded pixels one batch may hold (each upload is decoded in turn and kept at most data.MAX_DECODED_SIDE px on its
+# longest side, ~1 MP): 64 MP is about 190 MB of RGB. Files beyond it get a message instead of more memory.
+MAX_BATCH_PIXELS = 64_000_000
+# Previews are padded to at most this aspect ratio, so a 10000 x 1 image still makes a visible, valid thumbnail.
+MAX_PREVIEW_ASPECT = 8
 
 
 @dataclass(frozen=True)
@@ -36,14 +41,16 @@ class UploadBatch:
     notes: list[tuple[str, str]] = field(default_factory=list)  # readable files that were converted on the way
 
 
-def _conversion_note(data: bytes) -> str | None:
-    """Why a readable image was not scored exactly as stored (animation, high bit depth), or None."""
+def _conversion_note(data: bytes, decoded_size: tuple[int, int] | None = None) -> str | None:
+    """Why a readable image was not scored exactly as stored (animation, high bit depth, downscaled), or None."""
     try:
         with Image.open(io.BytesIO(data)) as image:
-            frames, mode = getattr(image, "n_frames", 1), image.mode
+            frames, mode, size = getattr(image, "n_frames", 1), image.mode, image.size
     except Exception:  # load_image already accepted the bytes; a failing probe only loses the note
         return None
     notes = []
+    if decoded_size is not None and max(size) > max(decoded_size):
+        notes.append(f"downscaled from {size[0]}×{size[1]} to {decoded_size[0]}×{decoded_size[1]} px while decoding")
     if frames > 1:
         notes.append(f"animated/multi-page ({frames} frames): the first frame was scored")
     if mode in ("I", "F") or mode.startswith("I;16"):
@@ -64,19 +71,26 @@ def decode_uploads(
     good: list[tuple[str, Image.Image]] = []
     errors: list[tuple[str, str]] = []
     notes: list[tuple[str, str]] = []
+    pixels = 0
     for name, data in files:
         if len(data) > MAX_UPLOAD_BYTES:
             errors.append((name, f"file is {len(data) / 1e6:.0f} MB; the limit is {MAX_UPLOAD_BYTES / 1e6:.0f} MB"))
             continue
         try:
-            good.append((name, load_image(bytes(data))))
+            image = load_image(bytes(data))  # one at a time, reduced while decoding: see data.MAX_DECODED_SIDE
+            if pixels + image.width * image.height > MAX_BATCH_PIXELS:
+                full = f"the batch already holds {pixels / 1e6:.0f} MP of decoded images"
+                errors.append((name, f"not scored: {full}; score it in a smaller batch"))
+                continue
+            pixels += image.width * image.height
+            good.append((name, image))
         except ImageLoadError as error:
             errors.append((name, str(error).replace("image bytes: ", "")))
             continue
         except Exception as error:  # a decoder bug must not take the rest of the batch down
             errors.append((name, f"could not be decoded ({type(error).__name__}: {error})"))
             continue
-        note = _conversion_note(bytes(data))
+        note = _conversion_note(bytes(data), image.size)
         if note:
             notes.append((name, note))
     return good, errors, notes
@@ -99,9 +113,19 @@ def prepare_uploads(extractor, input_size: int, files: Sequence[tuple[str, bytes
 
 
 def _preview(image: Image.Image, size: int = PREVIEW_SIZE) -> Image.Image:
-    """A copy no larger than size x size: a batch of big photos must not be kept (and cached) at full size."""
+    """A copy no larger than size x size: a batch of big photos must not be kept (and cached) at full size.
+
+    Extreme aspect ratios (150 x 1, 1 x 10000) are centred on a black band of at most MAX_PREVIEW_ASPECT : 1, so any
+    later resize to a fixed width keeps both sides >= 1 px.
+    """
     preview = image.copy()
     preview.thumbnail((size, size))
+    width, height = preview.size
+    canvas_size = (max(width, -(-height // MAX_PREVIEW_ASPECT)), max(height, -(-width // MAX_PREVIEW_ASPECT)))
+    if canvas_size != preview.size:
+        canvas = Image.new(preview.mode, canvas_size)
+        canvas.paste(preview, ((canvas_size[0] - width) // 2, (canvas_size[1] - height) // 2))
+        preview = canvas
     return preview
 
 
