@@ -167,15 +167,17 @@ def cli(capsys):
     return run
 
 
-def assert_clean_error(outcome: Outcome, code: int, *needles: str) -> str:
-    """Exit `code` with exactly one stderr line, starting 'error:', containing every needle, and no traceback."""
+def assert_clean_error(outcome: Outcome, code: int, *needles: str, alone: bool = True) -> str:
+    """Exit `code`, one stderr line starting 'error:' containing every needle (the only line unless `alone` is
+    False: then notes may come before it), and no traceback anywhere."""
     lines = outcome.err.strip().splitlines()
     assert outcome.code == code, (outcome.code, outcome.err)
-    assert len(lines) == 1 and lines[0].startswith("error: "), outcome.err
+    assert lines and lines[-1].startswith("error: "), outcome.err
+    assert sum(line.startswith("error:") for line in lines) == 1 and (len(lines) == 1 or not alone), outcome.err
     assert "Traceback" not in outcome.err + outcome.out
     for needle in needles:
-        assert needle.lower() in lines[0].lower(), (needle, lines[0])
-    return lines[0]
+        assert needle.lower() in lines[-1].lower(), (needle, lines[-1])
+    return lines[-1]
 
 
 def assert_loads(run: Path, epoch: int | None = None) -> None:

@@ -1,0 +1,192 @@
+"""resume.pt faults, options given on resume, divergence: clear outcome, and the existing checkpoints never touched."""
+
+from __future__ import annotations
+
+import io
+import pickle
+
+import pytest
+import torch
+from conftest import FEATURE_OPTIONS, TINY, TRAIN_SET, FakeExtractor, assert_clean_error, assert_loads
+
+from dlsr_core.cache import cached_features
+from dlsr_core.checkpoint import LAST_NAME, load_checkpoint
+from dlsr_core.training import RESUME_NAME
+
+
+def _resume_state(run):
+    return torch.load(run / RESUME_NAME, weights_only=True)
+
+
+def _save_state(run, state):
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    (run / RESUME_NAME).write_bytes(buffer.getvalue())
+
+
+def edited_state(change):
+    def edit(run):
+        state = _resume_state(run)
+        change(state)
+        _save_state(run, state)
+
+    return edit
+
+
+class _Payload:
+    """Unpickling this would run a shell command; weights_only loading must refuse it without running it."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (__import__("os").system, (f"touch {self.marker}",))
+
+
+def malicious(run):
+    state = _resume_state(run)
+    state["epoch"] = _Payload(run.parent / "PWNED")
+    (run / RESUME_NAME).write_bytes(pickle.dumps(state, protocol=2))
+
+
+def nan_weights(state):
+    next(iter(state["model"].values())).fill_(float("nan"))
+
+
+def wrong_shape(state):
+    state["model"]["input_projection.weight"] = torch.zeros(3, 3)
+
+
+RESUME_CORPUS = {
+    "truncated": (lambda run: (run / RESUME_NAME).write_bytes((run / RESUME_NAME).read_bytes()[:500]), "truncated"),
+    "empty": (lambda run: (run / RESUME_NAME).write_bytes(b""), "empty"),
+    "text-file": (lambda run: (run / RESUME_NAME).write_text("resume me\n"), "not a resume file"),
+    "not-a-dict": (lambda run: _save_state(run, [1, 2, 3]), "not a dictionary"),
+    "wrong-keys": (lambda run: _save_state(run, {"weights": torch.zeros(2)}), "wrong keys"),
+    "pickled-code": (malicious, "refused"),
+    "epoch-as-text": (edited_state(lambda s: s.update(epoch="two")), "epoch must be a whole number"),
+    "config-width-as-text": (edited_state(lambda s: s["model_config"].update(width="16")), "width must be an integer"),
+    "nan-weights": (edited_state(nan_weights), "NaN/Inf"),
+    "weights-wrong-shape": (edited_state(wrong_shape), "do not fit the model"),
+}
+
+
+def _train(cli, sandbox, run, *extra):
+    return cli("train", "-d", TRAIN_SET, "--out", run, *TINY, *FEATURE_OPTIONS, "--quiet", *extra)
+
+
+@pytest.fixture
+def resumable(sandbox, tiny_run, seeded_cache):
+    """A copy of the 2-epoch tiny run, and the seeded cache as the feature source."""
+    run = sandbox.copy_run(tiny_run)
+    return run, ["--cache-dir", str(seeded_cache)]
+
+
+@pytest.mark.parametrize("kind", list(RESUME_CORPUS))
+def test_bad_resume_file_is_refused_and_nothing_is_touched(kind, resumable, sandbox, cli):
+    run, cache = resumable
+    damage, needle = RESUME_CORPUS[kind]
+    damage(run)
+    before = sandbox.snapshot()
+    outcome = _train(cli, sandbox, run, "--epochs", "3", *cache)
+    line = assert_clean_error(outcome, 2, needle, str(run / RESUME_NAME))
+    assert "--restart" in line
+    sandbox.assert_only_changed(before)
+    assert_loads(run, epoch=2)
+    assert not (run.parent / "PWNED").exists()
+
+
+@pytest.mark.parametrize(
+    "options,needle",
+    [
+        (["--width", "32"], "--width (32 now, 16 in the run)"),
+        (["--seed", "5"], "--seed (5 now, 0 in the run)"),
+        (["--train-batch-size", "128"], "--train-batch-size (128 now, 256 in the run)"),
+        (["-d", "demo:digits"], "--dataset (demo:digits now, demo:fashion_mnist_rotated in the run)"),
+    ],
+    ids=["width", "seed", "batch-size", "dataset"],
+)
+def test_options_that_cannot_change_on_resume_are_refused_by_name(options, needle, resumable, sandbox, cli):
+    run, cache = resumable
+    before = sandbox.snapshot()
+    outcome = _train(cli, sandbox, run, "--epochs", "3", *cache, *options)
+    assert_clean_error(outcome, 2, needle)
+    sandbox.assert_only_changed(before)
+    assert_loads(run, epoch=2)
+
+
+@pytest.mark.parametrize("epochs", ["1", "2"])
+def test_resuming_a_finished_run_says_there_is_nothing_to_do(epochs, resumable, sandbox, cli):
+    run, cache = resumable
+    before = sandbox.snapshot()
+    outcome = _train(cli, sandbox, run, "--epochs", epochs, *cache)
+    assert outcome.code == 0 and outcome.err == ""
+    assert outcome.out.startswith(f"nothing to do: {run} has already trained 2 epochs (asked for {epochs})")
+    assert "nan" not in outcome.out
+    sandbox.assert_only_changed(before)
+
+
+def test_learning_rate_and_epochs_given_on_resume_are_honoured(resumable, sandbox, cli):
+    run, cache = resumable
+    before = sandbox.snapshot()
+    outcome = _train(cli, sandbox, run, "--epochs", "3", "--lr", "5e-4", "--ema-decay", "0.9", *cache)
+    assert outcome.code == 0, outcome.err
+    assert "learning_rate 0.0005 (was 0.001)" in outcome.err and "ema_decay 0.9 (was 0.999)" in outcome.err
+    assert "trained 3/3 epochs" in outcome.out
+    sandbox.assert_only_changed(before, run)
+    settings = load_checkpoint(run / LAST_NAME).info.train_settings
+    assert settings["learning_rate"] == 5e-4 and settings["epochs"] == 3
+    assert _resume_state(run)["optimizer"]["param_groups"][0]["lr"] == 5e-4
+
+
+def test_checkpoints_without_resume_file_need_restart(resumable, sandbox, cli):
+    run, cache = resumable
+    (run / RESUME_NAME).unlink()
+    before = sandbox.snapshot()
+    assert_clean_error(_train(cli, sandbox, run, "--epochs", "3", *cache), 2, "--restart")
+    sandbox.assert_only_changed(before)
+    outcome = _train(cli, sandbox, run, "--epochs", "1", "--restart", *cache)
+    assert outcome.code == 0 and "trained 1/1 epochs" in outcome.out
+    assert_loads(run, epoch=1)
+    assert _train(cli, sandbox, run, "--epochs", "2", "--no-resume", *cache).code == 0  # the old spelling still works
+
+
+def test_divergence_in_the_first_epoch_says_no_checkpoint_exists(sandbox, seeded_cache, cli):
+    run = sandbox.runs / "fresh"
+    before = sandbox.snapshot()
+    outcome = _train(cli, sandbox, run, "--epochs", "2", "--lr", "1e3", "--cache-dir", seeded_cache)
+    assert_clean_error(outcome, 3, "training diverged", "no checkpoint was written", "100x")
+    assert "kept" not in outcome.err
+    sandbox.assert_only_changed(before)
+    assert not (run / LAST_NAME).exists()
+
+
+def test_divergence_on_resume_keeps_the_last_good_checkpoint(resumable, sandbox, cli):
+    run, cache = resumable
+    before = sandbox.snapshot()
+    outcome = _train(cli, sandbox, run, "--epochs", "4", "--lr", "1e3", *cache)
+    kept = f"last good checkpoint (epoch 2) is kept in {run / LAST_NAME}"
+    assert_clean_error(outcome, 3, "diverged at epoch 3", kept, alone=False)  # after the note on the new --lr
+    sandbox.assert_only_changed(before)
+    assert_loads(run, epoch=2)
+
+
+def test_non_finite_features_are_refused_before_training(sandbox, cli):
+    class NanExtractor(FakeExtractor):
+        def __call__(self, batch):
+            features = super().__call__(batch)
+            features[0, 0] = float("nan")
+            return features
+
+    cached_features(
+        TRAIN_SET,
+        "efficientnet_lite0",
+        weights="random",
+        input_size=32,
+        cache_dir=sandbox.cache,
+        extractor=NanExtractor(),
+    )
+    before = sandbox.snapshot()
+    outcome = _train(cli, sandbox, sandbox.runs / "nan", "--epochs", "1", "--cache-dir", sandbox.cache)
+    assert_clean_error(outcome, 2, "NaN/Inf")
+    sandbox.assert_only_changed(before)
