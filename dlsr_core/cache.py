@@ -31,17 +31,21 @@ _warned_folders: set[str] = set()
 
 
 def _warn_unusable(path: Path, error: OSError) -> None:
-    folder = str(path.parent)
-    if folder in _warned_folders:
+    folder = path.parent
+    if str(folder) in _warned_folders:
         return
-    _warned_folders.add(folder)
-    reason = error.strerror or type(error).__name__
+    _warned_folders.add(str(folder))
+    if folder.exists() and not folder.is_dir():
+        reason = "it is a file, not a folder"
+    elif path.is_dir():
+        reason = f"a folder has taken the cache file's name {path.name}"
+    else:
+        reason = f"{error.strerror or type(error).__name__}: {getattr(error, 'filename', None) or path}"
     logger.warning(
-        "feature cache %s is not usable (%s: %s); carrying on without caching (features are recomputed next time). "
+        "feature cache %s is not usable (%s); carrying on without caching (features are recomputed next time). "
         "Point --cache-dir or DLSR_CACHE_DIR at a writable folder to cache them.",
         folder,
         reason,
-        getattr(error, "filename", None) or path,
     )
 
 

@@ -253,9 +253,12 @@ def _features(args, dataset: str, backbone: str, weights: str, input_size: int, 
         extractor=extractor,
         batch_size=args.batch_size,
     )
-    _report_skipped(args, dataset, features.indices)
     if len(features) == 0:
-        raise DatasetError(f"{dataset}: none of its {len(args.opened[dataset])} images could be read")
+        if args.verbose or args.skipped_csv:
+            _report_skipped(args, dataset, features.indices)
+        hint = "" if args.verbose else " (see why with --verbose)"
+        raise DatasetError(f"{dataset}: none of its {len(args.opened[dataset])} images could be read{hint}")
+    _report_skipped(args, dataset, features.indices)
     return features
 
 
