@@ -381,8 +381,8 @@ def load_image(
 
 def _bounded(im: Image.Image, max_side: int | None) -> Image.Image:
     """RGB copy of `im` no larger than max_side; 8-bit images are box-reduced before conversion to save memory."""
-    if max_side and max(im.size) > 2 * max_side and im.mode in ("L", "RGB"):
-        im = im.reduce(max(im.size) // max_side)
+    if max_side and max(im.size) > 2 * max_side and im.mode in ("1", "L", "RGB"):
+        im = (im.convert("L") if im.mode == "1" else im).reduce(max(im.size) // max_side)
     rgb = _to_rgb(im)
     if max_side and max(rgb.size) > max_side:
         rgb.thumbnail((max_side, max_side), Image.Resampling.BICUBIC)
