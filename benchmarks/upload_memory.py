@@ -14,26 +14,27 @@ import platform
 import resource
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
 FILES, SIDE = 10, 7999
 
 
-def _files() -> list[tuple[str, bytes]]:
+def _write_png(path: Path) -> None:
     from PIL import Image
 
     buffer = io.BytesIO()
     Image.new("RGB", (SIDE, SIDE), (10, 200, 30)).save(buffer, format="PNG")
-    return [(f"huge_{i}.png", buffer.getvalue()) for i in range(FILES)]
+    path.write_bytes(buffer.getvalue())
 
 
-def _measure(variant: str) -> dict:
+def _measure(variant: str, png: Path) -> dict:
     """Run in a child: decode the batch the given way and report peak RSS and time."""
     from dlsr_core.data import load_image
     from dlsr_core.explorer.uploads import decode_uploads
 
-    files = _files()
+    files = [(f"huge_{i}.png", png.read_bytes()) for i in range(FILES)]
     baseline = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     started = time.perf_counter()
     if variant == "bounded":
@@ -61,14 +62,17 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", default="benchmarks/results/upload_memory.json")
     parser.add_argument("--child", choices=["bounded", "full"], help=argparse.SUPPRESS)
+    parser.add_argument("--png", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
-        print(json.dumps(_measure(args.child)))
+        print(json.dumps(_measure(args.child, Path(args.png))))
         return
     rows = []
+    png = Path(tempfile.mkdtemp()) / "huge.png"  # made here, so the children's peaks hold only the decoding
+    _write_png(png)
     for variant in ("bounded", "full"):
         output = subprocess.run(
-            [sys.executable, "-m", "benchmarks.upload_memory", "--child", variant],
+            [sys.executable, "-m", "benchmarks.upload_memory", "--child", variant, "--png", str(png)],
             check=True,
             capture_output=True,
             text=True,
@@ -80,6 +84,8 @@ def main() -> None:
             f"{row['kept_sizes']}, peak RSS {row['peak_rss_mib']} MiB (before decoding {row['rss_before_decoding_mib']}"
             f" MiB), {row['seconds']} s"
         )
+    png.unlink()
+    png.parent.rmdir()
     result = {"machine": platform.platform(), "python": platform.python_version(), "rows": rows}
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(result, indent=2) + "\n")

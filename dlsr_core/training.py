@@ -18,6 +18,7 @@ import logging
 import math
 import os
 import pickle
+from collections import deque
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -224,7 +225,7 @@ def train(
         shard = order[rank * per_rank : (rank + 1) * per_rank]
         noise_generator = torch.Generator().manual_seed(train_config.seed * 7_919 + epoch * 104_729 + rank)
         model.train()
-        running, counted, recent = 0.0, 0, []
+        running, counted, recent = 0.0, 0, deque(maxlen=window)
         for step, batch_indices in enumerate(shard.split(train_config.batch_size)):
             z0 = features[batch_indices].to(device, non_blocking=True)
             timesteps = torch.randint(1, model_config.num_timesteps + 1, (len(z0),), generator=noise_generator)
@@ -234,7 +235,7 @@ def train(
             loss_value = _mean_over_ranks(loss.detach(), world_size)  # every rank takes the same decision
             if not math.isfinite(loss_value):
                 raise diverged(epoch, step + 1, f"the loss became {loss_value}")
-            recent = [*recent[-(window - 1) :], loss_value] if window > 1 else [loss_value]
+            recent.append(loss_value)
             if len(recent) == window and sum(recent) / window > divergence_limit:
                 raise diverged(
                     epoch,
@@ -266,9 +267,11 @@ def train(
         if is_checkpoint and rank == 0:
             info = CheckpointInfo(epoch=epoch, **info_base)
             half = train_config.half_precision_checkpoints
+            # last before first: a kill between the two (possible when --restart trains over an older run) leaves a
+            # first checkpoint no newer than the last one, which the LR score then ignores instead of mixing runs.
+            save_checkpoint(run_dir / LAST_NAME, ema_model, info, feature_mean, feature_std, half)
             if epoch == 1 or not (run_dir / FIRST_NAME).exists():
                 save_checkpoint(run_dir / FIRST_NAME, ema_model, info, feature_mean, feature_std, half)
-            save_checkpoint(run_dir / LAST_NAME, ema_model, info, feature_mean, feature_std, half)
             _save_resume_state(
                 resume_path, model, ema_model, optimizer, model_config, train_config, provenance, epoch, global_step
             )

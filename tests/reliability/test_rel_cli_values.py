@@ -133,3 +133,32 @@ def test_extract_defaults_to_the_models_input_size(sandbox, cli, tiny_run, monke
     assert outcome.code == 0 and "(efficientnet_lite0 @ 32 px)" in outcome.out
     shipped = cli("extract", "-d", "demo:textures", "--quiet", "--weights", "random")
     assert shipped.code == 0 and "@ 64 px" in shipped.out  # the shipped model's size, not 224
+
+
+def test_a_log_gets_a_few_progress_lines_not_bars(sandbox, cli, tiny_run, seeded_cache, monkeypatch):
+    monkeypatch.setattr("dlsr_core.backbones.create_feature_extractor", lambda *a, **k: FakeExtractor())
+    extract = cli("extract", "-d", "demo:textures", "--checkpoint", tiny_run, "--batch-size", "50")
+    lines = extract.err.strip().splitlines()
+    assert "\r" not in extract.err and len(lines) == 4 and lines[-1] == "features demo:textures: 1000/1000 images"
+    train = cli(
+        "train",
+        "-d",
+        TRAIN_SET,
+        "--out",
+        sandbox.runs / "log",
+        "--width",
+        "16",
+        "--depth",
+        "1",
+        "--epochs",
+        "2",
+        "--weights",
+        "random",
+        "--input-size",
+        "32",
+        "--cache-dir",
+        seeded_cache,
+    )
+    assert train.code == 0 and "\r" not in train.err + train.out
+    out = train.out.splitlines()
+    assert [line.split(":")[0] for line in out[:2]] == ["epoch 1/2", "epoch 2/2"] and out[2].startswith("trained 2/2")
