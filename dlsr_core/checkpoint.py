@@ -43,6 +43,7 @@ METADATA_KEYS = frozenset({"format", "format_version", "info", DIGEST_KEY})
 MAX_HEADER_BYTES = 100_000_000
 # Longest diffusion schedule accepted from a file (the paper uses 100); the schedule is the one size no tensor shows.
 MAX_NUM_TIMESTEPS = 100_000
+_SIZE_FIELDS = frozenset({"feature_dim", "width", "depth"})  # LFDNConfig fields that set tensor sizes or counts
 _TENSOR_DTYPES = {"F16": 2, "BF16": 2, "F32": 4}
 _RUN_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}$")
 # The shipped default model (a run directory) lives in the repository's checkpoints/ folder.
@@ -230,10 +231,13 @@ def _expected_tensors(path: Path, config: LFDNConfig, header: _Header) -> dict[s
     bound = max(largest, len(header.tensors))
     for spec in fields(config):
         value = getattr(config, spec.name)
-        if spec.name == "num_timesteps":
-            if value > MAX_NUM_TIMESTEPS:
-                raise CheckpointError(f"{path}: num_timesteps {value} is above the limit of {MAX_NUM_TIMESTEPS}")
-        elif isinstance(value, int) and not isinstance(value, bool) and value > bound:
+        if not isinstance(value, int) or isinstance(value, bool):
+            continue
+        if spec.name == "num_timesteps" and value > MAX_NUM_TIMESTEPS:
+            raise CheckpointError(f"{path}: num_timesteps {value} is above the limit of {MAX_NUM_TIMESTEPS}")
+        # Sizes are bounded by the tensors present (a width shows as a dimension, a depth as a count of tensors);
+        # any other whole-number field only by a generous constant, so new fields do not need this code to change.
+        if value > (bound if spec.name in _SIZE_FIELDS else max(bound, MAX_NUM_TIMESTEPS)):
             raise CheckpointError(
                 f"{path}: the stored config asks for {spec.name} = {value}, but no tensor in the file is that large "
                 f"(largest dimension {largest}, {len(header.tensors)} tensors): the metadata does not match the weights"
