@@ -22,6 +22,7 @@ import threading
 from pathlib import Path
 
 import torch
+from tqdm import tqdm
 
 from dlsr_core import options
 from dlsr_core.checkpoint import DEFAULT_RUN_DIR, CheckpointError
@@ -47,11 +48,9 @@ class _Parser(argparse.ArgumentParser):
         raise _UsageError(f"{message} (see `{self.prog} --help`)")
 
 
-def _progress(description: str):
+def _progress_bar(description: str):
     """(done, total) callback: a tqdm bar on a terminal, otherwise a few plain lines (a log gets no bar junk)."""
     if sys.stderr.isatty():
-        from tqdm import tqdm
-
         bar: dict[str, tqdm] = {}
 
         def update_bar(done: int, total: int) -> None:
@@ -249,7 +248,7 @@ def _features(args, dataset: str, backbone: str, weights: str, input_size: int, 
         cache_dir=args.cache_dir,
         data_root=args.data_root,
         download=args.download,
-        progress=None if args.quiet else _progress(f"features {dataset}"),
+        progress=None if args.quiet else _progress_bar(f"features {dataset}"),
         extractor=extractor,
         batch_size=args.batch_size,
     )
@@ -347,8 +346,6 @@ def _run_train(args) -> None:
     show = not args.quiet and rank == 0
     bar = None
     if show and sys.stderr.isatty():
-        from tqdm import tqdm
-
         bar = tqdm(total=args.epochs * steps_per_epoch, desc="training", unit="step")
 
     def on_step(epoch: int, step: int, loss: float) -> None:

@@ -162,3 +162,21 @@ def test_a_log_gets_a_few_progress_lines_not_bars(sandbox, cli, tiny_run, seeded
     assert train.code == 0 and "\r" not in train.err + train.out
     out = train.out.splitlines()
     assert [line.split(":")[0] for line in out[:2]] == ["epoch 1/2", "epoch 2/2"] and out[2].startswith("trained 2/2")
+
+
+def test_every_numeric_option_is_range_checked_at_parse_time():
+    """A plain `type=int`/`type=float` accepts 0, -5, 1e23 or nan: every number goes through dlsr_core.options."""
+    import argparse
+
+    from dlsr_core.cli import build_parser
+
+    unchecked = []
+    parsers = [build_parser()]
+    while parsers:
+        parser = parsers.pop()
+        for action in parser._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                parsers.extend(action.choices.values())
+            elif action.type in (int, float):
+                unchecked.append(f"{parser.prog} {action.option_strings}")
+    assert not unchecked, f"use a dlsr_core.options type for {unchecked}"
