@@ -2,6 +2,8 @@
 
 x0-parameterization: the model sees z_t = sqrt(abar_t) z0 + sqrt(1 - abar_t) eps with t ~ U{1..T} and is trained
 with the mean squared error to z0. Checkpoints hold the EMA weights; `resume.pt` holds everything needed to continue.
+The features may be a memory-mapped tensor (cache.cached_features(..., memory_map=True)): batches are gathered from
+it and its pages are released as training goes, so a set larger than RAM trains with bounded resident memory.
 """
 
 from __future__ import annotations
@@ -22,6 +24,8 @@ from torch.nn.parallel import DistributedDataParallel
 from dlsr_core.atomic import atomic_write_bytes
 from dlsr_core.checkpoint import FIRST_NAME, LAST_NAME, CheckpointError, CheckpointInfo, save_checkpoint
 from dlsr_core.diffusion import LFDN, ConfigError, LFDNConfig, NoiseSchedule
+from dlsr_core.mapped import release_pages
+from dlsr_core.presets import DEFAULT_SCORING, ScoringOptions
 
 RESUME_NAME = "resume.pt"
 
@@ -32,7 +36,11 @@ class TrainingDivergedError(RuntimeError):
 
 @dataclass(frozen=True)
 class TrainConfig:
-    """Optimisation settings. `checkpoint_every` is in epochs; epoch 1 and the last epoch are always saved."""
+    """Optimisation settings. `checkpoint_every` is in epochs; epoch 1 and the last epoch are always saved.
+
+    amp: fp16 autocast with a gradient scaler on CUDA (ignored elsewhere); drop_last: skip each epoch's last partial
+    batch (both as in the authors' released code).
+    """
 
     epochs: int = 20
     batch_size: int = 256
@@ -42,17 +50,26 @@ class TrainConfig:
     checkpoint_every: int = 1
     seed: int = 0
     half_precision_checkpoints: bool = False
+    amp: bool = False
+    drop_last: bool = False
 
 
 @dataclass(frozen=True)
 class Provenance:
-    """How the training features were made; stored in every checkpoint."""
+    """How the training features were made (backbone, input, presets.FeatureOptions fields); stored in every
+    checkpoint with the preset's name."""
 
     backbone: str
     weights: str
     input_size: int
     stage_dims: tuple[int, ...]
     dataset: str
+    preset: str = "paper"
+    pooling: str = "gap"
+    std_eps: float = 1e-6
+    resize: str = "model"
+    normalization: str = "model"
+    same_padding: str = "dynamic"
 
 
 @dataclass(frozen=True)
@@ -97,6 +114,30 @@ def _ema_update(ema_model: LFDN, model: LFDN, decay: float) -> None:
             ema_param.lerp_(param, 1.0 - decay)
 
 
+# Rows per chunk when a pass over all features is needed (statistics, finiteness): bounded memory for mapped features.
+_STATISTICS_CHUNK = 65_536
+# Mapped feature pages are released after this many rows have been gathered (about 256 MB of 720-d float32 rows).
+_RELEASE_EVERY_ROWS = 90_000
+
+
+def feature_statistics(features: Tensor) -> tuple[Tensor, Tensor, bool]:
+    """Per-dimension mean and unbiased std (D,) of features (N, D), and whether all are finite, in row chunks
+    accumulated in float64 (the same numbers for an in-memory and a memory-mapped matrix)."""
+    total = torch.zeros(features.shape[1], dtype=torch.float64)
+    squares = torch.zeros(features.shape[1], dtype=torch.float64)
+    finite = True
+    for begin in range(0, features.shape[0], _STATISTICS_CHUNK):
+        chunk = features[begin : begin + _STATISTICS_CHUNK].double()
+        finite = finite and bool(torch.isfinite(chunk).all())
+        total += chunk.sum(dim=0)
+        squares += chunk.pow(2).sum(dim=0)
+        release_pages(features)
+    count = features.shape[0]
+    mean = total / count
+    variance = (squares - count * mean.pow(2)).clamp(min=0.0) / max(count - 1, 1)
+    return mean.float(), variance.sqrt().float(), finite
+
+
 def _validate(features: Tensor, model_config: LFDNConfig, train_config: TrainConfig, provenance: Provenance) -> None:
     if features.ndim != 2 or features.shape[0] == 0:
         raise ConfigError(f"training features must be a non-empty (N, D) matrix, got shape {tuple(features.shape)}")
@@ -105,8 +146,6 @@ def _validate(features: Tensor, model_config: LFDNConfig, train_config: TrainCon
             f"feature size mismatch: features {features.shape[1]}-d, model {model_config.feature_dim}-d, "
             f"stages {provenance.stage_dims}"
         )
-    if not torch.isfinite(features).all():
-        raise ConfigError("training features contain NaN/Inf; re-extract them")
     if train_config.epochs < 1 or train_config.batch_size < 1 or train_config.checkpoint_every < 1:
         raise ConfigError(f"epochs, batch_size and checkpoint_every must be positive: {train_config}")
     if not 0.0 <= train_config.ema_decay < 1.0:
@@ -123,9 +162,11 @@ def train(
     on_step: Callable[[int, int, float], None] | None = None,
     on_epoch: Callable[[EpochReport], None] | None = None,
     should_stop: Callable[[], bool] | None = None,
+    scoring: ScoringOptions = DEFAULT_SCORING,
 ) -> TrainResult:
-    """Train on features (N, D) and write checkpoints to `run_dir`.
+    """Train on features (N, D) (in memory or memory-mapped) and write checkpoints to `run_dir`.
 
+    `scoring` is recorded in the checkpoints as the scoring defaults the model is meant for.
     With `resume`, an existing `resume.pt` whose configs match continues from its epoch. `on_step(epoch, step,
     loss)` and `on_epoch(report)` report progress (rank 0 only); `should_stop()` is polled between steps and ends
     training after saving the current state. Raises TrainingDivergedError on a NaN/Inf loss.
@@ -162,19 +203,26 @@ def train(
         trainable = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
 
     features = features.float()
-    feature_mean, feature_std = features.mean(dim=0), features.std(dim=0)
+    feature_mean, feature_std, finite = feature_statistics(features)
+    if not finite:
+        raise ConfigError("training features contain NaN/Inf; re-extract them")
     info_base = dict(
         config=model_config,
-        backbone=provenance.backbone,
-        weights=provenance.weights,
-        input_size=provenance.input_size,
-        stage_dims=tuple(provenance.stage_dims),
-        dataset=provenance.dataset,
+        **{**asdict(provenance), "stage_dims": tuple(provenance.stage_dims)},
         train_settings={**asdict(train_config), "world_size": world_size},
+        **asdict(scoring),
     )
     # Every rank takes an equal share of each epoch's permutation so DDP ranks run the same number of steps.
     per_rank = max(len(features) // world_size, 1)
-    steps_per_epoch = math.ceil(per_rank / train_config.batch_size)
+    steps_per_epoch = steps_per_rank_epoch(len(features), world_size, train_config)
+    if steps_per_epoch == 0:
+        raise ConfigError(
+            f"{per_rank} feature vectors per process are fewer than one batch of {train_config.batch_size}, and "
+            "drop_last drops partial batches: lower the batch size or turn drop_last off"
+        )
+    use_amp = train_config.amp and device.type == "cuda"
+    scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
+    rows_since_release = 0
     last_loss, stopped, epochs_done = float("nan"), False, start_epoch
 
     for epoch in range(start_epoch + 1, train_config.epochs + 1):
@@ -186,20 +234,27 @@ def train(
         noise_generator = torch.Generator().manual_seed(train_config.seed * 7_919 + epoch * 104_729 + rank)
         model.train()
         running, counted = 0.0, 0
-        for step, batch_indices in enumerate(shard.split(train_config.batch_size)):
+        for step, batch_indices in enumerate(shard.split(train_config.batch_size)[:steps_per_epoch]):
             z0 = features[batch_indices].to(device, non_blocking=True)
+            rows_since_release += len(batch_indices)
+            if rows_since_release >= _RELEASE_EVERY_ROWS:
+                release_pages(features)
+                rows_since_release = 0
             timesteps = torch.randint(1, model_config.num_timesteps + 1, (len(z0),), generator=noise_generator)
             noise = torch.randn(z0.shape, generator=noise_generator)
             z_t = schedule.q_sample(z0, timesteps.to(device), noise.to(device))
-            loss = torch.nn.functional.mse_loss(trainable(z_t, timesteps.to(device)), z0)
+            with torch.autocast("cuda", dtype=torch.float16, enabled=use_amp):
+                prediction = trainable(z_t, timesteps.to(device))
+            loss = torch.nn.functional.mse_loss(prediction.float(), z0)
             if not torch.isfinite(loss):
                 raise TrainingDivergedError(
                     f"loss became {loss.item()} at epoch {epoch}, step {step + 1}; training stopped. The last good "
                     f"checkpoint is kept in {run_dir}. Lower --lr or check the features for extreme values."
                 )
             optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
+            scaler.scale(loss).backward()
+            scaler.step(optimizer)
+            scaler.update()
             global_step += 1
             # Warm-up keeps the early EMA (used by LR) from being dominated by the untrained initial weights.
             _ema_update(ema_model, model, min(train_config.ema_decay, (1 + global_step) / (10 + global_step)))
@@ -231,6 +286,15 @@ def train(
     if world_size > 1:
         dist.barrier()
     return TrainResult(epochs_done=epochs_done, last_loss=last_loss, stopped_early=stopped, run_dir=run_dir)
+
+
+def steps_per_rank_epoch(count: int, world_size: int, train_config: TrainConfig) -> int:
+    """Optimiser steps per epoch and process for `count` training vectors (the last partial batch counts unless
+    drop_last)."""
+    per_rank = max(count // world_size, 1)
+    if train_config.drop_last:
+        return per_rank // train_config.batch_size
+    return math.ceil(per_rank / train_config.batch_size)
 
 
 def _save_resume_state(

@@ -61,6 +61,7 @@ class ModelSummary:
     megabytes: float
     has_early: bool
     stage_dims: tuple[int, ...]
+    preset: str = "paper"  # the dlsr_core.presets preset it was trained under
 
 
 def summarize(detector: Detector, run_dir: str | Path) -> ModelSummary:
@@ -81,6 +82,7 @@ def summarize(detector: Detector, run_dir: str | Path) -> ModelSummary:
         megabytes=sum(f.stat().st_size for f in files) / 1e6,
         has_early=detector.has_early,
         stage_dims=tuple(info.stage_dims),
+        preset=detector.preset,
     )
 
 
