@@ -115,7 +115,7 @@ def _ema_update(ema_model: LFDN, model: LFDN, decay: float) -> None:
 
 
 # Rows per chunk when a pass over all features is needed (statistics, finiteness): bounded memory for mapped features.
-_STATISTICS_CHUNK = 65_536
+_STATISTICS_CHUNK = 8192
 # Mapped feature pages are released after this many rows have been gathered (about 256 MB of 720-d float32 rows).
 _RELEASE_EVERY_ROWS = 90_000
 
