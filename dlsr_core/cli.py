@@ -463,7 +463,10 @@ def _run_evaluate(args) -> None:
         train_features=train_set.features if train_set is not None else None,
         backbone_images_per_second=backbone_speed,
     )
-    print(f"preset {detector.preset} checkpoint, scored with {detector.scoring}")
+    from dlsr_core.presets import describe_preset
+
+    scoring = describe_preset(detector.preset, detector.scoring)
+    print(f"checkpoint preset {detector.preset}; scoring: {scoring}, {asdict(detector.scoring)}")
     print(report.to_table())
     if backbone_speed is None:
         print("(all features came from the cache: backbone speed not measured; run `extract` on a fresh cache)")

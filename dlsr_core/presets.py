@@ -197,3 +197,11 @@ def differences_from_preset(name: str, *options: Any) -> list[str]:
             if getattr(group, item.name) != getattr(base, item.name)
         ]
     return changed
+
+
+def describe_preset(name: str, *options: Any) -> str:
+    """`name`, followed by the options that differ from that preset's, e.g. "official (changed: sampler=ddim)"."""
+    if name not in PRESETS:
+        return name
+    changed = differences_from_preset(name, *options)
+    return f"{name} (changed: {', '.join(changed)})" if changed else name

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 import torch
 
+from dlsr_core import explorer
 from dlsr_core.backbones import pool_and_standardize, static_same_padding
 from dlsr_core.cache import cache_key
 from dlsr_core.diffusion import LFDN, ConfigError, LFDNConfig, NoiseSchedule, official_reconstruct, reconstruct
@@ -170,8 +171,8 @@ def test_overrides_and_validation():
         get_preset("paperish")
 
 
-def test_shipped_checkpoint_reads_as_the_paper_preset(detector):
-    assert detector.preset == "paper"
+def test_shipped_checkpoint_reads_as_the_paper_preset(detector, run_dir):
+    assert detector.preset == "paper" and explorer.summarize(detector, run_dir).preset == "paper"
     assert detector.feature_options == FeatureOptions()
     assert detector.scoring == ScoringOptions()
     assert detector.info.config.input_activation == "none" and detector.info.config.time_embed_width == 0
@@ -192,7 +193,11 @@ def test_cli_trains_and_scores_under_the_official_preset(tmp_path, capsys):
     train = ["train", "-d", "demo:textures", "--out", str(run), "--weights", "random", "--input-size", "32"]
     code = main([*train, *common, "--width", "32", "--depth", "1", "--preset", "official", "--epochs", "2"])
     assert code == 0, capsys.readouterr().err
-    info = Detector.load(run, device="cpu").info
+    detector = Detector.load(run, device="cpu")
+    info = detector.info
+    assert explorer.summarize(detector, run).preset == "official"  # what the app's Home page shows
+    changed = detector.with_scoring(ScoringOptions(sampler="ddim", mfsim_stages="without-first", timestep=4))
+    assert explorer.summarize(changed, run).preset == "official (changed: sampler=ddim)"
     assert (info.preset, info.pooling, info.std_eps, info.resize, info.normalization) == (
         "official",
         "stride16-grid",
