@@ -2,8 +2,9 @@
 
 x0-parameterization: the model sees z_t = sqrt(abar_t) z0 + sqrt(1 - abar_t) eps with t ~ U{1..T} and is trained
 with the mean squared error to z0. Checkpoints hold the EMA weights; `resume.pt` holds everything needed to continue.
-The features may be a memory-mapped tensor (cache.cached_features(..., memory_map=True)): batches are gathered from
-it and its pages are released as training goes, so a set larger than RAM trains with bounded resident memory.
+The features may be a memory-mapped tensor (cache.cached_features(..., memory_map=True)): statistics are taken in
+chunks whose pages are released, and batches are read from the file (mapped.gather_rows), so a set larger than RAM
+trains with bounded resident memory.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from torch.nn.parallel import DistributedDataParallel
 from dlsr_core.atomic import atomic_write_bytes
 from dlsr_core.checkpoint import FIRST_NAME, LAST_NAME, CheckpointError, CheckpointInfo, save_checkpoint
 from dlsr_core.diffusion import LFDN, ConfigError, LFDNConfig, NoiseSchedule
-from dlsr_core.mapped import release_pages
+from dlsr_core.mapped import gather_rows, release_pages
 from dlsr_core.presets import DEFAULT_SCORING, ScoringOptions
 
 RESUME_NAME = "resume.pt"
@@ -116,8 +117,6 @@ def _ema_update(ema_model: LFDN, model: LFDN, decay: float) -> None:
 
 # Rows per chunk when a pass over all features is needed (statistics, finiteness): bounded memory for mapped features.
 _STATISTICS_CHUNK = 8192
-# Mapped feature pages are released after this many rows have been gathered (about 256 MB of 720-d float32 rows).
-_RELEASE_EVERY_ROWS = 90_000
 
 
 def feature_statistics(features: Tensor) -> tuple[Tensor, Tensor, bool]:
@@ -222,7 +221,6 @@ def train(
         )
     use_amp = train_config.amp and device.type == "cuda"
     scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
-    rows_since_release = 0
     last_loss, stopped, epochs_done = float("nan"), False, start_epoch
 
     for epoch in range(start_epoch + 1, train_config.epochs + 1):
@@ -235,11 +233,7 @@ def train(
         model.train()
         running, counted = 0.0, 0
         for step, batch_indices in enumerate(shard.split(train_config.batch_size)[:steps_per_epoch]):
-            z0 = features[batch_indices].to(device, non_blocking=True)
-            rows_since_release += len(batch_indices)
-            if rows_since_release >= _RELEASE_EVERY_ROWS:
-                release_pages(features)
-                rows_since_release = 0
+            z0 = gather_rows(features, batch_indices).to(device, non_blocking=True)
             timesteps = torch.randint(1, model_config.num_timesteps + 1, (len(z0),), generator=noise_generator)
             noise = torch.randn(z0.shape, generator=noise_generator)
             z_t = schedule.q_sample(z0, timesteps.to(device), noise.to(device))

@@ -10,7 +10,7 @@ import torch
 from dlsr_core.cache import cache_key, load_feature_set, save_feature_set
 from dlsr_core.diffusion import LFDNConfig
 from dlsr_core.features import FeatureSet, extract_features
-from dlsr_core.mapped import is_mapped, release_pages
+from dlsr_core.mapped import gather_rows, is_mapped, release_pages
 from dlsr_core.training import Provenance, TrainConfig, train
 
 
@@ -89,6 +89,15 @@ def test_memory_mapped_load_equals_in_memory_and_detects_damage(tmp_path):
     assert torch.equal(mapped.features, original.features) and torch.equal(mapped.indices, original.indices)
     release_pages(mapped.features)  # the pages are dropped from this process, not the data
     assert torch.equal(mapped.features, in_memory.features)
+    rows = torch.tensor([299, 0, 17, 17, 150])
+    assert torch.equal(gather_rows(mapped.features, rows), original.features[rows])  # read from the file
+    assert torch.equal(gather_rows(mapped.indices, rows), rows)  # an in-memory tensor: plain indexing
+    try:
+        gather_rows(mapped.features, torch.tensor([300]))
+    except IndexError:
+        pass
+    else:
+        raise AssertionError("a row past the end must be refused")
     assert load_feature_set(path, {**key, "input_size": "64"}, memory_map=True) is None
     data = bytearray(path.read_bytes())
     data[-100] ^= 0xFF  # one flipped byte in the stored features
