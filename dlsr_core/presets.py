@@ -167,9 +167,10 @@ def options_from(source: Any, kind: type) -> Any:
 
 
 def time_embed_width(option: str, width: int, feature_dim: int) -> int:
-    """The LFDN's timestep-MLP width for `option` ("width", "features" or an integer string)."""
+    """LFDNConfig.time_embed_width for `option`: 0 (the LFDN width, as before presets existed) for "width", the
+    feature size for "features", else the integer given."""
     if option == "width":
-        return width
+        return 0
     if option == "features":
         return feature_dim
     return int(option)
@@ -183,7 +184,7 @@ def feature_options_tag(options: FeatureOptions) -> str | None:
 
 
 def differences_from_preset(name: str, *options: Any) -> list[str]:
-    """ "field=value" for every field of the given options dataclasses that differs from preset `name`'s value."""
+    """Every field of the given options dataclasses that differs from preset `name`'s value, as "field=value"."""
     preset = get_preset(name)
     reference = {
         type(group): group for group in (preset.features, preset.architecture, preset.scoring, preset.training)

@@ -148,7 +148,7 @@ def test_input_activation_and_time_mlp_width():
     assert narrow.time_mlp[0].weight.shape == (6, 8) and narrow.time_mlp[2].weight.shape == (6, 6)
     assert narrow.blocks[1].time_projection.weight.shape == (8, 6)
     assert narrow(z, timesteps).shape == (4, 6)
-    assert time_embed_width("features", 1440, 720) == 720 and time_embed_width("width", 1440, 720) == 1440
+    assert time_embed_width("features", 1440, 720) == 720 and time_embed_width("width", 1440, 720) == 0
     assert time_embed_width("96", 1440, 720) == 96
 
 
