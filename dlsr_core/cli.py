@@ -125,7 +125,11 @@ def _add_sampling_options(parser: argparse.ArgumentParser) -> None:
         default=str(DEFAULT_RUN_DIR),
         help="run directory (first/last.safetensors) or checkpoint file (default: shipped model)",
     )
-    _add_preset_option(parser, "default: the one the checkpoint was trained under")
+    _add_preset_option(
+        parser,
+        "here it sets the scoring options only (features are always made the way the checkpoint's were); default: "
+        "the checkpoint's own",
+    )
     _add_scoring_preset_options(parser)
     parser.add_argument(
         "--timestep",
@@ -139,7 +143,7 @@ def _add_sampling_options(parser: argparse.ArgumentParser) -> None:
         type=int,
         default=DEFAULT_STEPS,
         help="DDIM steps from t to 0; 0 = one per timestep (default 1: as accurate as t steps on the shipped "
-        "model, t times cheaper)",
+        "model, t times cheaper); the official sampler ignores it (one step per level, as released)",
     )
     parser.add_argument("--eta", type=float, default=1.0, help="DDIM eta (paper: 1)")
     parser.add_argument(
