@@ -238,7 +238,7 @@ def markdown(rows: list[dict], header: str) -> str:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--train-count", type=int, default=10_000, help="balanced Fashion-MNIST training subset")
-    parser.add_argument("--epochs", type=int, default=10, help="the same for every variant")
+    parser.add_argument("--epochs", type=int, default=15, help="the same for every variant")
     parser.add_argument("--width", type=int, default=1024)
     parser.add_argument("--depth", type=int, default=6)
     parser.add_argument("--input-size", type=int, default=64)
