@@ -6,8 +6,9 @@ comparison, loading it the in-memory way. Prints the numbers and writes JSON:
 
     python -m benchmarks.mapped_training_memory --out benchmarks/results/mapped_training_memory.json
 
-Peak RSS is the kernel's high-water mark of the process's resident set (ru_maxrss), which counts mapped file pages
-while they are resident; the data themselves stay in the page cache, outside the process.
+Peak RSS is the kernel's high-water mark of the measured process's resident set (VmHWM in /proc/self/status, which
+counts mapped file pages while they are resident; the data themselves stay in the page cache, outside the process).
+ru_maxrss would not do here: Linux carries the parent's resident size at fork into the child's ru_maxrss across exec.
 """
 
 from __future__ import annotations
@@ -73,8 +74,20 @@ def write_synthetic_cache(path: Path, rows: int, dim: int, chunk: int = 50_000) 
             stream.write(torch.arange(begin, min(begin + chunk, rows), dtype=torch.int64).numpy().tobytes())
 
 
-MAPPED_TRAINING = """
-import json, resource, time
+PEAK_RSS_MIB = """
+def peak_rss_mib():
+    try:
+        status = dict(line.split(":", 1) for line in open("/proc/self/status") if ":" in line)
+        return int(status["VmHWM"].split()[0]) / 1024
+    except (OSError, KeyError):  # not Linux: ru_maxrss (KiB on Linux, bytes on macOS)
+        import resource
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+"""
+
+MAPPED_TRAINING = (
+    PEAK_RSS_MIB
+    + """
+import json, time
 from pathlib import Path
 from dlsr_core.cache import cache_key, load_feature_set
 from dlsr_core.diffusion import LFDNConfig
@@ -88,19 +101,21 @@ result = train(feature_set.features, {run!r}, LFDNConfig(feature_dim=720, width=
                Provenance("synthetic", "random", 224, (24, 32, 56, 160, 448), "synthetic"),
                on_step=lambda epoch, step, loss: steps.append(step))
 print(json.dumps({{"open_and_verify_s": opened - started, "train_s": time.perf_counter() - opened,
-                  "steps": len(steps), "loss": result.last_loss,
-                  "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}}))
+                  "steps": len(steps), "loss": result.last_loss, "peak_rss_mib": peak_rss_mib()}}))
 """
+)
 
-IN_MEMORY_LOAD = """
-import json, resource, time
+IN_MEMORY_LOAD = (
+    PEAK_RSS_MIB
+    + """
+import json, time
 from pathlib import Path
 from dlsr_core.cache import cache_key, load_feature_set
 started = time.perf_counter()
 feature_set = load_feature_set(Path({path!r}), cache_key(*{key!r}))
-print(json.dumps({{"load_s": time.perf_counter() - started, "rows": len(feature_set),
-                  "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}}))
+print(json.dumps({{"load_s": time.perf_counter() - started, "rows": len(feature_set), "peak_rss_mib": peak_rss_mib()}}))
 """
+)
 
 
 def _fresh_python(code: str) -> dict:
