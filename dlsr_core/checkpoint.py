@@ -60,7 +60,12 @@ class CheckpointError(ValueError):
 
 @dataclass(frozen=True)
 class CheckpointInfo:
-    """Everything a checkpoint says about how its model was made."""
+    """Everything a checkpoint says about how its model was made.
+
+    preset names the preset it was trained under (dlsr_core.presets); pooling ... same_padding are the feature options
+    its features were made with (scoring re-extracts with them); sampler, mfsim_stages and timestep are the scoring
+    defaults it was trained for. Checkpoints written before presets existed read as the `paper` preset.
+    """
 
     config: LFDNConfig
     backbone: str
@@ -70,6 +75,15 @@ class CheckpointInfo:
     dataset: str
     epoch: int = field(metadata={"range": (0, None)})
     train_settings: dict = field(default_factory=dict)
+    preset: str = "paper"
+    pooling: str = "gap"
+    std_eps: float = 1e-6
+    resize: str = "model"
+    normalization: str = "model"
+    same_padding: str = "dynamic"
+    sampler: str = "ddim"
+    mfsim_stages: str = "all"
+    timestep: int = 5
 
 
 def checksum_path(path: Path) -> Path:

@@ -6,6 +6,8 @@ memory), printed as one line starting with "error:"; 3 training diverged (NaN/In
 untrained model's; the last good checkpoint is kept); 130 interrupted (Ctrl-C), 143 terminated (SIGTERM).
 Every option is checked when the command line is parsed (dlsr_core.options), and every dataset is opened before the
 first one is extracted, so a mistake is reported in seconds, not after minutes of feature extraction.
+
+`--preset paper|official` picks every option of dlsr_core.presets at once; an explicit option flag overrides it.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import math
 import signal
 import sys
 import threading
+from dataclasses import asdict
 from pathlib import Path
 
 import torch
@@ -28,6 +31,21 @@ from dlsr_core import options
 from dlsr_core.checkpoint import DEFAULT_RUN_DIR, CheckpointError
 from dlsr_core.diffusion import ConfigError, LFDNConfig
 from dlsr_core.metrics import MetricInputError
+from dlsr_core.presets import (
+    DEFAULT_PRESET,
+    MFSIM_STAGES,
+    NORMALIZATIONS,
+    POOLINGS,
+    PRESETS,
+    RESIZES,
+    SAME_PADDINGS,
+    SAMPLERS,
+    FeatureOptions,
+    ScoringOptions,
+    get_preset,
+    options_from,
+    with_overrides,
+)
 from dlsr_core.scoring import DEFAULT_DRAWS, DEFAULT_STEPS
 
 DEFAULT_BACKBONE = "efficientnet_lite0"
@@ -106,21 +124,82 @@ def _add_feature_options(parser: argparse.ArgumentParser, with_backbone: bool = 
     )
 
 
+def _add_preset_option(parser: argparse.ArgumentParser, default_text: str) -> None:
+    parser.add_argument(
+        "--preset",
+        choices=list(PRESETS),
+        default=None,
+        help=f"'paper' (the paper's equations) or 'official' (the authors' released code); {default_text}. "
+        "Option flags below override single items.",
+    )
+
+
+def _add_feature_preset_options(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("feature options (default: the preset's)")
+    group.add_argument("--pooling", choices=POOLINGS, default=None, help="gap (paper) or stride16-grid (official)")
+    group.add_argument(
+        "--std-eps", type=options.std_eps, default=None, help="eps added to the per-stage std (1e-6 / 1e-5)"
+    )
+    group.add_argument("--resize", choices=RESIZES, default=None, help="model's resize filter (paper) or bilinear")
+    group.add_argument("--normalization", choices=NORMALIZATIONS, default=None, help="model's mean/std or imagenet")
+    group.add_argument(
+        "--same-padding",
+        choices=SAME_PADDINGS,
+        default=None,
+        help="TF-'same' padding: dynamic (paper) or static-native (official: fixed for B4's 380 px)",
+    )
+
+
+def _add_scoring_preset_options(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("scoring options (default: the preset's)")
+    group.add_argument("--sampler", choices=SAMPLERS, default=None, help="ddim (paper) or official (released code)")
+    group.add_argument(
+        "--mfsim-stages", choices=MFSIM_STAGES, default=None, help="all (paper) or without-first (official)"
+    )
+
+
+def _feature_options(args, info=None) -> FeatureOptions:
+    """The preset's feature options with the explicit flags applied. Without --preset, `info` (a checkpoint's
+    CheckpointInfo) supplies them when given, so `extract` makes the features that model was trained on."""
+    if args.preset is None and info is not None:
+        base = options_from(info, FeatureOptions)
+    else:
+        base = get_preset(args.preset or DEFAULT_PRESET).features
+    return with_overrides(
+        base,
+        pooling=args.pooling,
+        std_eps=args.std_eps,
+        resize=args.resize,
+        normalization=args.normalization,
+        same_padding=args.same_padding,
+    )
+
+
 def _add_sampling_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--checkpoint",
         default=str(DEFAULT_RUN_DIR),
         help="run directory (first/last.safetensors) or checkpoint file (default: shipped model)",
     )
+    _add_preset_option(
+        parser,
+        "here it sets the scoring options only (features are always made the way the checkpoint's were); default: "
+        "the checkpoint's own",
+    )
+    _add_scoring_preset_options(parser)
     parser.add_argument(
-        "--timestep", "-t", type=options.timestep, default=5, help="start timestep t in 1..T (paper: 3-10)"
+        "--timestep",
+        "-t",
+        type=options.timestep,
+        default=None,
+        help="start timestep t in 1..T (paper: 3-10; default: the preset's, 5 for paper, 4 for official)",
     )
     parser.add_argument(
         "--steps",
         type=options.steps,
         default=DEFAULT_STEPS,
         help="DDIM steps from t to 0; 0 = one per timestep (default 1: as accurate as t steps on the shipped "
-        "model, t times cheaper)",
+        "model, t times cheaper); the official sampler ignores it (one step per level, as released)",
     )
     parser.add_argument("--eta", type=options.eta, default=1.0, help="DDIM eta in [0, 1] (paper: 1)")
     parser.add_argument(
@@ -151,16 +230,22 @@ def build_parser() -> argparse.ArgumentParser:
     extract.add_argument(
         "--checkpoint",
         default=None,
-        help="model whose backbone, weights and input size are the defaults (default: the shipped model)",
+        help="model whose backbone, weights, input size and feature options are the defaults (default: the shipped "
+        "model)",
     )
     _add_feature_options(extract, model_defaults=True)
+    _add_preset_option(extract, "default: the --checkpoint model's feature options")
+    _add_feature_preset_options(extract)
 
     train = commands.add_parser(
         "train",
         help="train an LFDN on the features of an ID dataset",
         description="Works under torchrun for DDP: torchrun --nproc_per_node=N -m dlsr_core "
-        "train ... (gloo on CPU, NCCL on GPU). A folder with resume.pt is continued; --epochs, --lr, "
-        "--weight-decay, --ema-decay, --checkpoint-every and --half may change on resume, the others may not.",
+        "train ... (gloo on CPU, NCCL on GPU). Training settings default to the preset's "
+        "(paper: 20 epochs, lr 1e-4, no weight decay, EMA 0.999; official: 150 epochs, lr 1e-5, weight decay 0.02, "
+        "EMA 0.9999, fp16 autocast on GPU, last partial batch dropped). A folder with resume.pt is continued; "
+        "--epochs, --lr, --weight-decay, --ema-decay, --checkpoint-every and --half may change on resume, the "
+        "others may not.",
     )
     train.add_argument("--dataset", "-d", required=True, help="ID training set spec, e.g. fashion_mnist:train")
     train.add_argument(
@@ -168,11 +253,28 @@ def build_parser() -> argparse.ArgumentParser:
     )
     train.add_argument("--width", type=options.width, default=1440, help="LFDN width (paper 1440)")
     train.add_argument("--depth", type=options.depth, default=16, help="number of residual blocks (paper 16)")
-    train.add_argument("--epochs", type=options.epochs, default=20)
-    train.add_argument("--train-batch-size", type=options.batch_size, default=256, help="LFDN batch size per process")
-    train.add_argument("--lr", type=options.learning_rate, default=1e-4, help="learning rate, > 0")
-    train.add_argument("--weight-decay", type=options.weight_decay, default=0.0)
-    train.add_argument("--ema-decay", type=options.ema_decay, default=0.999, help="in [0, 1)")
+    train.add_argument("--epochs", type=options.epochs, default=None, help="default: the preset's (20 / 150)")
+    train.add_argument(
+        "--train-batch-size", type=options.batch_size, default=None, help="LFDN batch size per process (256)"
+    )
+    train.add_argument("--lr", type=options.learning_rate, default=None, help="learning rate, > 0")
+    train.add_argument("--weight-decay", type=options.weight_decay, default=None)
+    train.add_argument("--ema-decay", type=options.ema_decay, default=None, help="in [0, 1)")
+    train.add_argument(
+        "--amp", action=argparse.BooleanOptionalAction, default=None, help="fp16 autocast on CUDA (official: on)"
+    )
+    train.add_argument(
+        "--drop-last", action=argparse.BooleanOptionalAction, default=None, help="drop each epoch's partial batch"
+    )
+    train.add_argument(
+        "--input-activation", choices=("none", "silu"), default=None, help="before the LFDN input projection"
+    )
+    train.add_argument(
+        "--time-mlp-width",
+        type=options.time_mlp_width,
+        default=None,
+        help="timestep MLP width: width (paper), features (official: 720 for B4) or a number",
+    )
     train.add_argument(
         "--checkpoint-every", type=options.checkpoint_every, default=1, help="epochs between checkpoints"
     )
@@ -186,6 +288,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="start from scratch even if --out holds a run (its checkpoints are replaced from the first saved epoch)",
     )
     _add_feature_options(train)
+    _add_preset_option(train, "default: paper")
+    _add_feature_preset_options(train)
+    _add_scoring_preset_options(train)
 
     score = commands.add_parser("score", help="score a dataset or image files and write per-image scores as CSV")
     source = score.add_mutually_exclusive_group(required=True)
@@ -236,7 +341,16 @@ def _report_skipped(args, spec: str, kept_indices) -> None:
         atomic_write_bytes(args.skipped_csv, buffer.getvalue().encode())
 
 
-def _features(args, dataset: str, backbone: str, weights: str, input_size: int, extractor=None):
+def _features(
+    args,
+    dataset: str,
+    backbone: str,
+    weights: str,
+    input_size: int,
+    extractor=None,
+    options: FeatureOptions | None = None,
+    memory_map: bool = False,
+):
     from dlsr_core.cache import cached_features
     from dlsr_core.data import DatasetError
 
@@ -251,6 +365,8 @@ def _features(args, dataset: str, backbone: str, weights: str, input_size: int, 
         progress=None if args.quiet else _progress_bar(f"features {dataset}"),
         extractor=extractor,
         batch_size=args.batch_size,
+        options=options if options is not None else FeatureOptions(),
+        memory_map=memory_map,
     )
     if len(features) == 0:
         if args.verbose or args.skipped_csv:
@@ -261,8 +377,9 @@ def _features(args, dataset: str, backbone: str, weights: str, input_size: int, 
     return features
 
 
-def _model_defaults(args) -> None:
-    """Fill extract's unset --backbone/--weights/--input-size from the --checkpoint model (or the shipped one)."""
+def _model_defaults(args):
+    """Fill extract's unset --backbone/--weights/--input-size from the --checkpoint model (or the shipped one);
+    returns that model's CheckpointInfo, or None when the shipped model cannot be read."""
     from dlsr_core.checkpoint import read_checkpoint_info, resolve_run
 
     info = None
@@ -275,21 +392,28 @@ def _model_defaults(args) -> None:
     if args.weights is None:
         args.weights = info.weights if info and info.weights in ("pretrained", "random") else "pretrained"
     args.input_size = args.input_size or (info.input_size if info else DEFAULT_INPUT_SIZE)
+    return info
 
 
 def _run_extract(args) -> None:
-    _model_defaults(args)
+    from dlsr_core.training import distributed_context
+
+    info = _model_defaults(args)
     _open_datasets(args, args.dataset)
+    rank, world_size, _ = distributed_context()  # under torchrun, every rank extracts its share of each set
+    options = _feature_options(args, info)
     for dataset in args.dataset:
-        features = _features(args, dataset, args.backbone, args.weights, args.input_size)
+        features = _features(args, dataset, args.backbone, args.weights, args.input_size, options=options)
         speed = f"{len(features) / features.seconds:.1f} img/s" if features.seconds else "from cache"
-        print(
-            f"{dataset}: {len(features)} vectors of {features.features.shape[1]} dims "
-            f"({args.backbone} @ {args.input_size} px), {features.skipped} unreadable skipped, {speed}"
-        )
+        if rank == 0:
+            processes = f" with {world_size} processes" if world_size > 1 else ""
+            print(
+                f"{dataset}: {len(features)} vectors of {features.features.shape[1]} dims "
+                f"({args.backbone} @ {args.input_size} px), {features.skipped} unreadable skipped, {speed}{processes}"
+            )
 
 
-def _check_resume_early(args) -> bool:
+def _check_resume_early(args, epochs: int) -> bool:
     """Before extracting: refuse a bad resume.pt, and say so when the run already has the epochs asked for."""
     from dlsr_core.checkpoint import LAST_NAME
     from dlsr_core.training import RESUME_NAME, read_resume_state
@@ -299,9 +423,9 @@ def _check_resume_early(args) -> bool:
         return False
     if (out / RESUME_NAME).exists():
         saved = read_resume_state(out / RESUME_NAME)
-        if saved.epoch >= args.epochs:
+        if saved.epoch >= epochs:
             print(
-                f"nothing to do: {out} has already trained {saved.epoch} epochs (asked for {args.epochs}); pass a "
+                f"nothing to do: {out} has already trained {saved.epoch} epochs (asked for {epochs}); pass a "
                 "larger --epochs to continue it, or --restart to train a new model from scratch"
             )
             return True
@@ -314,26 +438,45 @@ def _check_resume_early(args) -> bool:
 
 
 def _run_train(args) -> None:
-    from dlsr_core.training import Provenance, TrainConfig, distributed_context, train
+    from dlsr_core.presets import time_embed_width
+    from dlsr_core.training import Provenance, TrainConfig, distributed_context, steps_per_rank_epoch, train
 
     rank, world_size, _ = distributed_context()
-    if _check_resume_early(args):
-        return
-    _open_datasets(args, [args.dataset])
-    if rank != 0:
-        torch.distributed.barrier()  # rank 0 fills the feature cache first; the others then read it
-    features = _features(args, args.dataset, args.backbone, args.weights, args.input_size)
-    if world_size > 1 and rank == 0:
-        torch.distributed.barrier()
-    from dlsr_core.cache import weights_identity
-
-    model_config = LFDNConfig(feature_dim=features.features.shape[1], width=args.width, depth=args.depth)
-    train_config = TrainConfig(
+    preset = get_preset(args.preset or DEFAULT_PRESET)
+    feature_options = _feature_options(args)
+    architecture = with_overrides(
+        preset.architecture, input_activation=args.input_activation, time_mlp_width=args.time_mlp_width
+    )
+    scoring = with_overrides(preset.scoring, sampler=args.sampler, mfsim_stages=args.mfsim_stages)
+    training = with_overrides(
+        preset.training,
         epochs=args.epochs,
         batch_size=args.train_batch_size,
         learning_rate=args.lr,
         weight_decay=args.weight_decay,
         ema_decay=args.ema_decay,
+        amp=args.amp,
+        drop_last=args.drop_last,
+    )
+    if _check_resume_early(args, training.epochs):
+        return
+    _open_datasets(args, [args.dataset])
+    # Memory-mapped: the training set need not fit in RAM, and torchrun ranks share one copy in the page cache.
+    features = _features(
+        args, args.dataset, args.backbone, args.weights, args.input_size, options=feature_options, memory_map=True
+    )
+    from dlsr_core.cache import weights_identity
+
+    feature_dim = features.features.shape[1]
+    model_config = LFDNConfig(
+        feature_dim=feature_dim,
+        width=args.width,
+        depth=args.depth,
+        input_activation=architecture.input_activation,
+        time_embed_width=time_embed_width(architecture.time_mlp_width, args.width, feature_dim),
+    )
+    train_config = TrainConfig(
+        **asdict(training),
         checkpoint_every=args.checkpoint_every,
         seed=args.seed,
         half_precision_checkpoints=args.half,
@@ -341,18 +484,26 @@ def _run_train(args) -> None:
     weights = (
         args.weights if args.weights in ("pretrained", "random") else weights_identity(args.backbone, args.weights)
     )
-    provenance = Provenance(args.backbone, weights, args.input_size, features.stage_dims, args.dataset)
-    steps_per_epoch = -(-max(len(features) // world_size, 1) // args.train_batch_size)
+    provenance = Provenance(
+        args.backbone,
+        weights,
+        args.input_size,
+        features.stage_dims,
+        args.dataset,
+        preset=preset.name,
+        **asdict(feature_options),
+    )
+    steps_per_epoch = steps_per_rank_epoch(len(features), world_size, train_config)
     show = not args.quiet and rank == 0
     bar = None
     if show and sys.stderr.isatty():
-        bar = tqdm(total=args.epochs * steps_per_epoch, desc="training", unit="step")
+        bar = tqdm(total=train_config.epochs * steps_per_epoch, desc="training", unit="step")
 
     def on_step(epoch: int, step: int, loss: float) -> None:
         if bar is not None:
             bar.n = (epoch - 1) * steps_per_epoch + step  # absolute position, so a resumed run starts mid-bar
             if step % 10 == 0 or step == steps_per_epoch:
-                bar.set_postfix(epoch=f"{epoch}/{args.epochs}", loss=f"{loss:.4f}", refresh=False)
+                bar.set_postfix(epoch=f"{epoch}/{train_config.epochs}", loss=f"{loss:.4f}", refresh=False)
             bar.refresh()
 
     def on_epoch(report) -> None:
@@ -374,6 +525,7 @@ def _run_train(args) -> None:
             resume=not args.restart,
             on_step=on_step,
             on_epoch=on_epoch,
+            scoring=scoring,
         )
     finally:
         if bar is not None:
@@ -383,25 +535,30 @@ def _run_train(args) -> None:
     if result.nothing_to_do:
         print(
             f"nothing to do: {result.run_dir} has already trained {result.epochs_done} epochs (asked for "
-            f"{args.epochs}); pass a larger --epochs to continue it, or --restart to train from scratch"
+            f"{train_config.epochs}); pass a larger --epochs to continue it, or --restart to train from scratch"
         )
         return
     print(
-        f"trained {result.epochs_done}/{args.epochs} epochs on {len(features)} vectors, "
-        f"final loss {result.last_loss:.5f}; checkpoints in {result.run_dir}"
+        f"trained {result.epochs_done}/{train_config.epochs} epochs on {len(features)} vectors "
+        f"(preset {preset.name}), final loss {result.last_loss:.5f}; checkpoints in {result.run_dir}"
     )
 
 
 def _load_detector(args):
+    """The checkpoint's detector, scored with the chosen preset's scoring options (default: the checkpoint's own)
+    and the explicit --sampler / --mfsim-stages / --timestep flags."""
     from dlsr_core.scoring import Detector
 
-    return Detector.load(args.checkpoint)
+    detector = Detector.load(args.checkpoint)
+    base: ScoringOptions = get_preset(args.preset).scoring if args.preset else detector.scoring
+    scoring = with_overrides(base, sampler=args.sampler, mfsim_stages=args.mfsim_stages, timestep=args.timestep)
+    return detector.with_scoring(scoring)
 
 
-def _check_timestep(args, detector) -> None:
-    top = detector.info.config.num_timesteps
-    if args.timestep > top:
-        raise ConfigError(f"--timestep must be in 1..{top} for this checkpoint (T = {top}), got {args.timestep}")
+def _check_timestep(detector) -> None:
+    top, timestep = detector.info.config.num_timesteps, detector.scoring.timestep
+    if timestep > top:
+        raise ConfigError(f"--timestep must be in 1..{top} for this checkpoint (T = {top}), got {timestep}")
 
 
 def _image_files_features(args, detector) -> tuple[torch.Tensor, list[str]]:
@@ -410,7 +567,9 @@ def _image_files_features(args, detector) -> tuple[torch.Tensor, list[str]]:
     from dlsr_core.data import ImageLoadError, load_image
 
     info = detector.info
-    extractor = create_feature_extractor(info.backbone, weights=detector.backbone_weights())
+    extractor = create_feature_extractor(
+        info.backbone, weights=detector.backbone_weights(), options=detector.feature_options
+    )
     tensors, names, skipped = [], [], []
     for path in args.images:
         try:
@@ -437,16 +596,21 @@ def _run_score(args) -> None:
     from dlsr_core.data import item_name
 
     detector = _load_detector(args)
-    _check_timestep(args, detector)
+    _check_timestep(detector)
     info = detector.info
+    options = detector.feature_options  # features are always made the way the checkpoint's training features were
     if args.dataset:
         _open_datasets(args, [args.dataset])
-        features = _features(args, args.dataset, info.backbone, detector.backbone_weights(), info.input_size)
+        features = _features(
+            args, args.dataset, info.backbone, detector.backbone_weights(), info.input_size, options=options
+        )
         names = [item_name(args.opened[args.dataset], int(i)) for i in features.indices]
         matrix = features.features
     else:
         matrix, names = _image_files_features(args, detector)
-    result = detector.score_features(matrix, args.timestep, args.steps or None, args.eta, args.seed, draws=args.draws)
+    result = detector.score_features(
+        matrix, detector.scoring.timestep, args.steps or None, args.eta, args.seed, draws=args.draws
+    )
     buffer = io.StringIO()
     writer = csv.writer(buffer)
     stages = [f"cos_stage{i + 1}" for i in range(result.stage_cos.shape[1])]
@@ -471,21 +635,26 @@ def _run_evaluate(args) -> None:
     from dlsr_core.evaluation import EvaluationSettings, evaluate
 
     detector = _load_detector(args)
-    _check_timestep(args, detector)
+    _check_timestep(detector)
     info = detector.info
     weights = detector.backbone_weights()
+    options = detector.feature_options
     _open_datasets(args, [args.id, *args.ood, *([args.train] if args.train else [])])
     if args.train and args.knn_k > len(args.opened[args.train]):
         raise ConfigError(f"--knn-k {args.knn_k} is larger than {args.train} ({len(args.opened[args.train])} images)")
-    id_set = _features(args, args.id, info.backbone, weights, info.input_size)
-    ood_sets = {spec: _features(args, spec, info.backbone, weights, info.input_size) for spec in args.ood}
-    train_set = _features(args, args.train, info.backbone, weights, info.input_size) if args.train else None
+
+    def features_of(spec: str):
+        return _features(args, spec, info.backbone, weights, info.input_size, options=options)
+
+    id_set = features_of(args.id)
+    ood_sets = {spec: features_of(spec) for spec in args.ood}
+    train_set = features_of(args.train) if args.train else None
     if train_set is not None and args.knn_k > len(train_set):
         raise ConfigError(f"--knn-k {args.knn_k} is larger than the {len(train_set)} readable images of {args.train}")
     timed = [s for s in [id_set, *ood_sets.values()] if s.seconds > 0]
     backbone_speed = sum(len(s) for s in timed) / sum(s.seconds for s in timed) if timed else None
     settings = EvaluationSettings(
-        timestep=args.timestep,
+        timestep=detector.scoring.timestep,
         steps=args.steps or None,
         eta=args.eta,
         seed=args.seed,
@@ -501,11 +670,16 @@ def _run_evaluate(args) -> None:
         train_features=train_set.features if train_set is not None else None,
         backbone_images_per_second=backbone_speed,
     )
+    from dlsr_core.presets import describe_preset
+
+    scoring = describe_preset(detector.preset, detector.scoring)
+    print(f"checkpoint preset {detector.preset}; scoring: {scoring}, {asdict(detector.scoring)}")
     print(report.to_table())
     if backbone_speed is None:
         print("(all features came from the cache: backbone speed not measured; run `extract` on a fresh cache)")
     if args.json:
-        document = json.dumps({**report.to_dict(), "checkpoint": str(args.checkpoint)}, indent=2)
+        extra = {"checkpoint": str(args.checkpoint), "preset": detector.preset, "scoring": asdict(detector.scoring)}
+        document = json.dumps({**report.to_dict(), **extra}, indent=2)
         atomic_write_bytes(args.json, document.encode())
     if args.csv:
         atomic_write_bytes(args.csv, report.to_csv().encode())

@@ -22,7 +22,12 @@ class ConfigError(ValueError):
 
 @dataclass(frozen=True)
 class LFDNConfig:
-    """Architecture and noise schedule of an LFDN. Paper setting: width 1440, depth 16, T = 100."""
+    """Architecture and noise schedule of an LFDN. Paper setting: width 1440, depth 16, T = 100.
+
+    input_activation: "none", or "silu" for a SiLU before the input projection (the authors' released code).
+    time_embed_width: width E of the timestep MLP (sinusoidal(width) -> E -> E, then Linear(E -> width) per block);
+    0 means the LFDN width. The released code uses E = 720 (the feature size) with width 1440.
+    """
 
     feature_dim: int
     width: int = 1440
@@ -30,6 +35,8 @@ class LFDNConfig:
     num_timesteps: int = 100
     beta_start: float = 0.0015
     beta_end: float = 0.0195
+    input_activation: str = "none"
+    time_embed_width: int = 0
 
 
 def validate_config(config: LFDNConfig) -> None:
@@ -40,6 +47,10 @@ def validate_config(config: LFDNConfig) -> None:
         raise ConfigError(f"num_timesteps must be >= 1, got {config.num_timesteps}")
     if not 0 < config.beta_start <= config.beta_end < 1:
         raise ConfigError(f"need 0 < beta_start <= beta_end < 1, got {config.beta_start}, {config.beta_end}")
+    if config.input_activation not in ("none", "silu"):
+        raise ConfigError(f"input_activation must be 'none' or 'silu', got {config.input_activation!r}")
+    if config.time_embed_width < 0:
+        raise ConfigError(f"time_embed_width must be >= 0 (0: the LFDN width), got {config.time_embed_width}")
 
 
 def linear_betas(num_timesteps: int, beta_start: float, beta_end: float) -> Tensor:
@@ -61,11 +72,11 @@ def timestep_embedding(timesteps: Tensor, dim: int) -> Tensor:
 class ResidualBlock(nn.Module):
     """GroupNorm(1) -> SiLU -> Linear, add the timestep embedding, GroupNorm(1) -> SiLU -> Linear (zero-init)."""
 
-    def __init__(self, width: int) -> None:
+    def __init__(self, width: int, time_width: int | None = None) -> None:
         super().__init__()
         self.norm_in = nn.GroupNorm(1, width)
         self.linear_in = nn.Linear(width, width)
-        self.time_projection = nn.Linear(width, width)
+        self.time_projection = nn.Linear(time_width or width, width)
         self.norm_out = nn.GroupNorm(1, width)
         self.linear_out = nn.Linear(width, width)
         # Zero-initialised output makes every block start as the identity, which keeps deep stacks trainable.
@@ -73,7 +84,7 @@ class ResidualBlock(nn.Module):
         nn.init.zeros_(self.linear_out.bias)
 
     def forward(self, hidden: Tensor, time_features: Tensor) -> Tensor:
-        """hidden (N, W), time_features (N, W) (already SiLU-activated) -> (N, W)."""
+        """hidden (N, W), time_features (N, E) (already SiLU-activated) -> (N, W)."""
         update = self.linear_in(nn.functional.silu(self.norm_in(hidden)))
         update = update + self.time_projection(time_features)
         update = self.linear_out(nn.functional.silu(self.norm_out(update)))
@@ -88,9 +99,10 @@ class LFDN(nn.Module):
         validate_config(config)
         self.config = config
         width = config.width
+        time_width = config.time_embed_width or width
         self.input_projection = nn.Linear(config.feature_dim, width)
-        self.time_mlp = nn.Sequential(nn.Linear(width, width), nn.SiLU(), nn.Linear(width, width))
-        self.blocks = nn.ModuleList(ResidualBlock(width) for _ in range(config.depth))
+        self.time_mlp = nn.Sequential(nn.Linear(width, time_width), nn.SiLU(), nn.Linear(time_width, time_width))
+        self.blocks = nn.ModuleList(ResidualBlock(width, time_width) for _ in range(config.depth))
         self.norm_final = nn.GroupNorm(1, width)
         self.output_projection = nn.Linear(width, config.feature_dim)
         nn.init.zeros_(self.output_projection.weight)
@@ -98,6 +110,8 @@ class LFDN(nn.Module):
 
     def forward(self, z_t: Tensor, timesteps: Tensor) -> Tensor:
         time_features = nn.functional.silu(self.time_mlp(timestep_embedding(timesteps, self.config.width)))
+        if self.config.input_activation == "silu":
+            z_t = nn.functional.silu(z_t)
         hidden = self.input_projection(z_t)
         for block in self.blocks:
             hidden = block(hidden, time_features)
@@ -199,3 +213,76 @@ def ddim_reconstruct(
         direction = (1.0 - a_s - sigma**2).clamp(min=0.0).sqrt() * predicted_noise
         z = a_s.sqrt() * predicted_z0 + direction + sigma * fresh_noise()
     return z
+
+
+@torch.inference_mode()
+def official_reconstruct(
+    denoiser: nn.Module,
+    schedule: NoiseSchedule,
+    z0: Tensor,
+    start: int = 4,
+    eta: float = 1.0,
+    seed: int = 0,
+    batch_size: int = 4096,
+    draw: int = 0,
+) -> Tensor:
+    """The authors' released DDIM variant: noise z0 (N, D) to `start` and return the state it ends in (N, D).
+
+    In their 0-indexed levels (level k is our t = k + 1) it starts at level start - 1 and visits levels
+    start - 1, ..., 1. At level k the network predicts x0 at level k (our t = k + 1) and the noise is derived from that
+    prediction with that level's alpha; the DDIM update then re-derives x0 and steps with the alphas of one level lower:
+    "current" alpha_bar[k] and "previous" alpha_bar[k - 1] in our indexing. At k = 1 both are their level 0, sigma is 0
+    and the update returns its input unchanged, so that step is skipped here (it would only cost a network pass). The
+    result is that noisy state, not the last x0 prediction. Their default (3 DDIM timesteps) is start = 4: two network
+    passes. Unlike theirs, the noise is keyed by each row's values, `seed` and `draw` (dlsr_core.noise), so a vector
+    gets the same reconstruction in any batch.
+    """
+    if not 1 <= start <= schedule.num_timesteps:
+        raise ConfigError(f"start timestep must be in 1..{schedule.num_timesteps}, got {start}")
+    if not math.isfinite(eta) or eta < 0:
+        raise ConfigError(f"eta must be a finite number >= 0, got {eta}")
+    if draw < 0:
+        raise ConfigError(f"draw must be >= 0, got {draw}")
+    device = z0.device
+    keys = row_noise_keys(z0, seed)
+    alpha_bar = schedule.alpha_bar.to(device)
+    z0 = z0.float()
+    # The same noise streams as ddim_reconstruct: stream 0 starts, stream k + 1 is the k-th step's noise.
+    first_stream = draw * (1 << 20)
+    noise = keyed_standard_normal(keys, first_stream, z0.shape[1]).to(device)
+    z = alpha_bar[start].sqrt() * z0 + (1.0 - alpha_bar[start]).sqrt() * noise
+    for number, level in enumerate(range(start - 1, 1, -1), start=1):
+        predicted_z0 = _denoise(denoiser, z, level + 1, batch_size)
+        a_model = alpha_bar[level + 1]
+        predicted_noise = (z - a_model.sqrt() * predicted_z0) / (1.0 - a_model).sqrt()
+        a_t, a_s = alpha_bar[level], alpha_bar[level - 1]
+        shifted_z0 = (z - (1.0 - a_t).sqrt() * predicted_noise) / a_t.sqrt()
+        sigma = eta * ((1.0 - a_s) / (1.0 - a_t) * (1.0 - a_t / a_s)).sqrt()
+        direction = (1.0 - a_s - sigma**2).clamp(min=0.0).sqrt() * predicted_noise
+        step_noise = keyed_standard_normal(keys, first_stream + number, z0.shape[1]).to(device)
+        z = a_s.sqrt() * shifted_z0 + direction + sigma * step_noise
+    return z
+
+
+SAMPLERS = ("ddim", "official")
+
+
+def reconstruct(
+    denoiser: nn.Module,
+    schedule: NoiseSchedule,
+    z0: Tensor,
+    start: int,
+    steps: int | None = None,
+    eta: float = 1.0,
+    seed: int = 0,
+    batch_size: int = 4096,
+    draw: int = 0,
+    sampler: str = "ddim",
+) -> Tensor:
+    """Reconstruction of z0 (N, D) from timestep `start` with `sampler`: "ddim" (ddim_reconstruct, the paper's
+    equations) or "official" (official_reconstruct, the released code's variant; it takes no `steps`)."""
+    if sampler == "ddim":
+        return ddim_reconstruct(denoiser, schedule, z0, start, steps, eta, seed, batch_size, draw)
+    if sampler == "official":
+        return official_reconstruct(denoiser, schedule, z0, start, eta, seed, batch_size, draw)
+    raise ConfigError(f"sampler must be one of {', '.join(SAMPLERS)}, got {sampler!r}")

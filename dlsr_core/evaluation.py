@@ -136,7 +136,7 @@ def score_all(
     """
     scores: dict[str, dict[str, np.ndarray]] = {name: {} for name in features}
     count = sum(len(matrix) for matrix in features.values())
-    early = Detector(detector.early) if detector.early is not None else None
+    early = Detector(detector.early, scoring=detector.scoring) if detector.early is not None else None
     final_seconds = early_seconds = 0.0
     sampling = (settings.timestep, settings.steps, settings.eta, settings.seed)
     for name, matrix in features.items():

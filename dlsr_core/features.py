@@ -40,39 +40,40 @@ def extract_features(
     batch_size: int | None = None,
     progress: ProgressCallback | None = None,
     dataset_name: str | None = None,
+    positions: range | None = None,
 ) -> FeatureSet:
     """Run every readable image of `dataset` through `extractor` (a backbones.FeatureExtractor).
 
     `progress(done, total)` is called after each batch. Items that are None (unreadable files) are skipped.
+    Batches are fixed blocks of dataset positions ([0, B), [B, 2B), ...; a block's unreadable items are left out), so a
+    row's features never depend on where the run started: extracting `positions` = a range of whole blocks gives
+    exactly the rows a full run gives for them (how torchrun ranks split an extraction, see cache.py).
     """
     batch_size = batch_size or extractor.batch_size_for(input_size)
-    total = len(dataset)
+    positions = range(len(dataset)) if positions is None else positions
+    on_boundary = positions.start % batch_size == 0 and (
+        positions.stop % batch_size == 0 or positions.stop == len(dataset)
+    )
+    if positions.step != 1 or not (on_boundary or len(positions) == 0):
+        raise ValueError(f"positions must be a range of whole batches of {batch_size}, got {positions}")
+    total = len(positions)
     rows: list[Tensor] = []
     kept: list[int] = []
     skipped = 0
     started = time.perf_counter()
-    batch_images: list[Image.Image] = []
-    batch_indices: list[int] = []
-
-    def flush() -> None:
+    for block_start in range(positions.start, positions.stop, batch_size):
+        batch_images: list[Image.Image] = []
+        for position in range(block_start, min(block_start + batch_size, positions.stop)):
+            image = dataset[position]
+            if image is None:
+                skipped += 1
+            else:
+                batch_images.append(image)
+                kept.append(position)
         if batch_images:
             rows.append(extractor(extractor.preprocess(batch_images, input_size)).float().cpu())
-            kept.extend(batch_indices)
-            batch_images.clear()
-            batch_indices.clear()
-
-    for position in range(total):
-        image = dataset[position]
-        if image is None:
-            skipped += 1
-        else:
-            batch_images.append(image)
-            batch_indices.append(position)
-        if len(batch_images) == batch_size or position == total - 1:
-            flush()
-            if progress is not None:
-                progress(position + 1, total)
-    flush()
+        if progress is not None:
+            progress(min(block_start + batch_size, positions.stop) - positions.start, total)
     features = torch.cat(rows) if rows else torch.empty(0, extractor.feature_dim)
     return FeatureSet(
         features=features,

@@ -136,3 +136,13 @@ learning_rate = float_in(0.0, MAX_LEARNING_RATE, "learning rate", low_inclusive=
 weight_decay = float_in(0.0, 1e3, "weight decay")
 ema_decay = float_in(0.0, 1.0, "EMA decay", high_inclusive=False)
 eta = float_in(0.0, 1.0, "eta")
+
+
+def time_mlp_width(text: str) -> str:
+    """The LFDN timestep-MLP width: 'width', 'features' or a whole number in 1..MAX_WIDTH (kept as text)."""
+    if text in ("width", "features"):
+        return text
+    return str(int_in(1, MAX_WIDTH, "--time-mlp-width (width, features or a number)")(text))
+
+
+std_eps = float_in(0.0, 1.0, "--std-eps", low_inclusive=False)

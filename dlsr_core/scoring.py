@@ -1,7 +1,8 @@
 """DLSR scores from feature vectors. Every score is oriented "higher = more OOD".
 
 - MSE: summed squared error between z0 and its reconstruction.
-- MFsim: minus the mean over stages of the cosine similarity between z0 and its reconstruction, stage by stage.
+- MFsim: minus the mean over stages of the cosine similarity between z0 and its reconstruction, stage by stage (the
+  `official` preset leaves stage 1 out of the mean, as the released code does).
 - LR: MSE under the early (first-epoch) checkpoint minus MSE under the final one, i.e. how much training on ID data
   improved the reconstruction. Measured on the shipped Fashion-MNIST model, this gain is larger for OOD features
   than for ID features (the early model already reconstructs the typical ID feature well; later epochs mostly
@@ -19,8 +20,9 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from dlsr_core.checkpoint import CheckpointError, LoadedCheckpoint, load_checkpoint, resolve_run
-from dlsr_core.diffusion import ConfigError, NoiseSchedule, ddim_reconstruct
+from dlsr_core.checkpoint import CheckpointError, CheckpointInfo, LoadedCheckpoint, load_checkpoint, resolve_run
+from dlsr_core.diffusion import ConfigError, NoiseSchedule, reconstruct
+from dlsr_core.presets import FeatureOptions, ScoringOptions, options_from, validate_options
 
 SCORE_NAMES = ("mse", "mfsim", "lr")
 # Noise draws averaged per score. On the shipped model (benchmarks/noise_draws.py) one draw already gives the AUROC of
@@ -57,9 +59,24 @@ def mse_score(z0: Tensor, reconstruction: Tensor) -> Tensor:
     return (z0 - reconstruction).pow(2).sum(dim=1)
 
 
-def mfsim_score(z0: Tensor, reconstruction: Tensor, stage_dims: tuple[int, ...]) -> Tensor:
+def mfsim_from_stage_cosines(stage_cos: Tensor, stages: str = "all") -> Tensor:
+    """MFsim from per-stage cosines (N, S) -> (N,): minus their mean over all stages, or over stages 2..S when
+    `stages` is "without-first" (the released code's stage pairing leaves the first stage out)."""
+    if stages not in ("all", "without-first"):
+        raise ConfigError(f"mfsim stages must be 'all' or 'without-first', got {stages!r}")
+    if stages == "without-first" and stage_cos.shape[1] < 2:
+        raise ConfigError("MFsim without the first stage needs at least two stages")
+    return -(stage_cos if stages == "all" else stage_cos[:, 1:]).mean(dim=1)
+
+
+def mfsim_score(z0: Tensor, reconstruction: Tensor, stage_dims: tuple[int, ...], stages: str = "all") -> Tensor:
     """Minus the mean per-stage cosine similarity: (N, D), (N, D) -> (N,); identical inputs give -1."""
-    return -stage_cosine_similarity(z0, reconstruction, stage_dims).mean(dim=1)
+    return mfsim_from_stage_cosines(stage_cosine_similarity(z0, reconstruction, stage_dims), stages)
+
+
+def recorded_scoring(info: CheckpointInfo) -> ScoringOptions:
+    """The scoring options a checkpoint was trained for (its preset's sampler, MFsim stages and timestep)."""
+    return options_from(info, ScoringOptions)
 
 
 @dataclass(frozen=True)
@@ -89,25 +106,48 @@ class ScoreResult:
 
 
 class Detector:
-    """A trained DLSR detector: final (and, for LR, early) LFDN checkpoints plus how their features were made."""
+    """A trained DLSR detector: final (and, for LR, early) LFDN checkpoints plus how their features were made.
 
-    def __init__(self, final: LoadedCheckpoint, early: LoadedCheckpoint | None = None) -> None:
+    `scoring` (sampler, MFsim stages, default timestep) defaults to what the checkpoint records for its preset.
+    """
+
+    def __init__(
+        self, final: LoadedCheckpoint, early: LoadedCheckpoint | None = None, scoring: ScoringOptions | None = None
+    ) -> None:
         if early is not None and early.info.epoch >= final.info.epoch:
             early = None  # a single saved epoch gives no learning signal for LR
         if early is not None and early.info.config.feature_dim != final.info.config.feature_dim:
             raise CheckpointError(f"{early.path} and {final.path} were trained on different feature sizes")
         self.final = final
         self.early = early
+        self.scoring = scoring if scoring is not None else recorded_scoring(final.info)
+        validate_options(self.scoring)
         self.schedule = NoiseSchedule(final.info.config).to(next(final.model.parameters()).device)
 
     @classmethod
-    def load(cls, path: str | Path, device: str | torch.device | None = None) -> Detector:
+    def load(
+        cls, path: str | Path, device: str | torch.device | None = None, scoring: ScoringOptions | None = None
+    ) -> Detector:
         """Load from a run directory or a checkpoint file (its sibling first.safetensors is the early one)."""
         device = device or ("cuda" if torch.cuda.is_available() else "cpu")
         final_path, early_path = resolve_run(path)
         final = load_checkpoint(final_path, device)
         early = load_checkpoint(early_path, device) if early_path else None
-        return cls(final, early)
+        return cls(final, early, scoring)
+
+    def with_scoring(self, scoring: ScoringOptions) -> Detector:
+        """The same models scored with other options (sampler, MFsim stages, default timestep)."""
+        return Detector(self.final, self.early, scoring)
+
+    @property
+    def preset(self) -> str:
+        """The preset the checkpoint was trained under."""
+        return self.final.info.preset
+
+    @property
+    def feature_options(self) -> FeatureOptions:
+        """How this model's features must be made (pooling, standardization, resize, normalization, padding)."""
+        return options_from(self.final.info, FeatureOptions)
 
     @property
     def info(self):
@@ -160,27 +200,36 @@ class Detector:
     def reconstruct(
         self,
         z0: Tensor,
-        t: int = 5,
+        t: int | None = None,
         steps: int | None = DEFAULT_STEPS,
         eta: float = 1.0,
         seed: int = 0,
         draw: int = 0,
+        early: bool = False,
     ) -> Tensor:
-        """DDIM reconstruction of z0 (N, D) from timestep t in `steps` steps (None: one per timestep) -> (N, D)."""
+        """Reconstruction of z0 (N, D) from timestep t (None: the scoring default) with the scoring sampler -> (N, D).
+
+        The "ddim" sampler takes `steps` DDIM steps (None: one per timestep); the "official" one ignores `steps`.
+        `early` uses the early checkpoint's model.
+        """
         self.check_features(z0)
-        return ddim_reconstruct(self.final.model, self.schedule, z0.to(self.device), t, steps, eta, seed, draw=draw)
+        model = self.early.model if early else self.final.model
+        t = self.scoring.timestep if t is None else t
+        return reconstruct(
+            model, self.schedule, z0.to(self.device), t, steps, eta, seed, draw=draw, sampler=self.scoring.sampler
+        )
 
     def score_features(
         self,
         z0: Tensor,
-        t: int = 5,
+        t: int | None = None,
         steps: int | None = DEFAULT_STEPS,
         eta: float = 1.0,
         seed: int = 0,
         with_lr: bool = True,
         draws: int = DEFAULT_DRAWS,
     ) -> ScoreResult:
-        """All scores for features z0 (N, D), each averaged over `draws` noise draws.
+        """All scores for features z0 (N, D), each averaged over `draws` noise draws (t None: the scoring default).
 
         A row's noise depends only on its values, `seed` and the draw (dlsr_core.noise), so a vector's score does not
         depend on the rest of the batch. The early model, when present, uses the same noise as the final one.
@@ -198,7 +247,7 @@ class Detector:
                 "stage_cos": stage_cosine_similarity(z0, reconstruction, self.stage_dims),
             }
             if with_lr:
-                early = ddim_reconstruct(self.early.model, self.schedule, z0, t, steps, eta, seed, draw=draw)
+                early = self.reconstruct(z0, t, steps, eta, seed, draw, early=True)
                 parts["lr"] = mse_score(z0, early) - parts["stage_sq_error"].sum(dim=1)
             for name, value in parts.items():
                 sums[name] = sums[name] + value if name in sums else value
@@ -207,7 +256,7 @@ class Detector:
         means = {name: (value / draws).cpu() for name, value in sums.items()}
         return ScoreResult(
             mse=means["stage_sq_error"].sum(dim=1).numpy(),
-            mfsim=(-means["stage_cos"].mean(dim=1)).numpy(),
+            mfsim=mfsim_from_stage_cosines(means["stage_cos"], self.scoring.mfsim_stages).numpy(),
             lr=means["lr"].numpy() if with_lr else None,
             stage_cos=means["stage_cos"].numpy(),
             reconstruction=first_reconstruction.cpu(),

@@ -8,6 +8,10 @@ CheckpointError before anything is written. Divergence stops training with Train
 good checkpoint: the loss is NaN/Inf, or the mean loss of the last DIVERGENCE_WINDOW steps exceeds DIVERGENCE_FACTOR
 times the loss of an untrained model (which predicts z0 = 0, the zero-initialised output layer's answer, so that loss
 is mean(z0^2) of the training features and is known before the first step, also when a run is resumed).
+
+The features may be a memory-mapped tensor (cache.cached_features(..., memory_map=True)): statistics are taken in
+chunks whose pages are released, and batches are read from the file (mapped.gather_rows), so a set larger than RAM
+trains with bounded resident memory.
 """
 
 from __future__ import annotations
@@ -38,6 +42,8 @@ from dlsr_core.checkpoint import (
     save_checkpoint,
 )
 from dlsr_core.diffusion import LFDN, ConfigError, LFDNConfig, NoiseSchedule
+from dlsr_core.mapped import gather_rows, release_pages
+from dlsr_core.presets import DEFAULT_SCORING, ScoringOptions
 from dlsr_core.schema import SchemaError, from_json
 
 RESUME_NAME = "resume.pt"
@@ -53,7 +59,11 @@ class TrainingDivergedError(RuntimeError):
 
 @dataclass(frozen=True)
 class TrainConfig:
-    """Optimisation settings. `checkpoint_every` is in epochs; epoch 1 and the last epoch are always saved."""
+    """Optimisation settings. `checkpoint_every` is in epochs; epoch 1 and the last epoch are always saved.
+
+    amp: fp16 autocast with a gradient scaler on CUDA (ignored elsewhere); drop_last: skip each epoch's last partial
+    batch (both as in the authors' released code).
+    """
 
     epochs: int = 20
     batch_size: int = 256
@@ -63,17 +73,26 @@ class TrainConfig:
     checkpoint_every: int = 1
     seed: int = 0
     half_precision_checkpoints: bool = False
+    amp: bool = False
+    drop_last: bool = False
 
 
 @dataclass(frozen=True)
 class Provenance:
-    """How the training features were made; stored in every checkpoint."""
+    """How the training features were made (backbone, input, presets.FeatureOptions fields); stored in every
+    checkpoint with the preset's name."""
 
     backbone: str
     weights: str
     input_size: int
     stage_dims: tuple[int, ...]
     dataset: str
+    preset: str = "paper"
+    pooling: str = "gap"
+    std_eps: float = 1e-6
+    resize: str = "model"
+    normalization: str = "model"
+    same_padding: str = "dynamic"
 
 
 @dataclass(frozen=True)
@@ -119,6 +138,28 @@ def _ema_update(ema_model: LFDN, model: LFDN, decay: float) -> None:
             ema_param.lerp_(param, 1.0 - decay)
 
 
+# Rows per chunk when a pass over all features is needed (statistics, finiteness): bounded memory for mapped features.
+_STATISTICS_CHUNK = 8192
+
+
+def feature_statistics(features: Tensor) -> tuple[Tensor, Tensor, bool]:
+    """Per-dimension mean and unbiased std (D,) of features (N, D), and whether all are finite, in row chunks
+    accumulated in float64 (the same numbers for an in-memory and a memory-mapped matrix)."""
+    total = torch.zeros(features.shape[1], dtype=torch.float64)
+    squares = torch.zeros(features.shape[1], dtype=torch.float64)
+    finite = True
+    for begin in range(0, features.shape[0], _STATISTICS_CHUNK):
+        chunk = features[begin : begin + _STATISTICS_CHUNK].double()
+        finite = finite and bool(torch.isfinite(chunk).all())
+        total += chunk.sum(dim=0)
+        squares += chunk.pow(2).sum(dim=0)
+        release_pages(features)
+    count = features.shape[0]
+    mean = total / count
+    variance = (squares - count * mean.pow(2)).clamp(min=0.0) / max(count - 1, 1)
+    return mean.float(), variance.sqrt().float(), finite
+
+
 def _validate(features: Tensor, model_config: LFDNConfig, train_config: TrainConfig, provenance: Provenance) -> None:
     if features.ndim != 2 or features.shape[0] == 0:
         raise ConfigError(f"training features must be a non-empty (N, D) matrix, got shape {tuple(features.shape)}")
@@ -127,8 +168,6 @@ def _validate(features: Tensor, model_config: LFDNConfig, train_config: TrainCon
             f"feature size mismatch: features {features.shape[1]}-d, model {model_config.feature_dim}-d, "
             f"stages {provenance.stage_dims}"
         )
-    if not torch.isfinite(features).all():
-        raise ConfigError("training features contain NaN/Inf; re-extract them")
     if train_config.epochs < 1 or train_config.batch_size < 1 or train_config.checkpoint_every < 1:
         raise ConfigError(f"epochs, batch_size and checkpoint_every must be positive: {train_config}")
     if not 0.0 <= train_config.ema_decay < 1.0:
@@ -149,8 +188,9 @@ def train(
     on_step: Callable[[int, int, float], None] | None = None,
     on_epoch: Callable[[EpochReport], None] | None = None,
     should_stop: Callable[[], bool] | None = None,
+    scoring: ScoringOptions = DEFAULT_SCORING,
 ) -> TrainResult:
-    """Train on features (N, D) and write checkpoints to `run_dir`.
+    """Train on features (N, D) (in memory or memory-mapped) and write checkpoints to `run_dir`.
 
     With `resume`, an existing `resume.pt` continues from its epoch: settings that only steer the rest of the run
     (epochs, learning rate, weight decay, EMA decay, checkpoint interval, half precision) take the new values (logged),
@@ -160,6 +200,7 @@ def train(
     epoch replaces the old checkpoints. `on_step(epoch, step, loss)` and `on_epoch(report)` report progress (rank 0
     only); `should_stop()` is polled between steps and ends training after saving the current state. Raises
     TrainingDivergedError when the loss diverges (module docstring), keeping the last good checkpoint.
+    `scoring` is recorded in the checkpoints as the scoring defaults the model is meant for.
     """
     _validate(features, model_config, train_config, provenance)
     run_dir = Path(run_dir)
@@ -192,23 +233,31 @@ def train(
         trainable = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
 
     features = features.float()
-    # A single vector has no spread; its std is 0, not NaN, so the stored statistics stay finite.
-    feature_mean, feature_std = features.mean(dim=0), features.std(dim=0, correction=int(len(features) > 1))
-    untrained_loss = float(features.pow(2).mean())
+    # Chunked float64 statistics: the same numbers for an in-memory and a memory-mapped matrix; one vector gives std 0.
+    feature_mean, feature_std, finite = feature_statistics(features)
+    if not finite:
+        raise ConfigError("training features contain NaN/Inf; re-extract them")
+    # mean(z0^2) over all entries = mean over dimensions of (biased variance + mean^2), from the same statistics.
+    count = len(features)
+    untrained_loss = float((feature_std.double().pow(2) * (count - 1) / count + feature_mean.double().pow(2)).mean())
     divergence_limit = DIVERGENCE_FACTOR * max(untrained_loss, 1e-8)
     info_base = dict(
         config=model_config,
-        backbone=provenance.backbone,
-        weights=provenance.weights,
-        input_size=provenance.input_size,
-        stage_dims=tuple(provenance.stage_dims),
-        dataset=provenance.dataset,
+        **{**asdict(provenance), "stage_dims": tuple(provenance.stage_dims)},
         train_settings={**asdict(train_config), "world_size": world_size},
+        **asdict(scoring),
     )
     # Every rank takes an equal share of each epoch's permutation so DDP ranks run the same number of steps.
     per_rank = max(len(features) // world_size, 1)
-    steps_per_epoch = math.ceil(per_rank / train_config.batch_size)
+    steps_per_epoch = steps_per_rank_epoch(len(features), world_size, train_config)
+    if steps_per_epoch == 0:
+        raise ConfigError(
+            f"{per_rank} feature vectors per process are fewer than one batch of {train_config.batch_size}, and "
+            "drop_last drops partial batches: lower the batch size or turn drop_last off"
+        )
     window = min(DIVERGENCE_WINDOW, steps_per_epoch)
+    use_amp = train_config.amp and device.type == "cuda"
+    scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
     last_loss, stopped, epochs_done = float("nan"), False, start_epoch
 
     def diverged(epoch: int, step: int, what: str) -> TrainingDivergedError:
@@ -226,12 +275,14 @@ def train(
         noise_generator = torch.Generator().manual_seed(train_config.seed * 7_919 + epoch * 104_729 + rank)
         model.train()
         running, counted, recent = 0.0, 0, deque(maxlen=window)
-        for step, batch_indices in enumerate(shard.split(train_config.batch_size)):
-            z0 = features[batch_indices].to(device, non_blocking=True)
+        for step, batch_indices in enumerate(shard.split(train_config.batch_size)[:steps_per_epoch]):
+            z0 = gather_rows(features, batch_indices).to(device, non_blocking=True)
             timesteps = torch.randint(1, model_config.num_timesteps + 1, (len(z0),), generator=noise_generator)
             noise = torch.randn(z0.shape, generator=noise_generator)
             z_t = schedule.q_sample(z0, timesteps.to(device), noise.to(device))
-            loss = torch.nn.functional.mse_loss(trainable(z_t, timesteps.to(device)), z0)
+            with torch.autocast("cuda", dtype=torch.float16, enabled=use_amp):
+                prediction = trainable(z_t, timesteps.to(device))
+            loss = torch.nn.functional.mse_loss(prediction.float(), z0)
             loss_value = _mean_over_ranks(loss.detach(), world_size)  # every rank takes the same decision
             if not math.isfinite(loss_value):
                 raise diverged(epoch, step + 1, f"the loss became {loss_value}")
@@ -244,8 +295,9 @@ def train(
                     f"{DIVERGENCE_FACTOR:g}x the {untrained_loss:.3g} of an untrained model",
                 )
             optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
+            scaler.scale(loss).backward()
+            scaler.step(optimizer)
+            scaler.update()
             global_step += 1
             # Warm-up keeps the early EMA (used by LR) from being dominated by the untrained initial weights.
             _ema_update(ema_model, model, min(train_config.ema_decay, (1 + global_step) / (10 + global_step)))
@@ -315,6 +367,11 @@ _FIXED_PROVENANCE = {
     "input_size": "--input-size",
     "stage_dims": "the backbone's stages",
     "dataset": "--dataset",
+    "pooling": "--pooling",
+    "std_eps": "--std-eps",
+    "resize": "--resize",
+    "normalization": "--normalization",
+    "same_padding": "--same-padding",
 }
 RESUME_KEYS = frozenset(
     {"model", "ema_model", "optimizer", "model_config", "train_config", "epoch", "global_step", "provenance"}
@@ -440,6 +497,15 @@ def _resume_into(
     if changes:
         logger.info("resuming %s from epoch %d with %s", path.parent, saved.epoch, ", ".join(changes))
     return saved.epoch, saved.global_step
+
+
+def steps_per_rank_epoch(count: int, world_size: int, train_config: TrainConfig) -> int:
+    """Optimiser steps per epoch and process for `count` training vectors (the last partial batch counts unless
+    drop_last)."""
+    per_rank = max(count // world_size, 1)
+    if train_config.drop_last:
+        return per_rank // train_config.batch_size
+    return math.ceil(per_rank / train_config.batch_size)
 
 
 def _save_resume_state(

@@ -50,6 +50,7 @@ columns[0].metric("Epochs", summary.epoch)
 columns[1].metric("LFDN size", f"{summary.parameters / 1e6:.2f} M params")
 st.markdown(
     f"- input size **{summary.input_size}px**, backbone weights `{summary.weights}`\n"
+    f"- preset **{summary.preset}** (`paper`: the paper's equations; `official`: the authors' released code)\n"
     f"- feature vector **{summary.feature_dim}-d** from {len(summary.stage_dims)} stages {summary.stage_dims}\n"
     f"- LFDN width {summary.width} × depth {summary.depth}; files {summary.megabytes:.1f} MB in `{summary.run_dir}`\n"
     + (

@@ -36,7 +36,7 @@ id_features = shared.features_or_stop(detector, explorer.DEMO_ID_SET)
 id_scores = shared.reference_scores(detector, run_dir, id_features, timestep, steps, score)
 weights = detector.backbone_weights()
 batch = shared.prepared_uploads(
-    detector.backbone, weights, detector.input_size, shared.digest_files(files), tuple(files)
+    detector.backbone, weights, detector.input_size, shared.digest_files(files), tuple(files), detector.feature_options
 )
 for name, reason in batch.errors:
     st.error(f"**{name}** was not scored: {reason}")

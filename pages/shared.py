@@ -17,6 +17,7 @@ import streamlit as st
 from dlsr_core import explorer
 from dlsr_core.checkpoint import CheckpointError
 from dlsr_core.features import FeatureSet
+from dlsr_core.presets import DEFAULT_FEATURES, FeatureOptions
 from dlsr_core.scoring import DEFAULT_STEPS, Detector
 
 RUN_KEY = "run_dir"
@@ -60,10 +61,10 @@ def fingerprint(run_dir: Path) -> str:
 
 
 @st.cache_resource(show_spinner="Loading the backbone…", max_entries=2)
-def get_extractor(backbone: str, weights: str):
+def get_extractor(backbone: str, weights: str, options: FeatureOptions = DEFAULT_FEATURES):
     from dlsr_core.backbones import create_feature_extractor
 
-    return create_feature_extractor(backbone, weights=weights)
+    return create_feature_extractor(backbone, weights=weights, options=options)
 
 
 @st.cache_resource
@@ -78,7 +79,7 @@ def features_or_stop(detector: Detector, spec: str) -> FeatureSet:
     from dlsr_core.data import DatasetError
 
     store, lock = _feature_store()
-    key = (detector.backbone, detector.info.weights, detector.input_size, spec)
+    key = (detector.backbone, detector.info.weights, detector.input_size, detector.feature_options, spec)
     try:
         if key not in store:
             with lock:
@@ -168,10 +169,11 @@ def prepared_uploads(
     input_size: int,
     digests: tuple[tuple[str, str], ...],
     _files: tuple[tuple[str, bytes], ...],
+    options: FeatureOptions = DEFAULT_FEATURES,
 ) -> explorer.UploadBatch:
     """Decode + embed uploads once per file content; a timestep change re-uses the features."""
     del digests  # cache key: (name, sha256) of every file
-    return explorer.prepare_uploads(get_extractor(backbone, weights), input_size, list(_files))
+    return explorer.prepare_uploads(get_extractor(backbone, weights, options), input_size, list(_files))
 
 
 def digest_files(files: list[tuple[str, bytes]]) -> tuple[tuple[str, str], ...]:

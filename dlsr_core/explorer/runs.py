@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from dlsr_core.checkpoint import DEFAULT_RUN_DIR, LAST_NAME
+from dlsr_core.presets import describe_preset
 from dlsr_core.scoring import SCORE_NAMES, Detector
 
 
@@ -61,6 +62,7 @@ class ModelSummary:
     megabytes: float
     has_early: bool
     stage_dims: tuple[int, ...]
+    preset: str = "paper"  # its dlsr_core.presets preset, with any options changed from it
 
 
 def summarize(detector: Detector, run_dir: str | Path) -> ModelSummary:
@@ -81,6 +83,7 @@ def summarize(detector: Detector, run_dir: str | Path) -> ModelSummary:
         megabytes=sum(f.stat().st_size for f in files) / 1e6,
         has_early=detector.has_early,
         stage_dims=tuple(info.stage_dims),
+        preset=describe_preset(detector.preset, detector.feature_options, detector.scoring),
     )
 
 

@@ -53,6 +53,7 @@ def load_features(
         progress=progress,
         extractor=extractor,
         cache_only=cache_only,
+        options=detector.feature_options,
     )
     if features is not None:
         detector.check_features(features.features, features.backbone)
