@@ -25,7 +25,7 @@ import numpy as np
 import torch
 
 from dlsr_core.baselines.pixel_ddpm import PixelDDPM, ReconstructionSetting, images_to_pixels, split_validation
-from dlsr_core.baselines.store import DEFAULT_BASELINES_DIR
+from dlsr_core.baselines.store import baselines_dir
 from dlsr_core.checkpoint import DEFAULT_RUN_DIR
 from dlsr_core.comparison import (
     FPR95_NOTE,
@@ -181,7 +181,7 @@ def training_records(baselines: Baselines) -> dict[str, dict]:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--checkpoint", default=str(DEFAULT_RUN_DIR))
-    parser.add_argument("--baselines", default=str(DEFAULT_BASELINES_DIR))
+    parser.add_argument("--baselines", default=str(baselines_dir()))
     parser.add_argument("--out", default="benchmarks/results")
     parser.add_argument("--name", default="compare", help="output file stem")
     parser.add_argument("--subset", type=int, default=None, help="use at most N images per set (smoke test)")

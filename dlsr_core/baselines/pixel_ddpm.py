@@ -186,6 +186,20 @@ def reconstruct(unet: UNet2DModel, config: PixelDDPMConfig, noised: Tensor, leve
     return estimate
 
 
+def reconstruct_levels(
+    unet: UNet2DModel, config: PixelDDPMConfig, pixels: Tensor, setting: ReconstructionSetting, seed: int = 0
+) -> Tensor:
+    """Reconstructions of pixels (N, 1, S, S) from each noise level of `setting`: (L, N, 1, S, S) in [-1, 1]."""
+    validate_setting(setting, config)
+    ddpm = training_scheduler(config)
+    keys = row_noise_keys(pixels.flatten(1), seed)
+    estimates = []
+    for position, level in enumerate(setting.levels):
+        noised = _noised(ddpm, pixels, level, keys, position)
+        estimates.append(reconstruct(unet, config, noised, level, setting.stride))
+    return torch.stack(estimates)
+
+
 def level_errors(
     unet: UNet2DModel,
     config: PixelDDPMConfig,
@@ -195,17 +209,10 @@ def level_errors(
     batch_size: int = 256,
 ) -> Tensor:
     """Mean squared pixel error of the reconstruction from each noise level: pixels (N, 1, S, S) -> (N, L)."""
-    validate_setting(setting, config)
-    ddpm = training_scheduler(config)
-    rows = []
-    for chunk in pixels.split(batch_size):
-        keys = row_noise_keys(chunk.flatten(1), seed)
-        errors = []
-        for position, level in enumerate(setting.levels):
-            noised = _noised(ddpm, chunk, level, keys, position)
-            estimate = reconstruct(unet, config, noised, level, setting.stride)
-            errors.append((estimate - chunk).pow(2).flatten(1).mean(dim=1))
-        rows.append(torch.stack(errors, dim=1))
+    rows = [
+        (reconstruct_levels(unet, config, chunk, setting, seed) - chunk).pow(2).flatten(2).mean(dim=2).T
+        for chunk in pixels.split(batch_size)
+    ]
     return torch.cat(rows) if rows else torch.empty(0, len(setting.levels))
 
 
@@ -220,6 +227,7 @@ class PixelDDPM:
         id_mean: Tensor,
         id_std: Tensor,
         info: dict | None = None,
+        id_threshold95: float = float("nan"),
     ) -> None:
         validate_setting(setting, config)
         if id_mean.shape != (len(setting.levels),) or id_std.shape != id_mean.shape:
@@ -230,10 +238,32 @@ class PixelDDPM:
         self.id_mean = id_mean.float()
         self.id_std = id_std.float().clamp(min=1e-12)
         self.info = info or {}
+        # The score at or below which 95% of the held-out ID images fall: the reference for a verdict.
+        self.id_threshold95 = id_threshold95
+
+    @classmethod
+    def calibrated(
+        cls,
+        unet: UNet2DModel,
+        config: PixelDDPMConfig,
+        setting: ReconstructionSetting,
+        id_pixels: Tensor,
+        info: dict | None = None,
+        seed: int = 0,
+    ) -> PixelDDPM:
+        """A model whose per-level statistics and 95% threshold are measured on ID pixels (N, 1, S, S)."""
+        errors = level_errors(unet, config, id_pixels, setting, seed)
+        model = cls(unet, config, setting, errors.mean(dim=0), errors.std(dim=0), info)
+        model.id_threshold95 = float(np.quantile(model.normalise(errors), 0.95, method="inverted_cdf"))
+        return model
 
     def errors(self, pixels: Tensor, seed: int = 0) -> Tensor:
         """Per-level reconstruction errors (N, L) of pixels (N, 1, S, S)."""
         return level_errors(self.unet, self.config, pixels, self.setting, seed)
+
+    def reconstructions(self, pixels: Tensor, seed: int = 0) -> Tensor:
+        """The reconstruction of pixels (N, 1, S, S) from every level: (L, N, 1, S, S) in [-1, 1]."""
+        return reconstruct_levels(self.unet, self.config, pixels, self.setting, seed)
 
     def normalise(self, errors: Tensor) -> np.ndarray:
         """Mean over levels of the ID-normalised errors: (N, L) -> (N,), higher = more OOD."""
@@ -249,14 +279,13 @@ class PixelDDPM:
 
     def with_setting(self, setting: ReconstructionSetting, id_pixels: Tensor, seed: int = 0) -> PixelDDPM:
         """The same UNet under another setting, its statistics measured on ID pixels (N, 1, S, S)."""
-        errors = level_errors(self.unet, self.config, id_pixels, setting, seed)
-        return PixelDDPM(self.unet, self.config, setting, errors.mean(dim=0), errors.std(dim=0), self.info)
+        return PixelDDPM.calibrated(self.unet, self.config, setting, id_pixels, self.info, seed)
 
     def save(self, path: str | Path) -> None:
         """safetensors: UNet weights in float16, statistics in float32; config and setting in the metadata."""
         tensors = {f"unet.{k}": v for k, v in self.unet.state_dict().items()}
         tensors.update({"stats.id_mean": self.id_mean, "stats.id_std": self.id_std})
-        config = {"model": asdict(self.config), "setting": asdict(self.setting)}
+        config = {"model": asdict(self.config), "setting": asdict(self.setting), "id_threshold95": self.id_threshold95}
         save_baseline(path, KIND, tensors, config, self.info, half_keys=("unet.",))
 
     @classmethod
@@ -270,7 +299,8 @@ class PixelDDPM:
         unet = build_unet(config)
         state = {k.removeprefix("unet."): v for k, v in stored.tensors.items() if k.startswith("unet.")}
         unet.load_state_dict(state, strict=True)
-        return cls(unet, config, setting, stored.tensors["stats.id_mean"], stored.tensors["stats.id_std"], stored.info)
+        mean, std = stored.tensors["stats.id_mean"], stored.tensors["stats.id_std"]
+        return cls(unet, config, setting, mean, std, stored.info, float(stored.config.get("id_threshold95", "nan")))
 
 
 def split_validation(count: int, validation: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -333,7 +363,6 @@ def train_pixel_ddpm(
         if on_step is not None:
             on_step(step, running)
     train_seconds = time.perf_counter() - started
-    errors = level_errors(ema, config, validation_pixels, setting, train_config.seed)
     record = {
         **(info or {}),
         "train": asdict(train_config),
@@ -344,4 +373,4 @@ def train_pixel_ddpm(
         "final_loss_smoothed": running,
         "parameters": sum(p.numel() for p in ema.parameters()),
     }
-    return PixelDDPM(ema, config, setting, errors.mean(dim=0), errors.std(dim=0), record)
+    return PixelDDPM.calibrated(ema, config, setting, validation_pixels, record, train_config.seed)

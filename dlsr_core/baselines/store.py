@@ -8,6 +8,7 @@ rebuilt from the stored config. The checksum file is verified on every load.
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,6 +24,11 @@ FORMAT_NAME = "dlsr-baseline"
 FORMAT_VERSION = 1
 # The shipped baselines live beside the default DLSR model.
 DEFAULT_BASELINES_DIR = Path(__file__).resolve().parent.parent.parent / "checkpoints" / "baselines"
+
+
+def baselines_dir() -> Path:
+    """Where baselines are loaded from: $DLSR_BASELINES_DIR, or the shipped checkpoints/baselines."""
+    return Path(os.environ.get("DLSR_BASELINES_DIR", DEFAULT_BASELINES_DIR))
 
 
 @dataclass(frozen=True)

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from dlsr_core.baselines.store import DEFAULT_BASELINES_DIR
+from dlsr_core.baselines.store import baselines_dir
 from dlsr_core.checkpoint import CheckpointError
 from dlsr_core.evaluation import EvaluationSettings, score_all
 from dlsr_core.scoring import Detector
@@ -84,13 +84,14 @@ class Baselines:
     problems: dict[str, str] = field(default_factory=dict)  # kind -> why it could not be loaded
 
     @classmethod
-    def load(cls, folder: str | Path = DEFAULT_BASELINES_DIR, distance_train: Tensor | None = None) -> Baselines:
-        """Load every baseline file found in `folder` (checksums verified); failures are kept in `problems`."""
+    def load(cls, folder: str | Path | None = None, distance_train: Tensor | None = None) -> Baselines:
+        """Load every baseline file in `folder` (default: baselines_dir()), checksums verified; failures are kept in
+        `problems`."""
         from dlsr_core.baselines.classifier import ClassifierBaselines
         from dlsr_core.baselines.feature_ae import FeatureAEBaseline
         from dlsr_core.baselines.pixel_ddpm import PixelDDPM
 
-        folder = Path(folder)
+        folder = Path(folder) if folder is not None else baselines_dir()
         loaded: dict[str, object] = {}
         problems: dict[str, str] = {}
         for kind, loader in (

@@ -6,8 +6,10 @@ verdicts), `uploads`, `distributions` (evaluation, sweep), `failures`, `maps` (f
 `training_job` (background training). Every public name is re-exported here, so pages write `explorer.<name>`.
 """
 
+from dlsr_core.explorer.comparison import PIXEL_IMAGES_PER_SET, MethodComparison, compare_methods
 from dlsr_core.explorer.distributions import Evaluation, baseline_split, evaluate_sets, metrics_rows, sweep
 from dlsr_core.explorer.failures import FailureCase, failure_cases, failure_csv
+from dlsr_core.explorer.feature_vs_pixel import FeatureVsPixel, feature_vs_pixel, load_pixel_model
 from dlsr_core.explorer.maps import MapPoints, map_points
 from dlsr_core.explorer.runs import (
     ModelSummary,
@@ -51,9 +53,12 @@ __all__ = [
     "DEMO_OOD_SETS",
     "Evaluation",
     "FailureCase",
+    "FeatureVsPixel",
     "ImageScore",
     "MAX_UPLOAD_BYTES",
     "MapPoints",
+    "MethodComparison",
+    "PIXEL_IMAGES_PER_SET",
     "ModelSummary",
     "PREVIEW_SIZE",
     "SCORE_LABELS",
@@ -66,6 +71,7 @@ __all__ = [
     "baseline_split",
     "cached_features_only",
     "checkpoints_root",
+    "compare_methods",
     "dataset_images",
     "decode_uploads",
     "default_run_dir",
@@ -74,8 +80,10 @@ __all__ = [
     "evaluate_sets",
     "failure_cases",
     "failure_csv",
+    "feature_vs_pixel",
     "id_threshold95",
     "list_run_dirs",
+    "load_pixel_model",
     "load_features",
     "map_points",
     "metrics_rows",
