@@ -190,7 +190,8 @@ class ClassifierBaselines:
             return self.detectors()[name](features.float()).double().numpy()
 
     def save(self, path: str | Path) -> None:
-        """Head in float16, detector statistics in float32; settings and training record in the metadata."""
+        """Everything in float32 (the head is tiny, and ViM's fitted origin -W⁺b would move with a float16 head);
+        settings and training record in the metadata."""
         tensors = {
             "head.weight": self.head.weight,
             "head.bias": self.head.bias,
@@ -204,7 +205,7 @@ class ClassifierBaselines:
             "react_threshold": self.react_threshold,
             "vim_alpha": self.vim_alpha,
         }
-        save_baseline(path, KIND, tensors, config, self.info, half_keys=("head.",))
+        save_baseline(path, KIND, tensors, config, self.info)
 
     @classmethod
     def load(cls, path: str | Path = DEFAULT_PATH) -> ClassifierBaselines:
