@@ -17,13 +17,15 @@ st.markdown(
 detector, run_dir = shared.detector_or_stop()
 
 
-@st.cache_resource(show_spinner="Loading the pixel DDPM…")
-def _pixel_model():
-    return explorer.load_pixel_model()
+@st.cache_resource(show_spinner="Loading the pixel DDPM…", max_entries=2)
+def _pixel_model(path: str, fingerprint: str):
+    del fingerprint  # cache key only: a retrained model is reloaded
+    return explorer.load_pixel_model(path)
 
 
 try:
-    pixel_model = _pixel_model()
+    path = explorer.pixel_model_path()
+    pixel_model = _pixel_model(str(path), explorer.run_fingerprint(path))
 except CheckpointError as error:
     st.error(f"The pixel DDPM baseline is not available: {error}")
     st.stop()

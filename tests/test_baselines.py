@@ -14,7 +14,12 @@ from pytorch_ood.detector import ASH, DICE, KNN, EnergyBased, Mahalanobis, MaxSo
 
 from dlsr_core.baselines import KNNBaseline, MahalanobisBaseline
 from dlsr_core.baselines.classifier import ClassifierBaselines, DetectorSettings, HeadTrainConfig, train_linear_head
-from dlsr_core.baselines.feature_ae import AutoencoderConfig, AutoencoderTrainConfig, FeatureAEBaseline, train_feature_ae
+from dlsr_core.baselines.feature_ae import (
+    AutoencoderConfig,
+    AutoencoderTrainConfig,
+    FeatureAEBaseline,
+    train_feature_ae,
+)
 from dlsr_core.baselines.pixel_ddpm import PixelDDPM, PixelDDPMConfig, ReconstructionSetting, images_to_pixels
 from dlsr_core.baselines.store import DEFAULT_BASELINES_DIR, load_baseline
 from dlsr_core.checkpoint import CheckpointError
@@ -93,7 +98,8 @@ def test_wrapped_classifier_detectors_equal_direct_pytorch_ood_calls(tmp_path):
         "energy": EnergyBased(None).predict_logits(head(queries)),
         "dice": DICE(None, head.weight, head.bias, p=0.9).fit_features(features, labels).predict_features(queries),
         "ash_s": ASH(None, on_maps, variant="ash-s", percentile=0.9).predict_feature_maps(maps),
-        "react": ReAct(None, on_maps, percentile=0.9).fit_feature_maps(features[:, :, None, None], labels)
+        "react": ReAct(None, on_maps, percentile=0.9)
+        .fit_feature_maps(features[:, :, None, None], labels)
         .predict_feature_maps(maps),
         "vim": ViM(None, 12, head.weight, head.bias).fit_features(features, labels).predict_features(queries),
     }

@@ -9,7 +9,7 @@ verdicts), `uploads`, `distributions` (evaluation, sweep), `failures`, `maps` (f
 from dlsr_core.explorer.comparison import PIXEL_IMAGES_PER_SET, MethodComparison, compare_methods
 from dlsr_core.explorer.distributions import Evaluation, baseline_split, evaluate_sets, metrics_rows, sweep
 from dlsr_core.explorer.failures import FailureCase, failure_cases, failure_csv
-from dlsr_core.explorer.feature_vs_pixel import FeatureVsPixel, feature_vs_pixel, load_pixel_model
+from dlsr_core.explorer.feature_vs_pixel import FeatureVsPixel, feature_vs_pixel, load_pixel_model, pixel_model_path
 from dlsr_core.explorer.maps import MapPoints, map_points
 from dlsr_core.explorer.runs import (
     ModelSummary,
@@ -86,6 +86,7 @@ __all__ = [
     "load_pixel_model",
     "load_features",
     "map_points",
+    "pixel_model_path",
     "metrics_rows",
     "prepare_uploads",
     "run_fingerprint",

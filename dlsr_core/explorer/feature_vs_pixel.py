@@ -6,6 +6,7 @@ from __future__ import annotations
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -107,11 +108,16 @@ def feature_vs_pixel(
     )
 
 
-def load_pixel_model(path=None):
-    """The pixel DDPM in baselines_dir() ($DLSR_BASELINES_DIR or the shipped checkpoints/baselines), or at `path`,
-    checksum verified. Raises CheckpointError saying how to train it when it is missing or damaged.
-    """
-    from dlsr_core.baselines.pixel_ddpm import PixelDDPM
+def pixel_model_path() -> Path:
+    """Where the app's pixel DDPM lives: baselines_dir() ($DLSR_BASELINES_DIR or checkpoints/baselines)."""
     from dlsr_core.baselines.store import baselines_dir
 
-    return PixelDDPM.load(path or baselines_dir() / "pixel_ddpm.safetensors")
+    return baselines_dir() / "pixel_ddpm.safetensors"
+
+
+def load_pixel_model(path: str | Path | None = None):
+    """The pixel DDPM at `path` (default pixel_model_path()), checksum verified. Raises CheckpointError saying how to
+    train it when it is missing or damaged."""
+    from dlsr_core.baselines.pixel_ddpm import PixelDDPM
+
+    return PixelDDPM.load(path or pixel_model_path())
