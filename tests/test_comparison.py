@@ -85,6 +85,8 @@ def test_compare_methods_for_the_distributions_page(detector, small_inputs, toy_
         for spec, inputs in small_inputs.items()
     }
     baselines = Baselines.load(toy_baselines)
+    addable = explorer.addable_methods(detector, baselines)
+    assert addable == ["pixel_ddpm", "feature_ae", "msp", "energy", "dice", "ash_s", "react", "vim"]
     result = explorer.compare_methods(
         detector, ["energy", "pixel_ddpm"], explorer.DEMO_ID_SET, features, baselines=baselines, pixel_images_per_set=5
     )

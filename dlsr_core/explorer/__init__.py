@@ -6,7 +6,14 @@ verdicts), `uploads`, `distributions` (evaluation, sweep), `failures`, `maps` (f
 `training_job` (background training). Every public name is re-exported here, so pages write `explorer.<name>`.
 """
 
-from dlsr_core.explorer.comparison import PIXEL_IMAGES_PER_SET, MethodComparison, compare_methods
+from dlsr_core.explorer.comparison import (
+    METHOD_LABELS,
+    PIXEL_IMAGES_PER_SET,
+    MethodComparison,
+    addable_methods,
+    compare_methods,
+    load_baselines,
+)
 from dlsr_core.explorer.distributions import Evaluation, baseline_split, evaluate_sets, metrics_rows, sweep
 from dlsr_core.explorer.failures import FailureCase, failure_cases, failure_csv
 from dlsr_core.explorer.feature_vs_pixel import FeatureVsPixel, feature_vs_pixel, load_pixel_model, pixel_model_path
@@ -56,6 +63,7 @@ __all__ = [
     "FeatureVsPixel",
     "ImageScore",
     "MAX_UPLOAD_BYTES",
+    "METHOD_LABELS",
     "MapPoints",
     "MethodComparison",
     "PIXEL_IMAGES_PER_SET",
@@ -67,6 +75,7 @@ __all__ = [
     "TrainingJob",
     "UPLOAD_TYPES",
     "UploadBatch",
+    "addable_methods",
     "available_scores",
     "baseline_split",
     "cached_features_only",
@@ -83,6 +92,7 @@ __all__ = [
     "feature_vs_pixel",
     "id_threshold95",
     "list_run_dirs",
+    "load_baselines",
     "load_pixel_model",
     "load_features",
     "map_points",

@@ -17,6 +17,10 @@ from dlsr_core.features import FeatureSet
 from dlsr_core.metrics import OODMetrics, ood_metrics
 from dlsr_core.scoring import DEFAULT_STEPS, Detector
 
+METHOD_LABELS = {name: method.label for name, method in METHODS.items()}
+# Methods the Score-distributions page already computes itself (DLSR scores, k-NN, Mahalanobis).
+PAGE_METHODS = ("mse", "mfsim", "lr", "knn", "mahalanobis")
+
 # The pixel DDPM costs a few UNet passes per image (seconds per hundred images on a laptop CPU), so the page scores
 # at most this many images of each set with it; every other method scores all of them.
 PIXEL_IMAGES_PER_SET = 200
@@ -145,6 +149,16 @@ def compare_methods(
         {name: images[name] for name in ordered},
         notes,
     )
+
+
+def load_baselines() -> Baselines:
+    """The shipped baselines (or those in $DLSR_BASELINES_DIR); missing or damaged ones are listed in `.problems`."""
+    return Baselines.load()
+
+
+def addable_methods(detector: Detector, baselines: Baselines) -> list[str]:
+    """Methods the Score-distributions page can add to its table: the loaded baselines it does not compute itself."""
+    return [name for name in baselines.available(detector) if name not in PAGE_METHODS]
 
 
 def _aligned(found: FeatureSet | None, indices: Tensor, spec: str) -> Tensor:
