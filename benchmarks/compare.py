@@ -186,8 +186,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--name", default="compare", help="output file stem")
     parser.add_argument("--subset", type=int, default=None, help="use at most N images per set (smoke test)")
     parser.add_argument("--speed-images", type=int, default=256, help="ID images for the end-to-end speed test")
-    parser.add_argument("--ablation-per-set", type=int, default=200, help="images per set in the pixel ablation")
-    parser.add_argument("--calibration-images", type=int, default=500, help="held-out ID images for the DDPM")
+    parser.add_argument("--ablation-per-set", type=int, default=150, help="images per set in the pixel ablation")
+    parser.add_argument("--calibration-images", type=int, default=300, help="held-out ID images for the DDPM")
     parser.add_argument(
         "--pixel-settings", type=int, nargs="*", default=None, help="indices into PIXEL_SETTINGS to try (default all)"
     )

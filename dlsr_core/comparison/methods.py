@@ -106,13 +106,18 @@ class Baselines:
         return cls(**loaded, distance_train=distance_train, problems=problems)
 
     def available(self, detector: Detector) -> list[str]:
-        """Method names that can be scored with these baselines and `detector`, in METHODS order."""
+        """Method names that can be scored with these baselines and `detector`, in METHODS order. The feature
+        autoencoder and the classifier head count only when they were trained on `detector`'s backbone."""
+
+        def same_backbone(model: object | None) -> bool:
+            return model is not None and model.info.get("backbone", detector.backbone) == detector.backbone
+
         names = [name for name in DLSR_METHODS if name != "lr" or detector.has_early]
         if self.pixel_ddpm is not None:
             names.append("pixel_ddpm")
-        if self.feature_ae is not None and self.feature_ae.feature_dim == detector.info.config.feature_dim:
+        if same_backbone(self.feature_ae) and self.feature_ae.feature_dim == detector.info.config.feature_dim:
             names.append("feature_ae")
-        if self.classifier is not None:
+        if same_backbone(self.classifier):
             names.extend(CLASSIFIER_METHODS)
         if self.distance_train is not None:
             names.extend(DISTANCE_METHODS)
