@@ -181,6 +181,27 @@ def test_pixel_ddpm_scores_an_image_the_same_in_any_batch(pixel_model):
     np.testing.assert_allclose(alone, together[:3], rtol=1e-4, atol=1e-4)
 
 
+# Measured on these 200 images with the shipped head: see checkpoints/README.md (the floor leaves a small margin).
+HEAD_ACCURACY_FLOOR = 0.80
+
+
+def test_shipped_linear_head_reaches_its_measured_id_accuracy():
+    from dlsr_core.baselines.prelogits import create_prelogit_extractor
+    from dlsr_core.data import open_dataset
+
+    path = DEFAULT_BASELINES_DIR / "classifier.safetensors"
+    if not path.is_file():
+        pytest.skip("no shipped classifier head")
+    model = ClassifierBaselines.load(path)
+    extractor = create_prelogit_extractor(model.info["backbone"], model.info["weights"])
+    dataset = open_dataset("demo:fashion_mnist_test")
+    images = [dataset[i] for i in range(200)]
+    prelogits = extractor(extractor.preprocess(images, model.info["input_size"]))
+    accuracy = (model.logits(prelogits).argmax(dim=1) == torch.as_tensor(dataset.labels[:200])).float().mean().item()
+    print(f"\nlinear head accuracy on the first 200 demo ID images: {accuracy:.3f}")
+    assert accuracy >= HEAD_ACCURACY_FLOOR
+
+
 @pytest.mark.parametrize("kind", SHIPPED)
 def test_shipped_baselines_load_and_verify_their_checksums(kind, tmp_path):
     path = DEFAULT_BASELINES_DIR / f"{kind}.safetensors"

@@ -103,8 +103,9 @@ def test_compare_methods_for_the_distributions_page(detector, small_inputs, toy_
 def test_benchmark_runs_end_to_end_on_a_small_subset(tmp_path, toy_baselines):
     from benchmarks import compare
 
-    shipped = DEFAULT_BASELINES_DIR / "pixel_ddpm.safetensors"
-    folder = DEFAULT_BASELINES_DIR if shipped.is_file() else toy_baselines
+    kinds = ("pixel_ddpm", "feature_ae", "classifier")
+    shipped = all((DEFAULT_BASELINES_DIR / f"{kind}.safetensors").is_file() for kind in kinds)
+    folder = DEFAULT_BASELINES_DIR if shipped else toy_baselines
     compare.main(
         ["--subset", "8", "--speed-images", "8", "--pixel-settings", "0", "1", "--baselines", str(folder)]
         + ["--out", str(tmp_path), "--name", "smoke"]
