@@ -176,6 +176,7 @@ def reconstruct(unet: UNet2DModel, config: PixelDDPMConfig, noised: Tensor, leve
     sample = noised
     estimate = noised
     for timestep in range(level, 0, -step):
+        sample = sample.contiguous(memory_format=torch.channels_last)
         predicted_noise = unet(sample, torch.full((len(sample),), timestep, dtype=torch.long)).sample
         if stride:
             output = ddim.step(predicted_noise, timestep, sample, eta=0.0)
@@ -206,9 +207,11 @@ def level_errors(
     pixels: Tensor,
     setting: ReconstructionSetting,
     seed: int = 0,
-    batch_size: int = 256,
+    batch_size: int = 64,
 ) -> Tensor:
-    """Mean squared pixel error of the reconstruction from each noise level: pixels (N, 1, S, S) -> (N, L)."""
+    """Mean squared pixel error of the reconstruction from each noise level: pixels (N, 1, S, S) -> (N, L).
+
+    Chunks of 64 images were the fastest on the project CPU (large batches fall out of the cache)."""
     rows = [
         (reconstruct_levels(unet, config, chunk, setting, seed) - chunk).pow(2).flatten(2).mean(dim=2).T
         for chunk in pixels.split(batch_size)
@@ -232,7 +235,7 @@ class PixelDDPM:
         validate_setting(setting, config)
         if id_mean.shape != (len(setting.levels),) or id_std.shape != id_mean.shape:
             raise ConfigError(f"need one ID mean and std per level ({len(setting.levels)}), got {tuple(id_mean.shape)}")
-        self.unet = unet.eval().requires_grad_(False)
+        self.unet = unet.eval().requires_grad_(False).to(memory_format=torch.channels_last)
         self.config = config
         self.setting = setting
         self.id_mean = id_mean.float()
