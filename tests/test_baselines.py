@@ -181,8 +181,9 @@ def test_pixel_ddpm_scores_an_image_the_same_in_any_batch(pixel_model):
     np.testing.assert_allclose(alone, together[:3], rtol=1e-4, atol=1e-4)
 
 
-# Measured on these 200 images with the shipped head: see checkpoints/README.md (the floor leaves a small margin).
-HEAD_ACCURACY_FLOOR = 0.80
+# The shipped head classifies 89.0% of these 200 images correctly (86.8% of all 2,000 demo ID images); the floor
+# leaves a margin for other CPUs and thread counts.
+HEAD_ACCURACY_FLOOR = 0.85
 
 
 def test_shipped_linear_head_reaches_its_measured_id_accuracy():
