@@ -148,32 +148,32 @@ def ablation_markdown(rows: list[dict], per_set: int | None, calibration: int) -
 
 def training_records(baselines: Baselines) -> dict[str, dict]:
     records = {
-        "mfsim": {
+        "DLSR LFDN (MSE, MFsim, LR)": {
             "seconds": 60 * DLSR_TRAINING_MINUTES,
-            "what": "DLSR LFDN 512x6, 10 epochs on 60,000 feature vectors (model card; shared by MSE/MFsim/LR)",
+            "what": "LFDN 512x6, 10 epochs on 60,000 feature vectors (from the model card, not re-measured here)",
         }
     }
     if baselines.pixel_ddpm is not None:
         info = baselines.pixel_ddpm.info
-        records["pixel_ddpm"] = {
+        records["Pixel DDPM"] = {
             "seconds": info.get("train_seconds", float("nan")),
             "what": f"UNet {info.get('parameters', 0) / 1e6:.2f} M parameters, {info.get('steps_done')} steps of "
             f"{info.get('train', {}).get('batch_size')} images ({info.get('epochs_equivalent', 0):.2f} epochs)",
         }
     if baselines.feature_ae is not None:
         info = baselines.feature_ae.info
-        records["feature_ae"] = {
+        records["Feature AE"] = {
             "seconds": info.get("train_seconds", float("nan")),
             "what": f"MLP autoencoder, {info.get('train', {}).get('epochs')} epochs on {info.get('train_features')} "
             "cached feature vectors",
         }
     if baselines.classifier is not None:
         info = baselines.classifier.info
-        records["msp"] = {
+        records["Classifier head (MSP, EBO, DICE, ASH-S, ReAct, ViM)"] = {
             "seconds": info.get("train_seconds", 0.0) + info.get("fit_detectors_seconds", 0.0),
             "what": f"linear head, {info.get('train', {}).get('epochs')} epochs on {info.get('train_features')} "
             f"pre-logit vectors with labels (ID test accuracy {100 * info.get('test_accuracy', float('nan')):.1f}%)"
-            ", plus fitting DICE/ReAct/ViM; shared by all classifier-based detectors",
+            ", plus fitting DICE, ReAct and ViM",
         }
     return records
 

@@ -25,7 +25,8 @@ class ComparisonReport:
     """Per-method scores of one ID set and several OOD sets, with speeds and training times.
 
     scores: method -> set -> (N,) scores; ood_groups: OOD set -> "far" or "near"; feature_speed: images/s from
-    the method's cached input; end_to_end_speed: images/s from decoded images to scores; training: method -> record.
+    the method's cached input; end_to_end_speed: images/s from decoded images to scores; training: model name ->
+    {"seconds", "what"}.
     """
 
     id_set: str
@@ -81,11 +82,10 @@ class ComparisonReport:
         return "\n".join(lines)
 
     def training_markdown(self) -> str:
-        """Training time of each trained method."""
-        lines = ["| method | training time | what was trained |", "|---|---|---|"]
-        for method, record in self.training.items():
-            label = METHODS[method].label if method in METHODS else method
-            lines.append(f"| {label} | {record['seconds'] / 60:.1f} min | {record['what']} |")
+        """Training time of each trained model (`training`: model name -> {"seconds", "what"})."""
+        lines = ["| model | training time | what was trained |", "|---|---|---|"]
+        for name, record in self.training.items():
+            lines.append(f"| {name} | {record['seconds'] / 60:.1f} min | {record['what']} |")
         return "\n".join(lines)
 
     def to_dict(self) -> dict:
