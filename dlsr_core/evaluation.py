@@ -155,7 +155,7 @@ def score_all(
     if train_features is not None:
         for baseline_name, baseline in (
             ("knn", KNNBaseline(settings.knn_k)),
-            ("mahalanobis", MahalanobisBaseline()),
+            ("mahalanobis", MahalanobisBaseline(detector.stage_dims)),
         ):
             baseline.fit(train_features)
             started = time.perf_counter()

@@ -51,12 +51,15 @@ def test_knn_matches_brute_force():
 def test_mahalanobis_matches_numpy_and_orders_outliers():
     rng = np.random.default_rng(1)
     train = rng.normal(size=(500, 4)) * [1.0, 2.0, 0.5, 1.0]
-    detector = MahalanobisBaseline(shrinkage=0.0).fit(torch.tensor(train))
+    detector = MahalanobisBaseline().fit(torch.tensor(train))
     queries = np.array([[0.0, 0.0, 0.0, 0.0], [0.0, 0.0, 3.0, 0.0]])
-    inverse = np.linalg.inv(np.cov(train, rowvar=False))
+    # pytorch-ood's convention: half the squared distance under the scatter matrix (covariance x (N - 1))
+    inverse = np.linalg.inv(np.cov(train, rowvar=False) * (len(train) - 1))
     centered = queries - train.mean(axis=0)
-    expected = np.einsum("nd,de,ne->n", centered, inverse, centered)
-    assert np.allclose(detector.score(torch.tensor(queries)), expected, rtol=1e-6)
+    expected = 0.5 * np.einsum("nd,de,ne->n", centered, inverse, centered)
+    scores = detector.score(torch.tensor(queries))
+    assert np.allclose(scores, expected, rtol=1e-4)
+    assert scores[1] > scores[0]
 
 
 def test_baselines_refuse_to_score_before_fit():

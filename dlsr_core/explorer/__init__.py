@@ -6,8 +6,17 @@ verdicts), `uploads`, `distributions` (evaluation, sweep), `failures`, `maps` (f
 `training_job` (background training). Every public name is re-exported here, so pages write `explorer.<name>`.
 """
 
+from dlsr_core.explorer.comparison import (
+    METHOD_LABELS,
+    PIXEL_IMAGES_PER_SET,
+    MethodComparison,
+    addable_methods,
+    compare_methods,
+    load_baselines,
+)
 from dlsr_core.explorer.distributions import Evaluation, baseline_split, evaluate_sets, metrics_rows, sweep
 from dlsr_core.explorer.failures import FailureCase, failure_cases, failure_csv
+from dlsr_core.explorer.feature_vs_pixel import FeatureVsPixel, feature_vs_pixel, load_pixel_model, pixel_model_path
 from dlsr_core.explorer.maps import MapPoints, map_points
 from dlsr_core.explorer.runs import (
     ModelSummary,
@@ -51,9 +60,13 @@ __all__ = [
     "DEMO_OOD_SETS",
     "Evaluation",
     "FailureCase",
+    "FeatureVsPixel",
     "ImageScore",
     "MAX_UPLOAD_BYTES",
+    "METHOD_LABELS",
     "MapPoints",
+    "MethodComparison",
+    "PIXEL_IMAGES_PER_SET",
     "ModelSummary",
     "PREVIEW_SIZE",
     "SCORE_LABELS",
@@ -62,10 +75,12 @@ __all__ = [
     "TrainingJob",
     "UPLOAD_TYPES",
     "UploadBatch",
+    "addable_methods",
     "available_scores",
     "baseline_split",
     "cached_features_only",
     "checkpoints_root",
+    "compare_methods",
     "dataset_images",
     "decode_uploads",
     "default_run_dir",
@@ -74,10 +89,14 @@ __all__ = [
     "evaluate_sets",
     "failure_cases",
     "failure_csv",
+    "feature_vs_pixel",
     "id_threshold95",
     "list_run_dirs",
+    "load_baselines",
+    "load_pixel_model",
     "load_features",
     "map_points",
+    "pixel_model_path",
     "metrics_rows",
     "prepare_uploads",
     "run_fingerprint",

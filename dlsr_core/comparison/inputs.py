@@ -1,0 +1,120 @@
+"""The inputs every compared method reads, for named datasets: DLSR features, pre-logits and pixels of the same rows.
+
+Full sets come from the on-disk feature cache (extracted once). With `limit`, a fixed random subset of rows is used
+and, when the set is not cached yet, only those images go through the backbone, so a small comparison stays small.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from dlsr_core.comparison.methods import SetInputs
+from dlsr_core.features import extract_features
+from dlsr_core.scoring import Detector
+
+
+def subset_rows(count: int, limit: int | None, seed: int = 0) -> np.ndarray:
+    """Sorted row positions: all of them, or `limit` of them drawn without replacement."""
+    if limit is None or count <= limit:
+        return np.arange(count)
+    return np.sort(np.random.default_rng(seed).choice(count, size=limit, replace=False))
+
+
+class _Subset:
+    """The images of `dataset` at `positions`, as a sequence (what extract_features reads)."""
+
+    def __init__(self, dataset, positions: np.ndarray) -> None:
+        self.dataset, self.positions, self.name = dataset, positions, dataset.name
+
+    def __len__(self) -> int:
+        return len(self.positions)
+
+    def __getitem__(self, index: int):
+        return self.dataset[int(self.positions[index])]
+
+
+def _features_of(
+    spec: str,
+    dataset,
+    positions: np.ndarray | None,
+    cached: Callable[[bool], object | None],
+    extractor: Callable[[], object],
+    input_size: int,
+) -> tuple[Tensor, Tensor]:
+    """(features (N, D), dataset positions (N,)) of `spec`: the cached set (sliced to `positions`), else extracted —
+    the whole set through the cache, or just `positions` directly."""
+    full = cached(True)
+    if full is None and positions is None:
+        full = cached(False)
+    if full is not None:
+        if positions is None:
+            return full.features, full.indices
+        keep = torch.as_tensor(np.isin(full.indices.numpy(), positions))
+        return full.features[keep], full.indices[keep]
+    subset = extract_features(extractor(), _Subset(dataset, positions), input_size, dataset_name=spec)
+    return subset.features, torch.as_tensor(positions)[subset.indices]
+
+
+def load_inputs(
+    detector: Detector,
+    specs: list[str],
+    *,
+    prelogits: bool = True,
+    pixels: bool = True,
+    limit: int | None = None,
+    seed: int = 0,
+    cache_dir: str | Path | None = None,
+    extractors: dict[str, object] | None = None,
+) -> dict[str, SetInputs]:
+    """Inputs of each dataset spec for `detector`'s backbone: features, and optionally pre-logits and pixels.
+
+    `extractors` ("features" / "prelogits") reuse already built backbones; they are built on demand otherwise.
+    """
+    from dlsr_core.backbones import create_feature_extractor
+    from dlsr_core.baselines.pixel_ddpm import images_to_pixels
+    from dlsr_core.baselines.prelogits import cached_prelogits, create_prelogit_extractor
+    from dlsr_core.cache import cached_features
+    from dlsr_core.data import open_dataset
+
+    built = dict(extractors or {})
+    weights, size = detector.backbone_weights(), detector.input_size
+
+    def extractor(kind: str):
+        if kind not in built:
+            create = create_feature_extractor if kind == "features" else create_prelogit_extractor
+            built[kind] = create(detector.backbone, weights)
+        return built[kind]
+
+    def load(cache: Callable, kind: str, spec: str, dataset, positions) -> tuple[Tensor, Tensor]:
+        def cached(only: bool):
+            return cache(
+                spec,
+                detector.backbone,
+                weights=weights,
+                input_size=size,
+                cache_dir=cache_dir,
+                cache_only=only,
+                extractor=None if only else extractor(kind),
+            )
+
+        return _features_of(spec, dataset, positions, cached, lambda: extractor(kind), size)
+
+    result: dict[str, SetInputs] = {}
+    for spec in specs:
+        dataset = open_dataset(spec)
+        positions = None if limit is None else subset_rows(len(dataset), limit, seed)
+        features, indices = load(cached_features, "features", spec, dataset, positions)
+        detector.check_features(features)
+        logits_input = None
+        if prelogits:
+            logits_input, prelogit_indices = load(cached_prelogits, "prelogits", spec, dataset, positions)
+            if not torch.equal(prelogit_indices, indices):
+                raise ValueError(f"{spec}: DLSR features and pre-logits cover different images; clear the cache")
+        pixel_input = images_to_pixels([dataset[int(i)] for i in indices]) if pixels else None
+        result[spec] = SetInputs(features, indices, logits_input, pixel_input)
+    return result

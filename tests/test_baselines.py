@@ -1,0 +1,233 @@
+"""Baselines: agreement with pytorch-ood called directly, known answers, shipped weights and their checksums."""
+
+import shutil
+import time
+
+import numpy as np
+import pytest
+import torch
+
+from dlsr_core import tv_compat  # noqa: F401  (pytorch_ood imports torchvision)
+
+# isort: split
+from pytorch_ood.detector import ASH, DICE, KNN, EnergyBased, Mahalanobis, MaxSoftmax, ReAct, ViM
+
+from dlsr_core.baselines import KNNBaseline, MahalanobisBaseline
+from dlsr_core.baselines.classifier import ClassifierBaselines, DetectorSettings, HeadTrainConfig, train_linear_head
+from dlsr_core.baselines.feature_ae import (
+    AutoencoderConfig,
+    AutoencoderTrainConfig,
+    FeatureAEBaseline,
+    train_feature_ae,
+)
+from dlsr_core.baselines.pixel_ddpm import PixelDDPM, PixelDDPMConfig, ReconstructionSetting, images_to_pixels
+from dlsr_core.baselines.store import DEFAULT_BASELINES_DIR, load_baseline
+from dlsr_core.checkpoint import CheckpointError
+from dlsr_core.diffusion import ConfigError
+
+SHIPPED = ("pixel_ddpm", "feature_ae", "classifier")
+
+
+def stage_standardized(rows: int, stage_dims: tuple[int, ...], seed: int) -> torch.Tensor:
+    """Random vectors with DLSR's structure: every stage standardized per sample (so each stage sums to zero)."""
+    generator = torch.Generator().manual_seed(seed)
+    parts = []
+    for dim in stage_dims:
+        raw = torch.randn(rows, dim, generator=generator) * torch.linspace(0.5, 2.0, dim) + torch.arange(dim) / dim
+        parts.append((raw - raw.mean(dim=1, keepdim=True)) / raw.std(dim=1, keepdim=True))
+    return torch.cat(parts, dim=1)
+
+
+def test_knn_agrees_with_pytorch_ood_to_float_precision_and_is_kept_for_speed():
+    dims = (16, 24, 40)
+    train, queries = stage_standardized(3000, dims, 0), stage_standardized(400, dims, 1)
+    ours = KNNBaseline(k=50).fit(train)
+    theirs = KNN(None, k=50).fit_features(train, torch.zeros(len(train), dtype=torch.long))
+    started = time.perf_counter()
+    our_scores = ours.score(queries)
+    our_seconds = time.perf_counter() - started
+    started = time.perf_counter()
+    their_scores = theirs.predict_features(queries).numpy()
+    their_seconds = time.perf_counter() - started
+    np.testing.assert_allclose(our_scores, their_scores, rtol=1e-5, atol=1e-6)
+    print(f"\nk-NN on 400 x 3000: ours {our_seconds * 1e3:.1f} ms, pytorch-ood {their_seconds * 1e3:.1f} ms")
+
+
+def test_mahalanobis_is_pytorch_ood_on_the_independent_stage_channels():
+    dims = (16, 24, 40)
+    train, queries = stage_standardized(2000, dims, 2), stage_standardized(300, dims, 3)
+    wrapped = MahalanobisBaseline(dims).fit(train).score(queries)
+    keep = torch.ones(sum(dims), dtype=torch.bool)
+    keep[[15, 39, 79]] = False
+    direct = Mahalanobis(None).fit_features(train[:, keep], torch.zeros(len(train), dtype=torch.long))
+    np.testing.assert_array_equal(wrapped, direct.predict_features(queries[:, keep]).numpy())
+    # Dropping one channel per stage loses nothing: the distance equals the pseudo-inverse one on all channels.
+    data = train.double().numpy()
+    centered = queries.double().numpy() - data.mean(axis=0)
+    scatter = np.cov(data, rowvar=False) * (len(data) - 1)
+    expected = 0.5 * np.einsum("nd,de,ne->n", centered, np.linalg.pinv(scatter, rcond=1e-8, hermitian=True), centered)
+    np.testing.assert_allclose(wrapped, expected, rtol=2e-3)
+
+
+def test_mahalanobis_refuses_stage_sizes_that_do_not_fit():
+    with pytest.raises(ValueError, match="sum to"):
+        MahalanobisBaseline((3, 3)).fit(torch.randn(10, 7))
+
+
+def toy_classifier(seed: int = 0, vim_dim: int = 12):
+    generator = torch.Generator().manual_seed(seed)
+    classes, channels, rows = 4, 48, 400
+    labels = torch.arange(rows) % classes
+    centres = torch.rand(classes, channels, generator=generator) * 3
+    features = torch.relu(centres[labels] + torch.randn(rows, channels, generator=generator))
+    head, record = train_linear_head(features, labels, classes, HeadTrainConfig(epochs=30))
+    model = ClassifierBaselines.fit(head, features, labels, DetectorSettings(vim_dim=vim_dim))
+    return model, features, labels, record
+
+
+def test_wrapped_classifier_detectors_equal_direct_pytorch_ood_calls(tmp_path):
+    model, features, labels, _ = toy_classifier()
+    model.save(tmp_path / "classifier.safetensors")
+    loaded = ClassifierBaselines.load(tmp_path / "classifier.safetensors")  # only the fitted state is restored
+    queries = torch.relu(torch.randn(60, features.shape[1], generator=torch.Generator().manual_seed(5)) * 2)
+    head = loaded.head
+    on_maps = lambda maps: head(maps.flatten(1))  # noqa: E731
+    maps = queries[:, :, None, None]
+    direct = {
+        "msp": MaxSoftmax(None).predict_logits(head(queries)),
+        "energy": EnergyBased(None).predict_logits(head(queries)),
+        "dice": DICE(None, head.weight, head.bias, p=0.9).fit_features(features, labels).predict_features(queries),
+        "ash_s": ASH(None, on_maps, variant="ash-s", percentile=0.9).predict_feature_maps(maps),
+        "react": ReAct(None, on_maps, percentile=0.9)
+        .fit_feature_maps(features[:, :, None, None], labels)
+        .predict_feature_maps(maps),
+        "vim": ViM(None, 12, head.weight, head.bias).fit_features(features, labels).predict_features(queries),
+    }
+    for name, expected in direct.items():
+        expected = expected.detach().double().numpy()
+        if name == "vim":  # its residual basis is rebuilt from the stored principal directions
+            np.testing.assert_allclose(loaded.score(name, queries), expected, rtol=1e-5, atol=1e-5)
+        else:
+            np.testing.assert_array_equal(loaded.score(name, queries), expected)
+
+
+def test_classifier_input_checks():
+    model, features, _, record = toy_classifier(seed=1)
+    assert record["train_accuracy"] > 0.8
+    with pytest.raises(KeyError, match="unknown classifier detector"):
+        model.score("odin", features)
+    with pytest.raises(ConfigError, match="pre-logits must be"):
+        model.score("msp", features[:, :10])
+    with pytest.raises(ConfigError, match="labels must be"):
+        train_linear_head(features, torch.full((len(features),), 9), 4)
+
+
+def test_feature_autoencoder_learns_its_training_data_and_round_trips(tmp_path):
+    generator = torch.Generator().manual_seed(0)
+    basis = torch.randn(4, 32, generator=generator)
+    train = torch.randn(600, 4, generator=generator) @ basis  # a 4-d subspace of 32-d
+    outliers = torch.randn(50, 32, generator=generator) * train.std()
+    model = train_feature_ae(train, AutoencoderConfig(32, hidden=64, bottleneck=8), AutoencoderTrainConfig(epochs=40))
+    inliers = torch.randn(50, 4, generator=generator) @ basis
+    assert np.median(model.score(inliers)) * 5 < np.median(model.score(outliers))
+    model.save(tmp_path / "ae.safetensors")
+    loaded = FeatureAEBaseline.load(tmp_path / "ae.safetensors")
+    np.testing.assert_allclose(loaded.score(inliers), model.score(inliers), rtol=2e-2, atol=1e-3)
+    with pytest.raises(ConfigError, match="32-d"):
+        loaded.score(torch.randn(3, 31))
+
+
+def test_pixel_settings_are_validated():
+    config = PixelDDPMConfig()
+    unet_free = ReconstructionSetting(levels=(100, 150), stride=100)
+    with pytest.raises(ConfigError, match="not a multiple"):
+        PixelDDPM(None, config, unet_free, torch.zeros(2), torch.ones(2))
+    with pytest.raises(ConfigError, match="must be in"):
+        PixelDDPM(None, config, ReconstructionSetting(levels=(1000,)), torch.zeros(1), torch.ones(1))
+    assert ReconstructionSetting(levels=(100, 200), stride=50).evaluations() == 6
+
+
+@pytest.fixture(scope="module")
+def pixel_model() -> PixelDDPM:
+    path = DEFAULT_BASELINES_DIR / "pixel_ddpm.safetensors"
+    if not path.is_file():
+        pytest.skip("no shipped pixel DDPM (python -m dlsr_core.baselines.train --only pixel_ddpm)")
+    return PixelDDPM.load(path)
+
+
+def demo_pixels(count: int, spec: str = "demo:fashion_mnist_test") -> torch.Tensor:
+    from dlsr_core.data import open_dataset
+
+    dataset = open_dataset(spec)
+    return images_to_pixels([dataset[i] for i in range(count)])
+
+
+def test_pixel_ddpm_reconstructs_from_a_little_noise_but_not_from_a_lot(pixel_model):
+    pixels = demo_pixels(8)
+    errors = {}
+    for level in (20, 900):
+        setting = ReconstructionSetting(levels=(level,), stride=0)
+        model = PixelDDPM(pixel_model.unet, pixel_model.config, setting, torch.zeros(1), torch.ones(1))
+        errors[level] = model.errors(pixels)[:, 0]
+    # pixels are in [-1, 1]: an error of 0.01 is a 5% pixel deviation, 0.2 means the garment is not rebuilt
+    assert errors[20].max() < 0.01, errors[20]
+    assert errors[900].min() > 0.1, errors[900]
+
+
+def test_pixel_ddpm_scores_an_image_the_same_in_any_batch(pixel_model):
+    pixels = demo_pixels(6)
+    together = pixel_model.score_pixels(pixels)
+    alone = np.concatenate([pixel_model.score_pixels(pixels[i : i + 1]) for i in range(3)])
+    np.testing.assert_allclose(alone, together[:3], rtol=1e-4, atol=1e-4)
+
+
+# The shipped head classifies 89.0% of these 200 images correctly (86.8% of all 2,000 demo ID images); the floor
+# leaves a margin for other CPUs and thread counts.
+HEAD_ACCURACY_FLOOR = 0.85
+
+
+def test_shipped_linear_head_reaches_its_measured_id_accuracy():
+    from dlsr_core.baselines.prelogits import create_prelogit_extractor
+    from dlsr_core.data import open_dataset
+
+    path = DEFAULT_BASELINES_DIR / "classifier.safetensors"
+    if not path.is_file():
+        pytest.skip("no shipped classifier head")
+    model = ClassifierBaselines.load(path)
+    extractor = create_prelogit_extractor(model.info["backbone"], model.info["weights"])
+    dataset = open_dataset("demo:fashion_mnist_test")
+    images = [dataset[i] for i in range(200)]
+    prelogits = extractor(extractor.preprocess(images, model.info["input_size"]))
+    accuracy = (model.logits(prelogits).argmax(dim=1) == torch.as_tensor(dataset.labels[:200])).float().mean().item()
+    print(f"\nlinear head accuracy on the first 200 demo ID images: {accuracy:.3f}")
+    assert accuracy >= HEAD_ACCURACY_FLOOR
+
+
+@pytest.mark.parametrize("kind", SHIPPED)
+def test_shipped_baselines_load_and_verify_their_checksums(kind, tmp_path):
+    path = DEFAULT_BASELINES_DIR / f"{kind}.safetensors"
+    if not path.is_file():
+        pytest.skip(f"no shipped {kind} baseline")
+    stored = load_baseline(path, kind)
+    assert stored.info["train_seconds"] > 0 and stored.tensors
+    copy = tmp_path / path.name
+    shutil.copy(path, copy)
+    shutil.copy(path.with_name(path.name + ".sha256"), copy.with_name(copy.name + ".sha256"))
+    data = bytearray(copy.read_bytes())
+    data[-10] ^= 0xFF
+    copy.write_bytes(bytes(data))
+    with pytest.raises(CheckpointError, match="checksum"):
+        load_baseline(copy, kind)
+    copy.with_name(copy.name + ".sha256").unlink()
+    with pytest.raises(CheckpointError, match="no checksum file"):
+        load_baseline(copy, kind)
+    with pytest.raises(CheckpointError, match="is not a"):
+        load_baseline(path, "something_else")
+
+
+def test_shipped_baselines_fit_in_the_size_budget():
+    folder = DEFAULT_BASELINES_DIR
+    if not folder.is_dir():
+        pytest.skip("no shipped baselines")
+    total = sum(path.stat().st_size for path in folder.parent.rglob("*") if path.is_file())
+    assert total <= 40e6, f"checkpoints/ holds {total / 1e6:.1f} MB, the budget is 40 MB"
