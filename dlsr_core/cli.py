@@ -126,6 +126,19 @@ def build_parser() -> argparse.ArgumentParser:
     source.add_argument("--dataset", "-d", help="dataset spec")
     source.add_argument("--images", nargs="+", help="image files")
     score.add_argument("--output", "-o", default=None, help="CSV path (default: stdout)")
+    score.add_argument(
+        "--explain",
+        nargs="?",
+        const="demo:fashion_mnist_test",
+        default=None,
+        metavar="ID_SET",
+        help="add each image's layer profile: pct_stageN = %% of ID reference images (ID_SET, at most 5,000 of them; "
+        "default demo:fashion_mnist_test, the shipped model's held-out ID images) whose stage N reconstructs better, "
+        "the verdict at their 95%%-TPR threshold and a sentence. Use held-out ID images, not the training set",
+    )
+    score.add_argument(
+        "--explain-score", default="mfsim", choices=("mfsim", "mse", "lr"), help="score the profile follows"
+    )
     _add_sampling_options(score)
     _add_feature_options(score, with_backbone=False)
 
@@ -263,11 +276,12 @@ def _run_score(args) -> None:
             ]
         )
     result = detector.score_features(matrix, args.timestep, args.steps or None, args.eta, args.seed, draws=args.draws)
+    explained = _explain(args, detector, result) if args.explain else ([], [[] for _ in names])
     stream = open(args.output, "w", newline="") if args.output else sys.stdout
     try:
         writer = csv.writer(stream)
         stages = [f"cos_stage{i + 1}" for i in range(result.stage_cos.shape[1])]
-        writer.writerow(["item", "mse", "mfsim", "lr", *stages])
+        writer.writerow(["item", "mse", "mfsim", "lr", *stages, *explained[0]])
         for row, name in enumerate(names):
             lr = "" if result.lr is None else f"{result.lr[row]:.6g}"
             writer.writerow(
@@ -277,11 +291,27 @@ def _run_score(args) -> None:
                     f"{result.mfsim[row]:.6g}",
                     lr,
                     *(f"{value:.4f}" for value in result.stage_cos[row]),
+                    *explained[1][row],
                 ]
             )
     finally:
         if args.output:
             stream.close()
+
+
+def _explain(args, detector, result) -> tuple[list[str], list[list[str]]]:
+    """Layer-profile columns for `score --explain`: the ID reference set scored with the same settings."""
+    from dlsr_core import explorer
+
+    info = detector.info
+    reference = _features(args, args.explain, info.backbone, detector.backbone_weights(), info.input_size)
+    rows = torch.as_tensor(explorer.subsample_rows(len(reference), 5000))
+    scored = detector.score_features(
+        reference.features[rows], args.timestep, args.steps or None, args.eta, args.seed, draws=args.draws
+    )
+    names = explorer.stage_names(info.backbone, tuple(detector.stage_dims))
+    arrays = (explorer.score_arrays(scored), explorer.score_arrays(result))
+    return explorer.explanation_columns(names, *arrays, args.explain_score)
 
 
 def _run_evaluate(args) -> None:
