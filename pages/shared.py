@@ -22,11 +22,12 @@ from dlsr_core.features import FeatureSet
 from dlsr_core.scoring import DEFAULT_DRAWS, DEFAULT_STEPS, Detector
 
 RUN_KEY = "run_dir"
-# The timestep, steps, score and draws chosen on one page hold on every page. Streamlit 1.67 brings a widget back with
-# its first option on the first run of another page (re-assigning st.session_state[key] in app.py, before
-# st.navigation, does not prevent it, nor does persist_state="session"; the next page silently scored with MSE), so
-# each value is also kept under a plain key, written by the widget's on_change, and assigned to the widget's key by
-# the page itself just before the widget renders (_restore).
+# The timestep, steps, score and draws chosen on one page hold on every page. Streamlit drops a widget's value when a
+# page without that widget is shown; the old fix, re-assigning st.session_state[key] at the top of app.py, never runs
+# under AppTest after a page switch (it re-runs only the page script), and there the next page's widget came back with
+# its first option (MSE) whatever was chosen (persist_state="session" did not help either, Streamlit 1.67). So each
+# value is kept under a plain key, written by the widget's on_change, and assigned to the widget's key by the page
+# itself just before the widget renders (_restore), which works in both.
 KEPT_PREFIX = "_kept_"
 DEFAULT_TIMESTEP = 5
 MAX_TIMESTEP = 50
