@@ -85,11 +85,11 @@ for name, digest in shared.digest_files(files):
 scored = {result.name: result for result in results}
 for names in by_digest.values():
     same = [scored[name] for name in names if name in scored]
-    if len(same) > 1:
-        st.caption(
-            f"Identical files {', '.join(f'**{r.name}**' for r in same)}: one image, one score — "
-            f"{label} = {same[0].score:.6g} for each."
-        )
+    listed = ", ".join(f"**{r.name}**" for r in same)
+    if len(same) > 1 and len({r.score for r in same}) == 1:
+        st.caption(f"Identical files {listed}: one image, one score — {label} = {same[0].score:.6g} for each.")
+    elif len(same) > 1:  # cannot happen while the noise is keyed by the features: say so loudly if it ever does
+        st.error(f"Identical files {listed} got different scores: {', '.join(f'{r.score:.6g}' for r in same)}.")
 
 id_scores = reference[score]
 st.plotly_chart(

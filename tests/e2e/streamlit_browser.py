@@ -50,6 +50,7 @@ class PageCheck:
 PAGES = (
     PageCheck("home", "Home / model", "Loaded model"),
     PageCheck("score", "Score images", "95%-TPR threshold", click="Use sample images"),
+    PageCheck("how_dlsr_works", "How DLSR works", "AUROC, horizontal flip"),
     PageCheck("distributions", "Score distributions", "Metrics (percent)"),
     PageCheck("feature_map", "Feature map (UMAP)", "UMAP of", in_iframe="UMAP (cosine)"),
     PageCheck("failure_cases", "Failure cases", "OOD scored as ID"),
@@ -304,6 +305,22 @@ def _change_timestep(driver, timeout: float = 60) -> float:
     raise AssertionError(f"the Score page did not re-score at t={int(before) + 1} within {timeout} s")
 
 
+def _upload_duplicates(driver, timeout: float = 120) -> float:
+    """Upload one demo image twice under two names; the page must give both the same score. Returns seconds."""
+    from selenium.webdriver.common.by import By
+
+    from dlsr_core.data import open_dataset
+
+    with tempfile.TemporaryDirectory(prefix="dlsr-e2e-upload-") as folder:
+        paths = [Path(folder) / name for name in ("shirt.png", "same_shirt.png")]
+        open_dataset("demo:fashion_mnist_test")[11].save(paths[0])
+        paths[1].write_bytes(paths[0].read_bytes())
+        started = time.perf_counter()
+        driver.find_element(By.CSS_SELECTOR, 'input[type="file"]').send_keys("\n".join(str(p) for p in paths))
+        _wait_text(driver, "Identical files shirt.png, same_shirt.png: one image, one score", timeout)
+        return time.perf_counter() - started
+
+
 def visit_all(server: StreamlitServer, screenshot_dir: Path, pages=PAGES) -> dict[str, float]:
     """Load each page, press its button, wait for its text, check for exceptions, save a screenshot.
 
@@ -343,6 +360,9 @@ def visit_all(server: StreamlitServer, screenshot_dir: Path, pages=PAGES) -> dic
                 if driver.find_elements(By.CSS_SELECTOR, '[data-testid="stException"]'):
                     raise AssertionError(f"{page.name}: exception on the page")
                 (screenshot_dir / f"{page.name}.png").write_bytes(small_png(driver.get_screenshot_as_png()))
+                if page.name == "score":  # after the screenshot, which shows the sample images
+                    timings["score_duplicate_upload"] = _upload_duplicates(driver)
+                    _wait_idle(driver, page.timeout)
         finally:
             driver.quit()
     return timings
