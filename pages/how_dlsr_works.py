@@ -172,6 +172,8 @@ st.markdown(
     f"step(s). Where green covers grey, the model recognised the features.  \n"
     "**Why:** the model learned the ID feature distribution and nothing else: it pulls every input towards it."
 )
+if draws > 1:
+    st.caption(f"The picture shows the first of {draws} noise draws; the numbers below average all {draws}.")
 
 # 5 · per-stage similarity --------------------------------------------------------------------------------------------
 st.header("5 · Compare, stage by stage")
@@ -296,7 +298,7 @@ columns = st.columns([1, 3])
 columns[0].metric(f"AUROC, {explorer.SHIFT_LABELS[shift]}", f"{100 * comparison.metrics.auroc:.1f} %")
 columns[0].caption(f"{label}, t={timestep}; {len(rows)} ID images vs the same images shifted.")
 examples = [_demo_image(explorer.DEMO_ID_SET, p) for p in positions[:4]]
-shifted_examples = explorer.dataset_images(f"{explorer.DEMO_ID_SET}+{shift}", positions[:4])
+shifted_examples = [_demo_image(f"{explorer.DEMO_ID_SET}+{shift}", p) for p in positions[:4]]
 columns[0].image([e.resize((56, 56)) for e in examples + shifted_examples], width=56)
 histogram = go.Figure()
 histogram.add_trace(go.Histogram(x=comparison.id_scores, name="ID images", marker_color="#3b6fb6", opacity=0.6))

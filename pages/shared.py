@@ -350,7 +350,16 @@ def id_histogram(
     span = float(max([*values, float(np.max(id_scores))]) - min([*values, float(np.min(id_scores))])) or 1.0
     rows = explorer.marker_rows(values, 0.025 * span) if markers else np.zeros(0, dtype=int)
     strip = max(1, int(rows.max()) + 1 if len(rows) else 1)
-    figure = make_subplots(rows=2, cols=1, shared_xaxes=True, row_heights=[0.72, 0.28], vertical_spacing=0.03)
+    # The marker strip grows with its rows (about 22 px each) so that stacked markers never overlap.
+    histogram_px, strip_px = 0.72 * height, max(0.28 * height, 22.0 * strip + 16.0)
+    total_px = histogram_px + strip_px
+    figure = make_subplots(
+        rows=2,
+        cols=1,
+        shared_xaxes=True,
+        row_heights=[histogram_px / total_px, strip_px / total_px],
+        vertical_spacing=0.03,
+    )
     figure.add_trace(
         go.Histogram(x=id_scores, nbinsx=60, name="ID reference", marker_color="#7fa6dc", opacity=0.85), row=1, col=1
     )
@@ -383,7 +392,7 @@ def id_histogram(
     figure.update_xaxes(title_text=f"{score_label} score (higher = more OOD)", row=2, col=1)
     figure.update_layout(
         title=dict(text=title, font_size=12),
-        height=height,
+        height=round(total_px),
         margin=dict(l=10, r=10, t=40, b=10),
         legend=dict(orientation="h", yanchor="bottom", y=1.02, xanchor="right", x=1),
         bargap=0.02,
