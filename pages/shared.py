@@ -268,11 +268,13 @@ def reference_set(
     """Scores and per-stage values (explorer.score_matrix) of every ID reference image at (timestep, steps) and
     the sidebar's draws, cached per run and setting. The set never shrinks: all 2,000 demo ID images, always.
 
-    Measured on the 2-core machine with one torch thread: 0.5 s at 1 step, 2.0 s at 5, 3.6 s at 10 (steps are
-    capped at MAX_STEPS for that reason); noise draws multiply it.
+    Measured with one torch thread (benchmarks/score_page.py, MFsim, t = 10): 0.4 s at 1 step, 1.8 s at 5, 3.6 s at
+    10 (steps are capped at MAX_STEPS for that reason); LR doubles it and noise draws multiply it.
     """
     draws = current_draws()
-    with st.spinner(f"Scoring the {len(id_features):,} ID reference images at t={timestep} ({draws} draw(s))…"):
+    work = f"t={timestep}, {steps or timestep} DDIM step(s), {draws} noise draw(s)"
+    work += ", LR: two models" if score == "lr" else ""
+    with st.spinner(f"Scoring all {len(id_features):,} ID reference images at {work} (once per setting)…"):
         return _reference_set(
             detector, fingerprint(run_dir), id_features.dataset, id_features, timestep, steps, score == "lr", draws
         )
