@@ -275,8 +275,10 @@ def _change_timestep(driver, timeout: float = 60) -> float:
     from selenium.webdriver.common.by import By
     from selenium.webdriver.common.keys import Keys
 
-    # The first slider is the timestep; its <input type=range> is visually hidden, so focus it by script.
-    slider = driver.find_elements(By.CSS_SELECTOR, '[data-testid="stSlider"] input[type="range"]')[0]
+    # The page's first slider is the timestep (the sidebar holds the noise-draws slider, hence stMain); its
+    # <input type=range> is visually hidden, so focus it by script.
+    main_sliders = '[data-testid="stMain"] [data-testid="stSlider"] input[type="range"]'
+    slider = driver.find_elements(By.CSS_SELECTOR, main_sliders)[0]
     before = slider.get_attribute("value")
     target = f"at t={int(before) + 1},"
     driver.execute_script("arguments[0].focus();", slider)
