@@ -13,6 +13,7 @@ SET_KEY = "walk_set"
 INDEX_KEY = "walk_index"
 SHIFT_KEY = "walk_shift"
 GREY, ORANGE, GREEN = "#8c8c8c", "#e07b39", "#3c8d47"
+STATIC = {"displayModeBar": False}  # Plotly's toolbar covers the small titles; a projected page needs none
 
 
 @st.cache_data(max_entries=64, show_spinner=False)
@@ -121,7 +122,8 @@ columns[2].markdown(
 st.header("2 · Layer-wise features")
 names = explorer.stage_names(detector.backbone, tuple(detector.stage_dims))
 z0 = features.float().numpy()
-st.plotly_chart(_stage_figure(names, [("z₀ (features)", z0, GREY, "lines")]), width="stretch", key="walk-features")
+features_figure = _stage_figure(names, [("z₀ (features)", z0, GREY, "lines")])
+st.plotly_chart(features_figure, width="stretch", config=STATIC, key="walk-features")
 st.markdown(
     f"**What:** the network has {len(names)} stages, from fine detail to whole-object meaning. Each stage's "
     "feature maps are averaged over the image (one number per channel), then standardized (mean 0, spread 1 within "
@@ -198,7 +200,7 @@ similarity.update_layout(
     xaxis=dict(range=[min(0.9, float(trace.stage_cos.min()) - 0.01), 1.0], title="cosine similarity"),
     yaxis=dict(autorange="reversed"),
 )
-columns[0].plotly_chart(similarity, width="stretch", key="walk-similarity")
+columns[0].plotly_chart(similarity, width="stretch", config=STATIC, key="walk-similarity")
 band = go.Figure()
 band.add_shape(
     type="rect", x0=5, x1=95, y0=-0.5, y1=len(labels) - 0.5, fillcolor="#e6e6e6", line_width=0, layer="below"
@@ -209,22 +211,22 @@ band.add_trace(
         y=labels,
         mode="markers+text",
         marker=dict(size=14, color=[shared.PROFILE_COLOURS[s] for s in profile.status]),
-        text=[f"{p:.1f} %" for p in profile.worse_than],
-        textposition="top center",
+        text=[f"{explorer.percent_text(p)} %" for p in profile.worse_than],
+        textposition=["middle left" if p > 80 else "middle right" for p in profile.worse_than],
         customdata=np.stack([profile.values, profile.band_low, profile.band_high, profile.z_scores], axis=1),
         hovertemplate="%{y}<br>worse than %{x:.1f} % of ID images<br>value %{customdata[0]:.4g} (ID 5–95 %: "
         "%{customdata[1]:.4g} … %{customdata[2]:.4g})<br>z = %{customdata[3]:+.1f}<extra></extra>",
     )
 )
 band.update_layout(
-    title=dict(text=f"Layer profile: place among {profile.reference_size:,} ID images (grey: ID 5–95 %)", font_size=12),
+    title=dict(text=f"Layer profile against {profile.reference_size:,} ID images (grey: ID 5–95 %)", font_size=12),
     height=260,
     margin=dict(l=10, r=10, t=40, b=10),
-    xaxis=dict(range=[-2, 102], title=f"% of ID images this stage reconstructs worse than ({profile.quantity})"),
+    xaxis=dict(range=[-2, 102], title=f"worse than … % of ID images ({profile.quantity})"),
     yaxis=dict(autorange="reversed"),
     showlegend=False,
 )
-columns[1].plotly_chart(band, width="stretch", key="walk-profile")
+columns[1].plotly_chart(band, width="stretch", config=STATIC, key="walk-profile")
 st.markdown(
     "**What:** left, how close each stage came back (the deep stages of *every* image come back a little less "
     "exactly). Right, the fair comparison: each stage against the same stage of ID images; red = outside the ID "
@@ -300,6 +302,7 @@ columns[0].caption(f"{label}, t={timestep}; {len(rows)} ID images vs the same im
 examples = [_demo_image(explorer.DEMO_ID_SET, p) for p in positions[:4]]
 shifted_examples = [_demo_image(f"{explorer.DEMO_ID_SET}+{shift}", p) for p in positions[:4]]
 columns[0].image([e.resize((56, 56)) for e in examples + shifted_examples], width=56)
+columns[0].caption(f"Top: four of the ID images; bottom: the same after {explorer.SHIFT_LABELS[shift]}.")
 histogram = go.Figure()
 histogram.add_trace(go.Histogram(x=comparison.id_scores, name="ID images", marker_color="#3b6fb6", opacity=0.6))
 histogram.add_trace(
@@ -313,7 +316,7 @@ histogram.update_layout(
     yaxis_title="images",
     legend=dict(orientation="h", yanchor="bottom", y=1.02, x=0),
 )
-columns[1].plotly_chart(histogram, width="stretch", key="walk-shift")
+columns[1].plotly_chart(histogram, width="stretch", config=STATIC, key="walk-shift")
 st.markdown(
     "**Discuss:** a *semantic* shift changes what is in the picture (a new kind of object); a *covariate* shift "
     "changes how it is shown (orientation, sharpness, contrast). On this model a horizontal flip is mostly "

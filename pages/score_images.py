@@ -98,8 +98,8 @@ st.plotly_chart(
         threshold,
         label,
         [(str(number), r.name, r.score, r.verdict) for number, r in enumerate(results, 1)],
-        f"All {len(id_scores):,} ID reference images ({explorer.DEMO_ID_SET}), re-scored at t={timestep}, "
-        f"{steps} step(s), {draws} draw(s); numbered markers = your images",
+        f"All {len(id_scores):,} ID reference images ({explorer.DEMO_ID_SET}) at t={timestep}, {steps} step(s), "
+        f"{draws} draw(s); numbered markers: your images",
     ),
     width="stretch",
     key="score-histogram",

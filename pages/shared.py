@@ -316,18 +316,18 @@ def profile_html(profile: explorer.LayerProfile) -> str:
         rows.append(
             f'<div style="display:flex;align-items:center;gap:6px;font-size:12px;line-height:17px" '
             f'title="{html.escape(name.label)}: worse than {percent:.1f} % of ID images, z = {z_score:+.1f}">'
-            f'<span style="width:150px;white-space:nowrap;overflow:hidden;text-overflow:ellipsis">'
-            f"{html.escape(name.label)}</span>"
+            f'<span style="width:128px;white-space:nowrap;overflow:hidden;text-overflow:ellipsis">'
+            f"{name.number} · {html.escape(name.role)}</span>"
             f'<span style="position:relative;flex:1;height:12px;background:#f1f1f1;min-width:60px">'
             f'<span style="position:absolute;left:5%;width:90%;top:3px;height:6px;background:#d9d9d9"></span>'
             f'<span style="position:absolute;left:calc({position:.1f}% - 4px);top:1px;width:8px;height:10px;'
             f'border-radius:2px;background:{colour}"></span></span>'
-            f'<span style="width:74px;text-align:right;color:{colour if status != "normal" else "#333"}">'
-            f"{percent:.1f} %</span></div>"
+            f'<span style="width:52px;text-align:right;color:{colour if status != "normal" else "#333"}">'
+            f"{explorer.percent_text(percent)} %</span></div>"
         )
     title = (
-        f'<div style="font-size:12px;color:#555">Layer profile ({html.escape(profile.quantity)}): % of '
-        f"{profile.reference_size:,} ID images this stage reconstructs worse than; grey band = ID 5–95 %</div>"
+        f'<div style="font-size:12px;color:#555">Layer profile ({html.escape(profile.quantity)}): stage · role, '
+        f"worse than … % of {profile.reference_size:,} ID images; grey band = ID 5–95 %</div>"
     )
     sentence = f'<div style="font-size:12px;margin-top:4px">{html.escape(profile.sentence)}</div>'
     return title + "".join(rows) + sentence
@@ -379,7 +379,7 @@ def id_histogram(
                 marker=dict(size=17, color=colour, line=dict(color="white", width=1)),
                 customdata=[[markers[i][1]] for i in chosen],
                 hovertemplate=f"#%{{text}} %{{customdata[0]}}<br>{score_label} %{{x:.4g}}<extra>{verdict}</extra>",
-                name=f"verdict {verdict}",
+                name=f"your image, verdict {verdict}",
             ),
             row=2,
             col=1,
@@ -394,9 +394,10 @@ def id_histogram(
     figure.update_xaxes(title_text=f"{score_label} score (higher = more OOD)", row=2, col=1)
     figure.update_layout(
         title=dict(text=title, font_size=12),
-        height=round(total_px),
-        margin=dict(l=10, r=10, t=40, b=10),
-        legend=dict(orientation="h", yanchor="bottom", y=1.02, xanchor="right", x=1),
+        height=round(total_px) + 60,
+        margin=dict(l=10, r=10, t=40, b=70),
+        # below the axis title, in plot-area fractions: clear of the title and of Plotly's toolbar
+        legend=dict(orientation="h", yanchor="top", y=-48 / (total_px - 50), x=0),
         bargap=0.02,
     )
     return figure

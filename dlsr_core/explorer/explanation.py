@@ -202,7 +202,7 @@ def layer_profiles(reference: StageReference, values: np.ndarray) -> list[LayerP
     return profiles
 
 
-def _percent_text(percent: float) -> str:
+def percent_text(percent: float) -> str:
     """'99.7' for 99.7; never rounds a stage that is not beyond every reference image up to 100 (or down to 0)."""
     text = f"{percent:.1f}"
     if text == "100.0" and percent < 100.0:
@@ -214,7 +214,7 @@ def _percent_text(percent: float) -> str:
 
 def _share_of_id(percent: float, size: int) -> str:
     """'99.7 % of ID images', or 'all 2,000 ID images' when beyond every one of them."""
-    return f"all {size:,} ID images" if percent >= 100.0 else f"{_percent_text(percent)} % of ID images"
+    return f"all {size:,} ID images" if percent >= 100.0 else f"{percent_text(percent)} % of ID images"
 
 
 def _stage_list(numbers: Sequence[int]) -> str:
@@ -243,7 +243,7 @@ def _unusual_clause(
     if len(rest) == 1:
         clause += f", and {names[rest[0]].short} also {verb[0]} {_share_of_id(percent[rest[0]], size)}"
     elif rest:
-        low, high = (_percent_text(f(percent[rest])) for f in (np.min, np.max))
+        low, high = (percent_text(f(percent[rest])) for f in (np.min, np.max))
         span = f"{low} %" if low == high else f"{low}–{high} %"
         clause += f", and {_stage_list([names[i].number for i in rest])} also {verb[1]} {span}"
     return clause
