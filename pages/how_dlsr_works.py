@@ -146,6 +146,7 @@ st.plotly_chart(
         [("z₀", trace.features, GREY, "lines"), (f"z_t at t = {timestep}", trace.noised, ORANGE, "markers")],
     ),
     width="stretch",
+    config=STATIC,
     key="walk-noised",
 )
 st.markdown(
@@ -167,6 +168,7 @@ st.plotly_chart(
         ],
     ),
     width="stretch",
+    config=STATIC,
     key="walk-reconstruction",
 )
 st.markdown(
@@ -252,6 +254,7 @@ st.plotly_chart(
         height=300,
     ),
     width="stretch",
+    config=STATIC,
     key="walk-histogram",
 )
 st.markdown(
