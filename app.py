@@ -13,15 +13,10 @@ torch.set_num_threads(int(os.environ.get("DLSR_TORCH_THREADS", max(1, min(4, (os
 
 st.set_page_config(page_title="DLSR Explorer", page_icon=":material/search:", layout="wide")
 
-# Streamlit forgets a widget's value when the page holding it is not rendered; re-assigning keeps the timestep,
-# steps and score chosen on one page for the others.
-for key in shared.PERSISTENT_KEYS:
-    if key in st.session_state:
-        st.session_state[key] = st.session_state[key]
-
 PAGES = [
     st.Page("pages/home.py", title="Home / model", icon=":material/home:", default=True),
     st.Page("pages/score_images.py", title="Score images", icon=":material/image_search:"),
+    st.Page("pages/how_dlsr_works.py", title="How DLSR works", icon=":material/school:"),
     st.Page("pages/distributions.py", title="Score distributions", icon=":material/bar_chart:"),
     st.Page("pages/feature_map.py", title="Feature map (UMAP)", icon=":material/scatter_plot:"),
     st.Page("pages/failure_cases.py", title="Failure cases", icon=":material/report:"),
@@ -36,6 +31,7 @@ with st.sidebar:
         st.markdown(shared.model_caption(shared.load_detector(run_dir), run_dir))
     except Exception as error:  # the page itself explains; the sidebar only must not crash
         st.warning(f"No usable model at `{run_dir}` ({type(error).__name__}).")
+    shared.draws_control()  # every page scores with this many noise draws per image
     st.caption(
         "DLSR: diffusion-based layer-wise semantic reconstruction for unsupervised OOD detection "
         "(NeurIPS 2024). All scores: higher = more OOD."

@@ -297,6 +297,19 @@ def build_parser() -> argparse.ArgumentParser:
     source.add_argument("--dataset", "-d", help="dataset spec")
     source.add_argument("--images", nargs="+", help="image files")
     score.add_argument("--output", "-o", type=options.output_file, default=None, help="CSV path (default: stdout)")
+    score.add_argument(
+        "--explain",
+        nargs="?",
+        const="demo:fashion_mnist_test",
+        default=None,
+        metavar="ID_SET",
+        help="add each image's layer profile: pct_stageN = %% of ID reference images (ID_SET, at most 5,000 of them; "
+        "default demo:fashion_mnist_test, the shipped model's held-out ID images) whose stage N reconstructs better, "
+        "the verdict at their 95%%-TPR threshold and a sentence. Use held-out ID images, not the training set",
+    )
+    score.add_argument(
+        "--explain-score", default="mfsim", choices=("mfsim", "mse", "lr"), help="score the profile follows"
+    )
     _add_sampling_options(score)
     _add_feature_options(score, with_backbone=False)
 
@@ -599,8 +612,8 @@ def _run_score(args) -> None:
     _check_timestep(detector)
     info = detector.info
     options = detector.feature_options  # features are always made the way the checkpoint's training features were
+    _open_datasets(args, [*([args.dataset] if args.dataset else []), *([args.explain] if args.explain else [])])
     if args.dataset:
-        _open_datasets(args, [args.dataset])
         features = _features(
             args, args.dataset, info.backbone, detector.backbone_weights(), info.input_size, options=options
         )
@@ -611,23 +624,46 @@ def _run_score(args) -> None:
     result = detector.score_features(
         matrix, detector.scoring.timestep, args.steps or None, args.eta, args.seed, draws=args.draws
     )
+    header, explained = _explain(args, detector, result) if args.explain else ([], [[] for _ in names])
     buffer = io.StringIO()
     writer = csv.writer(buffer)
     stages = [f"cos_stage{i + 1}" for i in range(result.stage_cos.shape[1])]
-    writer.writerow(["item", "mse", "mfsim", "lr", *stages])
+    writer.writerow(["item", "mse", "mfsim", "lr", *stages, *header])
     not_finite = 0
     for row, name in enumerate(names):
         values = [result.mse[row], result.mfsim[row], *([] if result.lr is None else [result.lr[row]])]
         not_finite += not all(math.isfinite(float(value)) for value in values)
         lr = "" if result.lr is None else f"{result.lr[row]:.6g}"
         cosines = (f"{value:.4f}" for value in result.stage_cos[row])
-        writer.writerow([name, f"{result.mse[row]:.6g}", f"{result.mfsim[row]:.6g}", lr, *cosines])
+        writer.writerow([name, f"{result.mse[row]:.6g}", f"{result.mfsim[row]:.6g}", lr, *cosines, *explained[row]])
     if args.output:
         atomic_write_bytes(args.output, buffer.getvalue().encode())
     else:
         sys.stdout.write(buffer.getvalue())
     if not_finite:
         print(f"warning: {not_finite} row(s) have NaN/Inf scores (their features are not finite)", file=sys.stderr)
+
+
+def _explain(args, detector, result) -> tuple[list[str], list[list[str]]]:
+    """Layer-profile columns for `score --explain`: the ID reference set scored with the same settings."""
+    from dlsr_core import explorer
+
+    info = detector.info
+    reference = _features(
+        args,
+        args.explain,
+        info.backbone,
+        detector.backbone_weights(),
+        info.input_size,
+        options=detector.feature_options,
+    )
+    rows = torch.as_tensor(explorer.subsample_rows(len(reference), 5000))
+    scored = detector.score_features(
+        reference.features[rows], detector.scoring.timestep, args.steps or None, args.eta, args.seed, draws=args.draws
+    )
+    names = explorer.stage_names(info.backbone, tuple(detector.stage_dims))
+    arrays = (explorer.score_arrays(scored), explorer.score_arrays(result))
+    return explorer.explanation_columns(names, *arrays, args.explain_score)
 
 
 def _run_evaluate(args) -> None:
@@ -779,3 +815,7 @@ def main(argv: list[str] | None = None) -> int:
         if in_main_thread:
             signal.signal(signal.SIGTERM, previous_handler)
     return 0
+
+
+if __name__ == "__main__":  # `python -m dlsr_core.cli` works like `python -m dlsr_core`
+    sys.exit(main())

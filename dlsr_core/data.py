@@ -11,7 +11,7 @@ Spec strings (``str(parse_dataset(text))`` is the canonical form)::
     folder:<path>                              every image file below <path>, recursively
 
 Any spec may end in shift modifiers for near-OOD experiments, applied left to right:
-``+invert``, ``+rot90``, ``+rot180``, ``+rot270``, ``+hflip``, ``+vflip``, ``+blur``
+``+invert``, ``+rot90``, ``+rot180``, ``+rot270``, ``+hflip``, ``+vflip``, ``+blur``, ``+contrast``
 (e.g. ``fashion_mnist:test+invert``).
 
 Every source yields ``PIL.Image.Image`` objects in mode ``"RGB"``; a folder item whose file cannot be
@@ -37,7 +37,7 @@ from pathlib import Path
 from typing import Any, overload
 
 import numpy as np
-from PIL import Image, ImageDraw, ImageFilter, ImageFont, ImageOps
+from PIL import Image, ImageDraw, ImageEnhance, ImageFilter, ImageFont, ImageOps
 
 __all__ = [
     "DEMO_DIR",
@@ -89,7 +89,7 @@ MAX_IMAGE_PIXELS = 64_000_000
 # CLI accepts): one decoded image then holds at most ~3 MB, and every path (folder, --images, uploads) decodes alike.
 MAX_DECODED_SIDE = 1024
 _DECODE_RULE = f"max{MAX_DECODED_SIDE}"  # part of folder identities, so cached features follow a change of the rule
-SHIFTS = ("invert", "rot90", "rot180", "rot270", "hflip", "vflip", "blur")
+SHIFTS = ("invert", "rot90", "rot180", "rot270", "hflip", "vflip", "blur", "contrast")
 
 _BUILTIN_SOURCES = ("digits", "letters", "textures")
 _SPLIT_SOURCES = {"fashion_mnist": ("train", "test")}
@@ -434,6 +434,8 @@ def _apply_shifts(image: Image.Image, shifts: tuple[str, ...]) -> Image.Image:
         elif shift == "blur":
             # one pixel of blur at 28x28, proportionally more for larger images
             image = image.filter(ImageFilter.GaussianBlur(max(image.size) / 28))
+        elif shift == "contrast":
+            image = ImageEnhance.Contrast(image).enhance(0.5)  # halfway to the image's mean grey
     return image
 
 

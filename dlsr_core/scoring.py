@@ -84,7 +84,8 @@ class ScoreResult:
     """Scores of N feature vectors, each the mean over `draws` noise draws.
 
     mse, mfsim, lr (N,); stage_cos and stage_sq_error (N, S): per-stage cosine similarity and summed squared error
-    between z0 and its reconstruction; reconstruction (N, D): the reconstruction of the first draw.
+    between z0 and its reconstruction; stage_lr (N, S): LR per stage (early minus final squared error, rows sum to
+    lr), None without an early checkpoint; reconstruction (N, D): the reconstruction of the first draw.
     """
 
     mse: np.ndarray
@@ -94,6 +95,7 @@ class ScoreResult:
     reconstruction: Tensor
     stage_sq_error: np.ndarray | None = None
     draws: int = 1
+    stage_lr: np.ndarray | None = None
 
     def get(self, name: str) -> np.ndarray:
         """The score array called `name` (one of SCORE_NAMES)."""
@@ -249,6 +251,7 @@ class Detector:
             if with_lr:
                 early = self.reconstruct(z0, t, steps, eta, seed, draw, early=True)
                 parts["lr"] = mse_score(z0, early) - parts["stage_sq_error"].sum(dim=1)
+                parts["stage_lr"] = stage_squared_error(z0, early, self.stage_dims) - parts["stage_sq_error"]
             for name, value in parts.items():
                 sums[name] = sums[name] + value if name in sums else value
             if first_reconstruction is None:
@@ -262,4 +265,5 @@ class Detector:
             reconstruction=first_reconstruction.cpu(),
             stage_sq_error=means["stage_sq_error"].numpy(),
             draws=draws,
+            stage_lr=means["stage_lr"].numpy() if with_lr else None,
         )

@@ -18,20 +18,23 @@ ood_features = {spec: shared.features_or_stop(detector, spec) for spec in explor
 
 
 @st.cache_data(max_entries=32, show_spinner="Scoring the demo sets…")
-def _evaluation(run_fingerprint: str, timestep: int, steps: int | None, with_baselines: bool) -> explorer.Evaluation:
+def _evaluation(
+    run_fingerprint: str, timestep: int, steps: int | None, with_baselines: bool, draws: int
+) -> explorer.Evaluation:
     train = explorer.cached_features_only(detector, explorer.BASELINE_TRAIN_SET) if with_baselines else None
     return explorer.evaluate_sets(
         detector,
         explorer.DEMO_ID_SET,
         id_features.features,
         {k: v.features for k, v in ood_features.items()},
-        EvaluationSettings(timestep=timestep, steps=steps),
+        EvaluationSettings(timestep=timestep, steps=steps, draws=draws),
         train.features if train is not None else None,
         with_baselines=with_baselines,
     )
 
 
-evaluation = _evaluation(shared.fingerprint(run_dir), timestep, steps, with_baselines)
+draws = shared.current_draws()
+evaluation = _evaluation(shared.fingerprint(run_dir), timestep, steps, with_baselines, draws)
 report = evaluation.report
 st.caption(f"ID: {explorer.DEMO_ID_SET} · t={timestep}, {steps} DDIM step(s) · {evaluation.baseline_note}")
 
@@ -104,7 +107,7 @@ def _sweeps() -> dict:
     return {}
 
 
-sweep_key = (shared.fingerprint(run_dir), tuple(sorted(sweep_timesteps)), sweep_score, int(per_set), steps)
+sweep_key = (shared.fingerprint(run_dir), tuple(sorted(sweep_timesteps)), sweep_score, int(per_set), steps, draws)
 if run_sweep and sweep_timesteps and sweep_key not in _sweeps():
     bar = st.progress(0.0, text="Sweeping timesteps…")
     ordered = sorted(sweep_timesteps)
@@ -117,6 +120,7 @@ if run_sweep and sweep_timesteps and sweep_key not in _sweeps():
         steps=steps,
         max_per_set=int(per_set),
         progress=lambda done, total: bar.progress(done / total, text=f"t = {ordered[done - 1]} done ({done}/{total})"),
+        draws=draws,
     )
     bar.empty()
     _sweeps()[sweep_key] = curves

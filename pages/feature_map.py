@@ -38,7 +38,7 @@ fingerprint = shared.fingerprint(run_dir)
 
 
 @st.cache_data(max_entries=16, show_spinner="Reconstructing the sampled features…")
-def _points(run_fingerprint, timestep, steps, score, per_set, with_reconstructions) -> explorer.MapPoints:
+def _points(run_fingerprint, timestep, steps, score, per_set, with_reconstructions, draws) -> explorer.MapPoints:
     return explorer.map_points(
         detector,
         {k: v.features for k, v in feature_sets.items()},
@@ -48,6 +48,7 @@ def _points(run_fingerprint, timestep, steps, score, per_set, with_reconstructio
         steps,
         per_set,
         with_reconstructions,
+        draws=draws,
     )
 
 
@@ -63,7 +64,7 @@ def _umap_memo() -> dict:
     return {}
 
 
-points = _points(fingerprint, timestep, steps, score, per_set, with_reconstructions)
+points = _points(fingerprint, timestep, steps, score, per_set, with_reconstructions, shared.current_draws())
 # One thumbnail per (set, image); a reconstruction shows its original's picture.
 thumbs, thumb_of = [], {}
 for spec in specs:

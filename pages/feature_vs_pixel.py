@@ -39,7 +39,7 @@ start = columns[2].number_input("First image", 0, 900, 0, step=count)
 indices = tuple(range(int(start), int(start) + count))
 
 id_features = shared.features_or_stop(detector, explorer.DEMO_ID_SET)
-extractor = shared.get_extractor(detector.backbone, detector.backbone_weights())
+extractor = shared.get_extractor(detector.backbone, detector.backbone_weights(), detector.feature_options)
 
 
 @st.cache_data(max_entries=32, show_spinner="Scoring with both methods…")

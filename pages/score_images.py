@@ -1,39 +1,62 @@
-"""Score images: upload pictures, get their OOD score, where it falls among ID scores, the verdict, per-stage cosine."""
+"""Score images: upload pictures, get their OOD score, where it falls among ID scores, the verdict and why (the
+layer profile: where each stage's reconstruction falls among ID images)."""
 
-import html
-
-import plotly.graph_objects as go
 import streamlit as st
 
 from dlsr_core import explorer
 from pages import shared
 
+SOURCE_KEY = "score_source"  # "uploads" | "samples": the latest action wins
+UPLOADER_KEY = "score_file_uploader"
+
+
+def _uploads_changed() -> None:
+    st.session_state[SOURCE_KEY] = "uploads"
+
+
 st.title("Score images")
 detector, run_dir = shared.detector_or_stop()
 timestep, steps, score = shared.sampling_controls(detector)
+draws = shared.current_draws()
 
 uploaded = st.file_uploader(
     "Images (PNG, JPEG, WebP, BMP, TIFF, GIF; any mode). They are scored in memory and never stored.",
     type=list(explorer.UPLOAD_TYPES),
     accept_multiple_files=True,
+    key=UPLOADER_KEY,
+    on_change=_uploads_changed,
 )
-left, right = st.columns([1, 3])
-if left.button("Use sample images", help="Two images from each demo set (ID and OOD)"):
+buttons = st.columns([1, 1, 2])
+if buttons[0].button("Use sample images", help="Two images from each demo set (ID and OOD)"):
+    # Tests seed (name, bytes) pairs under UPLOADS_KEY the same way: AppTest-driven runs need no browser upload.
     st.session_state[shared.UPLOADS_KEY] = explorer.sample_uploads()
-if shared.UPLOADS_KEY in st.session_state and right.button("Clear sample images"):
+    st.session_state[SOURCE_KEY] = "samples"
+samples = list(st.session_state.get(shared.UPLOADS_KEY, []))
+source = st.session_state.get(SOURCE_KEY) or ("uploads" if uploaded else "samples")
+if source == "samples" and uploaded and buttons[1].button("Show my uploads"):
+    source = st.session_state[SOURCE_KEY] = "uploads"
+if source == "uploads" and not uploaded:
+    source = "samples"
+if source == "samples" and not samples:
+    source = "uploads"
+if samples and source == "samples" and buttons[1].button("Clear sample images"):
     del st.session_state[shared.UPLOADS_KEY]
+    samples, source = [], "uploads"
 
-if uploaded:
-    files = [(file.name, file.getvalue()) for file in uploaded]
-else:
-    # Tests (and the sample button) seed (name, bytes) pairs here: AppTest-driven runs need no browser upload.
-    files = list(st.session_state.get(shared.UPLOADS_KEY, []))
+files = [(file.name, file.getvalue()) for file in uploaded or []] if source == "uploads" else samples
 if not files:
     st.info("Upload one or more images, or press **Use sample images**.")
     st.stop()
+if source == "uploads":
+    shown = f"Showing your {len(files)} uploaded file(s)."
+    hidden = " Press **Use sample images** to score the demo samples instead." if not samples else ""
+else:
+    shown = f"Showing {len(files)} sample images (two from each demo set, ID and OOD)."
+    hidden = " Your uploaded files are kept: press **Show my uploads** to score them again." if uploaded else ""
+st.caption(shown + hidden)
 
 id_features = shared.features_or_stop(detector, explorer.DEMO_ID_SET)
-id_scores = shared.reference_scores(detector, run_dir, id_features, timestep, steps, score)
+reference = shared.reference_set(detector, run_dir, id_features, timestep, steps, score)
 weights = detector.backbone_weights()
 batch = shared.prepared_uploads(
     detector.backbone, weights, detector.input_size, shared.digest_files(files), tuple(files), detector.feature_options
@@ -46,49 +69,56 @@ if not batch.names:
     st.warning("None of the files could be read as an image.")
     st.stop()
 
-results = explorer.score_uploads(detector, batch.features, batch.names, id_scores, score, timestep, steps)
+results = explorer.score_uploads(detector, batch.features, batch.names, reference, score, timestep, steps, draws=draws)
 label = explorer.SCORE_LABELS[score]
 threshold = results[0].threshold
 ood_count = sum(result.verdict == "OOD" for result in results)
 id_count = sum(result.verdict == "ID" for result in results)
 st.success(
-    f"Scored {len(results)} image(s) at t={timestep}, {steps} DDIM step(s): "
+    f"Scored {len(results)} image(s) at t={timestep}, {steps} DDIM step(s), {draws} noise draw(s): "
     f"{ood_count} OOD, {id_count} ID at the 95%-TPR threshold {label} = {threshold:.4g}."
 )
 if ood_count + id_count < len(results):  # a NaN/Inf score or threshold never becomes a verdict
     st.error(f"{len(results) - ood_count - id_count} image(s) got a NaN/Inf score or threshold: no verdict given.")
 
-histogram = go.Figure(
-    go.Histogram(x=id_scores, nbinsx=60, name=f"ID ({explorer.DEMO_ID_SET})", marker_color="#7fa6dc", opacity=0.8)
+# The same content always gets the same score (the noise belongs to the feature vector): say so for duplicates.
+by_digest: dict[str, list[str]] = {}
+for name, digest in shared.digest_files(files):
+    by_digest.setdefault(digest, []).append(name)
+scored = {result.name: result for result in results}
+for names in by_digest.values():
+    same = [scored[name] for name in names if name in scored]
+    listed = ", ".join(f"**{r.name}**" for r in same)
+    if len(same) > 1 and len({r.score for r in same}) == 1:
+        st.caption(f"Identical files {listed}: one image, one score — {label} = {same[0].score:.6g} for each.")
+    elif len(same) > 1:  # cannot happen while the noise is keyed by the features: say so loudly if it ever does
+        st.error(f"Identical files {listed} got different scores: {', '.join(f'{r.score:.6g}' for r in same)}.")
+
+id_scores = reference[score]
+st.plotly_chart(
+    shared.id_histogram(
+        id_scores,
+        threshold,
+        label,
+        [(str(number), r.name, r.score, r.verdict) for number, r in enumerate(results, 1)],
+        f"All {len(id_scores):,} ID reference images ({explorer.DEMO_ID_SET}) at t={timestep}, {steps} step(s), "
+        f"{draws} draw(s); numbered markers: your images",
+    ),
+    width="stretch",
+    key="score-histogram",
 )
-histogram.add_vline(x=threshold, line_dash="dash", line_color="black", annotation_text="95% TPR threshold")
-for result in results:
-    histogram.add_vline(
-        x=result.score,
-        line_color="#b83b3b" if result.verdict == "OOD" else "#3c8d47",
-        annotation_text=html.escape(result.name[:18]),  # Plotly renders a subset of HTML in annotations
-        annotation_textangle=-90,
-        annotation_font_size=10,
-    )
-histogram.update_layout(
-    title=dict(text=f"{len(id_scores)} ID reference images ({explorer.DEMO_ID_SET})", font_size=12),
-    height=300,
-    margin=dict(l=10, r=10, t=40, b=10),
-    xaxis_title=f"{label} score",
-    yaxis_title="ID images",
-    showlegend=False,
-)
-st.plotly_chart(histogram, width="stretch")
 
 per_row = 3
 for start in range(0, len(results), per_row):
     columns = st.columns(per_row)
     chunk = zip(columns, results[start : start + per_row], batch.images[start : start + per_row], strict=False)
-    for column, result, image in chunk:
+    for number, (column, result, image) in enumerate(chunk, start + 1):
         with column.container(border=True):
             st.image(image.resize((96, 96)) if max(image.size) < 96 else image, caption=result.name, width=96)
             badge = {"OOD": ":red-badge[OOD]", "ID": ":green-badge[ID]"}.get(result.verdict, ":gray-badge[no verdict]")
-            st.markdown(f"{badge} · {label} = `{result.score:.4g}` · above {result.id_percentile:.1f}% of ID")
-            # Plain HTML bars: a dozen Plotly charts would make every timestep change slow to redraw.
-            st.html(shared.stage_bars_html(result.stage_cos))
+            st.markdown(
+                f"**#{number}** {badge} · {label} = `{result.score:.4g}` · above {result.id_percentile:.1f}% of ID"
+            )
+            # Plain HTML rows: a dozen Plotly charts would make every timestep change slow to redraw.
+            st.html(shared.profile_html(result.profile))
 st.session_state["score_results"] = results

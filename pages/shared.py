@@ -8,23 +8,35 @@ only the cheap diffusion step and a page switch reloads nothing. This is not a p
 from __future__ import annotations
 
 import hashlib
+import html
 import threading
 from pathlib import Path
 
 import numpy as np
+import plotly.graph_objects as go
 import streamlit as st
 
 from dlsr_core import explorer
 from dlsr_core.checkpoint import CheckpointError
 from dlsr_core.features import FeatureSet
 from dlsr_core.presets import DEFAULT_FEATURES, FeatureOptions
-from dlsr_core.scoring import DEFAULT_STEPS, Detector
+from dlsr_core.scoring import DEFAULT_DRAWS, DEFAULT_STEPS, Detector
 
 RUN_KEY = "run_dir"
-# Widget values that should survive page switches (Streamlit drops a widget's state when its page is not shown).
-PERSISTENT_KEYS = ("timestep", "steps", "score")
+# The timestep, steps, score and draws chosen on one page hold on every page. Streamlit drops a widget's value when a
+# page without that widget is shown; the old fix, re-assigning st.session_state[key] at the top of app.py, never runs
+# under AppTest after a page switch (it re-runs only the page script), and there the next page's widget came back with
+# its first option (MSE) whatever was chosen (persist_state="session" did not help either, Streamlit 1.67). So each
+# value is kept under a plain key, written by the widget's on_change, and assigned to the widget's key by the page
+# itself just before the widget renders (_restore), which works in both.
+KEPT_PREFIX = "_kept_"
 DEFAULT_TIMESTEP = 5
 MAX_TIMESTEP = 50
+# DDIM steps offered in the app: one per timestep up to t = 10 covers the paper's range (t = 3-10), and re-scoring the
+# 2,000 ID reference images stays near 3 s at 10 steps on one CPU thread (the CLI takes any number).
+MAX_STEPS = 10
+DRAWS_KEY = "draws"
+DRAWS_CHOICES = (1, 2, 4, 8, 16)
 UPLOADS_KEY = "score_uploads"
 
 
@@ -103,63 +115,127 @@ def features_or_stop(detector: Detector, spec: str) -> FeatureSet:
     raise RuntimeError("unreachable")
 
 
-@st.cache_data(max_entries=256, show_spinner=False)
 def set_scores(
+    detector: Detector,
+    run_fingerprint: str,
+    spec: str,
+    features: FeatureSet,
+    timestep: int,
+    steps: int | None,
+    with_lr: bool = False,
+) -> dict[str, np.ndarray]:
+    """DLSR scores of a feature set at (timestep, steps) and the sidebar's noise draws; cached per run and spec.
+
+    LR costs a second model pass, so it is computed only when asked for.
+    """
+    return _set_scores(detector, run_fingerprint, spec, features, timestep, steps, with_lr, current_draws())
+
+
+@st.cache_data(max_entries=256, show_spinner=False)
+def _set_scores(
     _detector: Detector,
     run_fingerprint: str,
     spec: str,
     _features: FeatureSet,
     timestep: int,
     steps: int | None,
-    with_lr: bool = False,
+    with_lr: bool,
+    draws: int,
 ) -> dict[str, np.ndarray]:
-    """DLSR scores of a feature set at (timestep, steps); keyed by run fingerprint and spec, not the tensors.
+    return explorer.score_matrix(_detector, _features.features, timestep, steps, with_lr=with_lr, draws=draws)
 
-    LR costs a second model pass, so it is computed only when asked for.
-    """
-    return explorer.score_matrix(_detector, _features.features, timestep, steps, with_lr=with_lr)
+
+def _restore(key: str, default):
+    """The value to show in widget `key`: the one kept from the last change (any page), else the current or default."""
+    state = st.session_state
+    value = state[KEPT_PREFIX + key] if KEPT_PREFIX + key in state else state.get(key, default)
+    state[key] = state[KEPT_PREFIX + key] = value  # assigned here, after st.navigation: see KEPT_PREFIX
+    return value
+
+
+def _keep(key: str, value=None) -> None:
+    """Remember widget `key`'s value (on_change callback), or `value` when a page clamps it."""
+    state = st.session_state
+    state[KEPT_PREFIX + key] = state[key] if value is None else value
+    if value is not None:
+        state[key] = value
+
+
+def draws_control(container=None) -> int:
+    """The sidebar's "noise draws per score" control; every page scores with its value (see current_draws)."""
+    container = container or st.sidebar
+    if _restore(DRAWS_KEY, DEFAULT_DRAWS) not in DRAWS_CHOICES:
+        _keep(DRAWS_KEY, DEFAULT_DRAWS)
+    return container.select_slider(
+        "Noise draws per score",
+        DRAWS_CHOICES,
+        key=DRAWS_KEY,
+        on_change=_keep,
+        args=(DRAWS_KEY,),
+        help="Each score is averaged over this many noise draws. One draw gives the same AUROC as sixteen on the "
+        "shipped model; more draws steady the verdicts of images near the threshold (flips between seeds there: "
+        "8.1 % at 1 draw, 4.2 % at 4, 2.6 % at 16, MFsim). Scoring time grows with the number of draws.",
+    )
+
+
+def current_draws() -> int:
+    """Noise draws per score chosen in the sidebar (the default before the sidebar has rendered)."""
+    return int(st.session_state.get(DRAWS_KEY, DEFAULT_DRAWS))
 
 
 def sampling_controls(detector: Detector, container=None, with_score: bool = True) -> tuple[int, int, str]:
-    """Timestep, DDIM steps and score widgets shared by the pages (their values persist across pages)."""
+    """Timestep, DDIM steps and score widgets shared by the pages (their values hold across pages)."""
     container = container or st
     top = min(MAX_TIMESTEP, detector.info.config.num_timesteps)
-    state = st.session_state
-    state.setdefault("timestep", DEFAULT_TIMESTEP)
-    state["timestep"] = int(min(max(state["timestep"], 1), top))
-    state.setdefault("steps", DEFAULT_STEPS)
-    state["steps"] = int(min(max(state["steps"], 1), max(state["timestep"], 2)))
+    timestep = int(_restore("timestep", DEFAULT_TIMESTEP))
+    if not 1 <= timestep <= top:
+        _keep("timestep", timestep := min(max(timestep, 1), top))
+    # Never more steps than the timestep allows: at t = 1 the (disabled) slider shows the 1 step actually used, and
+    # that is the value kept afterwards, not a number nobody chose.
+    steps = int(_restore("steps", DEFAULT_STEPS))
+    if not 1 <= steps <= min(timestep, MAX_STEPS):
+        _keep("steps", min(max(steps, 1), timestep, MAX_STEPS))
     columns = container.columns(3 if with_score else 2)
     timestep = columns[0].slider(
         "Sampling timestep t",
         1,
         top,
         key="timestep",
+        on_change=_keep,
+        args=("timestep",),
         help="Noise level the features are diffused to before reconstruction (paper: 3-10).",
     )
     steps = columns[1].slider(
         "DDIM steps",
         1,
-        max(timestep, 2) if timestep > 1 else 2,
+        max(2, min(timestep, MAX_STEPS)),
         key="steps",
-        help=f"DDIM steps from t back to 0 (default {DEFAULT_STEPS}: measured as accurate as one per timestep, "
-        "and t times cheaper).",
+        on_change=_keep,
+        args=("steps",),
+        help=f"DDIM steps from t back to 0, at most t and at most {MAX_STEPS} here (default {DEFAULT_STEPS}: measured "
+        "as accurate as one per timestep, and t times cheaper).",
         disabled=timestep == 1,
     )
     steps = min(steps, timestep)
-    score = "mfsim"
-    if with_score:
-        scores = explorer.available_scores(detector)
-        if state.get("score") not in scores:
-            state["score"] = "mfsim" if "mfsim" in scores else scores[0]
-        score = columns[2].selectbox(
-            "Score",
-            scores,
-            key="score",
-            format_func=lambda s: explorer.SCORE_LABELS[s],
-            help="MFsim: per-stage cosine; MSE: squared error; LR: early minus final MSE. Higher = more OOD for all.",
-        )
+    score = score_control(detector, columns[2]) if with_score else "mfsim"
     return timestep, steps, score
+
+
+def score_control(detector: Detector, container=None) -> str:
+    """The score selectbox (its value holds across pages); only scores this checkpoint can compute."""
+    container = container or st
+    scores = explorer.available_scores(detector)
+    if _restore("score", "mfsim") not in scores:
+        _keep("score", "mfsim" if "mfsim" in scores else scores[0])
+    return container.selectbox(
+        "Score",
+        scores,
+        key="score",
+        on_change=_keep,
+        args=("score",),
+        format_func=lambda s: explorer.SCORE_LABELS[s],
+        help="MFsim: per-stage cosine; MSE: squared error; LR: early minus final MSE. Higher = more OOD for all.",
+    )
 
 
 @st.cache_data(max_entries=16, show_spinner="Running the backbone on the uploaded images…")
@@ -188,46 +264,142 @@ def model_caption(detector: Detector, run_dir: Path) -> str:
     )
 
 
-# The Score page places uploads among the scores of ID reference images, re-scored at each (t, steps). Their number
-# is sized by a work budget (images x DDIM steps) so that a widget change answers in about a second on a small CPU:
-# all 2,000 demo ID images at 1-2 steps, a fixed random subset (at least 500) for more steps. Measured on the
-# 2-core machine with one torch thread: 2,000 images x 1 step 0.33 s, x 5 steps 1.7 s.
-REFERENCE_BUDGET = 4000
-REFERENCE_MINIMUM = 500
+def reference_set(
+    detector: Detector, run_dir: Path, id_features: FeatureSet, timestep: int, steps: int | None, score: str
+) -> dict[str, np.ndarray]:
+    """Scores and per-stage values (explorer.score_matrix) of every ID reference image at (timestep, steps) and
+    the sidebar's draws, cached per run and setting. The set never shrinks: all 2,000 demo ID images, always.
+
+    Measured with one torch thread (benchmarks/score_page.py, MFsim, t = 10): 0.4 s at 1 step, 1.8 s at 5, 3.6 s at
+    10 (steps are capped at MAX_STEPS for that reason); LR doubles it and noise draws multiply it.
+    """
+    draws = current_draws()
+    work = f"t={timestep}, {steps or timestep} DDIM step(s), {draws} noise draw(s)"
+    work += ", LR: two models" if score == "lr" else ""
+    with st.spinner(f"Scoring all {len(id_features):,} ID reference images at {work} (once per setting)…"):
+        return _reference_set(
+            detector, fingerprint(run_dir), id_features.dataset, id_features, timestep, steps, score == "lr", draws
+        )
 
 
-def reference_size(available: int, steps: int) -> int:
-    """How many ID reference images the Score page re-scores at `steps` DDIM steps."""
-    return min(available, max(REFERENCE_MINIMUM, REFERENCE_BUDGET // max(steps, 1)))
+@st.cache_data(max_entries=64, show_spinner=False)
+def _reference_set(
+    _detector: Detector,
+    run_fingerprint: str,
+    spec: str,
+    _features: FeatureSet,
+    timestep: int,
+    steps: int | None,
+    with_lr: bool,
+    draws: int,
+) -> dict[str, np.ndarray]:
+    return explorer.score_matrix(_detector, _features.features, timestep, steps, with_lr=with_lr, draws=draws)
 
 
 def reference_scores(
     detector: Detector, run_dir: Path, id_features: FeatureSet, timestep: int, steps: int | None, score: str
 ) -> np.ndarray:
-    """Scores of the ID reference subset at (timestep, steps), cached per run and setting."""
-    return _reference_scores(detector, fingerprint(run_dir), id_features, timestep, steps, score == "lr")[score]
+    """Scores (R,) of all ID reference images under `score` (see reference_set)."""
+    return reference_set(detector, run_dir, id_features, timestep, steps, score)[score]
 
 
-@st.cache_data(max_entries=256, show_spinner=False)
-def _reference_scores(
-    _detector: Detector, run_fingerprint: str, _features: FeatureSet, timestep: int, steps: int | None, with_lr: bool
-) -> dict[str, np.ndarray]:
-    rows = explorer.subsample_rows(len(_features), reference_size(len(_features), steps or timestep))
-    return explorer.score_matrix(_detector, _features.features[rows], timestep, steps, with_lr=with_lr)
+PROFILE_COLOURS = {"worse": "#b83b3b", "better": "#3b6fb6", "normal": "#9a9a9a"}
 
 
-def stage_bars_html(stage_cos: tuple[float, ...]) -> str:
-    """A tiny horizontal bar chart of per-stage cosine similarities; the least familiar stage is red."""
-    lowest = min(stage_cos)
+def profile_html(profile: explorer.LayerProfile) -> str:
+    """The layer profile as small HTML rows: per stage, the ID 5-95 % band (grey) on a 0-100 percentile track and
+    this image's place on it; a stage is coloured only outside the band (red: less ID-like, blue: more)."""
     rows = []
-    for stage, value in enumerate(stage_cos, 1):
-        width = max(0.0, min(1.0, value)) * 100
-        colour = "#b83b3b" if value == lowest else "#7fa6dc"
+    for name, percent, z_score, status in zip(
+        profile.names, profile.worse_than, profile.z_scores, profile.status, strict=True
+    ):
+        colour = PROFILE_COLOURS[status]
+        position = min(max(float(percent), 0.0), 100.0)
         rows.append(
-            f'<div style="display:flex;align-items:center;gap:6px;font-size:12px;line-height:16px">'
-            f'<span style="width:52px">stage {stage}</span>'
-            f'<span style="flex:1;background:#eee;height:10px"><span style="display:block;height:10px;'
-            f'width:{width:.1f}%;background:{colour}"></span></span><span style="width:40px">{value:.3f}</span></div>'
+            f'<div style="display:flex;align-items:center;gap:6px;font-size:12px;line-height:17px" '
+            f'title="{html.escape(name.label)}: worse than {percent:.1f} % of ID images, z = {z_score:+.1f}">'
+            f'<span style="width:128px;white-space:nowrap;overflow:hidden;text-overflow:ellipsis">'
+            f"{name.number} · {html.escape(name.role)}</span>"
+            f'<span style="position:relative;flex:1;height:12px;background:#f1f1f1;min-width:60px">'
+            f'<span style="position:absolute;left:5%;width:90%;top:3px;height:6px;background:#d9d9d9"></span>'
+            f'<span style="position:absolute;left:calc({position:.1f}% - 4px);top:1px;width:8px;height:10px;'
+            f'border-radius:2px;background:{colour}"></span></span>'
+            f'<span style="width:52px;text-align:right;color:{colour if status != "normal" else "#333"}">'
+            f"{explorer.percent_text(percent)} %</span></div>"
         )
-    title = '<div style="font-size:12px;color:#555">cosine(z₀, ẑ₀) per stage (red: least familiar)</div>'
-    return title + "".join(rows)
+    title = (
+        f'<div style="font-size:12px;color:#555">Layer profile ({html.escape(profile.quantity)}): stage · role, '
+        f"worse than … % of {profile.reference_size:,} ID images; grey band = ID 5–95 %</div>"
+    )
+    sentence = f'<div style="font-size:12px;margin-top:4px">{html.escape(profile.sentence)}</div>'
+    return title + "".join(rows) + sentence
+
+
+def id_histogram(
+    id_scores: np.ndarray,
+    threshold: float,
+    score_label: str,
+    markers: list[tuple[str, str, float, str]],
+    title: str,
+    height: int = 320,
+) -> go.Figure:
+    """The ID reference histogram with the 95%-TPR threshold and numbered image markers below it.
+
+    markers: (number, name, score, verdict) per image. Markers that would overlap are stacked in rows
+    (explorer.marker_rows) instead of piling labels on one spot; hovering a marker shows the image's name.
+    """
+    from plotly.subplots import make_subplots
+
+    values = [score for _, _, score, _ in markers]
+    span = float(max([*values, float(np.max(id_scores))]) - min([*values, float(np.min(id_scores))])) or 1.0
+    rows = explorer.marker_rows(values, 0.025 * span) if markers else np.zeros(0, dtype=int)
+    strip = max(1, int(rows.max()) + 1 if len(rows) else 1)
+    # The marker strip grows with its rows (about 22 px each) so that stacked markers never overlap.
+    histogram_px, strip_px = 0.72 * height, max(0.28 * height, 22.0 * strip + 16.0)
+    total_px = histogram_px + strip_px
+    figure = make_subplots(
+        rows=2,
+        cols=1,
+        shared_xaxes=True,
+        row_heights=[histogram_px / total_px, strip_px / total_px],
+        vertical_spacing=0.03,
+    )
+    figure.add_trace(
+        go.Histogram(x=id_scores, nbinsx=60, name="ID reference", marker_color="#7fa6dc", opacity=0.85), row=1, col=1
+    )
+    for verdict, colour in (("OOD", "#b83b3b"), ("ID", "#3c8d47")):
+        chosen = [i for i, marker in enumerate(markers) if marker[3] == verdict]
+        if not chosen:
+            continue
+        figure.add_trace(
+            go.Scatter(
+                x=[markers[i][2] for i in chosen],
+                y=[-float(rows[i]) for i in chosen],
+                mode="markers+text",
+                text=[markers[i][0] for i in chosen],
+                textfont=dict(color="white", size=10),
+                marker=dict(size=17, color=colour, line=dict(color="white", width=1)),
+                customdata=[[markers[i][1]] for i in chosen],
+                hovertemplate=f"#%{{text}} %{{customdata[0]}}<br>{score_label} %{{x:.4g}}<extra>{verdict}</extra>",
+                name=f"your image, verdict {verdict}",
+            ),
+            row=2,
+            col=1,
+        )
+    for row in (1, 2):
+        figure.add_vline(x=threshold, line_dash="dash", line_color="black", row=row, col=1)
+    figure.add_annotation(
+        x=threshold, y=1.0, yref="y domain", text="95%-TPR threshold", showarrow=False, xanchor="left", row=1, col=1
+    )
+    figure.update_yaxes(title_text="ID images", row=1, col=1)
+    figure.update_yaxes(visible=False, range=[-strip + 0.4, 0.6], row=2, col=1)
+    figure.update_xaxes(title_text=f"{score_label} score (higher = more OOD)", row=2, col=1)
+    figure.update_layout(
+        title=dict(text=title, font_size=12),
+        height=round(total_px) + 60,
+        margin=dict(l=10, r=10, t=40, b=70),
+        # below the axis title, in plot-area fractions: clear of the title and of Plotly's toolbar
+        legend=dict(orientation="h", yanchor="top", y=-48 / (total_px - 50), x=0),
+        bargap=0.02,
+    )
+    return figure

@@ -90,8 +90,9 @@ def test_uploads_are_scored_like_the_core_scores_their_features(detector, id_fea
     files = bad_and_odd_files()
     batch = explorer.prepare_uploads(extractor, detector.input_size, list(files.items()))
     assert batch.features.shape == (len(files) - len(BAD), detector.info.config.feature_dim)
-    id_scores = explorer.score_matrix(detector, id_features.features, 5)["mfsim"]
-    results = explorer.score_uploads(detector, batch.features, batch.names, id_scores, "mfsim", 5)
+    reference = explorer.score_matrix(detector, id_features.features, 5)
+    id_scores = reference["mfsim"]
+    results = explorer.score_uploads(detector, batch.features, batch.names, reference, "mfsim", 5)
     core = detector.score_features(batch.features, 5)
     assert [r.name for r in results] == batch.names
     np.testing.assert_allclose([r.score for r in results], core.mfsim, rtol=1e-5)

@@ -11,7 +11,7 @@ from torch import Tensor
 
 from dlsr_core.evaluation import EvaluationReport, EvaluationSettings, evaluate, timestep_sweep
 from dlsr_core.explorer.sets import BASELINE_TRAIN_SET, SCORE_LABELS, subsample_rows
-from dlsr_core.scoring import DEFAULT_STEPS, Detector
+from dlsr_core.scoring import DEFAULT_DRAWS, DEFAULT_STEPS, Detector
 
 
 @dataclass(frozen=True)
@@ -90,6 +90,7 @@ def sweep(
     steps: int | None = DEFAULT_STEPS,
     max_per_set: int | None = 500,
     progress: Callable[[int, int], None] | None = None,
+    draws: int = DEFAULT_DRAWS,
 ) -> dict[str, list[float]]:
     """AUROC per OOD set at each timestep (Figure 4), on at most `max_per_set` rows per set for speed."""
     pick = lambda matrix: matrix[torch.as_tensor(subsample_rows(len(matrix), max_per_set))]  # noqa: E731
@@ -102,4 +103,5 @@ def sweep(
             score=score,
             steps=steps,
             progress=progress,
+            draws=draws,
         )

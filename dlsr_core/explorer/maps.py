@@ -9,7 +9,7 @@ import torch
 from torch import Tensor
 
 from dlsr_core.explorer.sets import subsample_rows
-from dlsr_core.scoring import DEFAULT_STEPS, Detector
+from dlsr_core.scoring import DEFAULT_DRAWS, DEFAULT_STEPS, Detector
 
 
 @dataclass(frozen=True)
@@ -36,6 +36,7 @@ def map_points(
     per_set: int = 200,
     with_reconstructions: bool = True,
     seed: int = 0,
+    draws: int = DEFAULT_DRAWS,
 ) -> MapPoints:
     """Subsample each set to `per_set` rows, score them and stack originals (+ reconstructions) for a 2-D map."""
     blocks, sets, kinds, indices, scores = [], [], [], [], []
@@ -43,7 +44,7 @@ def map_points(
         rows = subsample_rows(len(matrix), per_set, seed)
         chosen = matrix[torch.as_tensor(rows)]
         with torch.inference_mode():
-            result = detector.score_features(chosen, timestep, steps, 1.0, seed, with_lr=score == "lr")
+            result = detector.score_features(chosen, timestep, steps, 1.0, seed, with_lr=score == "lr", draws=draws)
         values = result.get(score)
         parts = [("original", chosen)] + ([("reconstructed", result.reconstruction)] if with_reconstructions else [])
         for kind, block in parts:

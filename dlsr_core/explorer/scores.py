@@ -3,12 +3,28 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 
 import numpy as np
 import torch
 from torch import Tensor
 
-from dlsr_core.scoring import DEFAULT_DRAWS, DEFAULT_STEPS, Detector
+from dlsr_core.scoring import DEFAULT_DRAWS, DEFAULT_STEPS, Detector, ScoreResult
+
+
+def score_arrays(result: ScoreResult) -> dict[str, np.ndarray]:
+    """A ScoreResult as arrays by name: 'mse', 'mfsim' and ('lr') (N,); 'stage_cos', 'stage_sq_error' and
+    ('stage_lr') (N, S). LR entries are present only when the result has them."""
+    out = {
+        "mse": result.mse,
+        "mfsim": result.mfsim,
+        "stage_cos": result.stage_cos,
+        "stage_sq_error": result.stage_sq_error,
+    }
+    if result.lr is not None:
+        out["lr"] = result.lr
+        out["stage_lr"] = result.stage_lr
+    return out
 
 
 def score_matrix(
@@ -20,24 +36,15 @@ def score_matrix(
     with_lr: bool = True,
     draws: int = DEFAULT_DRAWS,
 ) -> dict[str, np.ndarray]:
-    """DLSR scores (N,) for features (N, D) plus 'stage_cos' and 'stage_sq_error' (N, S); only the cheap diffusion
-    step runs, `draws` times.
+    """score_arrays of features (N, D); only the cheap diffusion step runs, `draws` times.
 
-    'lr' is included when `with_lr` and the detector has an early checkpoint (it doubles the cost).
+    'lr' and 'stage_lr' are included when `with_lr` and the detector has an early checkpoint (it doubles the cost).
     """
     with torch.inference_mode():
         result = detector.score_features(
             features, timestep, steps, 1.0, seed, with_lr=with_lr and detector.has_early, draws=draws
         )
-    out = {
-        "mse": result.mse,
-        "mfsim": result.mfsim,
-        "stage_cos": result.stage_cos,
-        "stage_sq_error": result.stage_sq_error,
-    }
-    if result.lr is not None:
-        out["lr"] = result.lr
-    return out
+    return score_arrays(result)
 
 
 def id_threshold95(id_scores: np.ndarray) -> float:
@@ -56,3 +63,23 @@ def verdict(score: float, threshold: float) -> str:
     if not (math.isfinite(score) and math.isfinite(threshold)):
         return NO_VERDICT
     return "OOD" if score > threshold else "ID"
+
+
+def marker_rows(positions: Sequence[float], min_gap: float) -> np.ndarray:
+    """Row (0, 1, ...) for each marker on an axis so that markers sharing a row are at least `min_gap` apart.
+
+    Greedy from left to right, each marker into the lowest row whose last marker is far enough: markers that pile up
+    (near the threshold, say) stack in a few rows instead of overprinting. positions (M,) -> rows (M,) int.
+    """
+    positions = np.asarray(positions, dtype=np.float64).reshape(-1)
+    rows = np.zeros(len(positions), dtype=int)
+    row_ends: list[float] = []
+    for index in np.argsort(positions, kind="stable"):
+        value = positions[index]
+        free = next((row for row, end in enumerate(row_ends) if value - end >= min_gap), None)
+        if free is None:
+            row_ends.append(value)
+            free = len(row_ends) - 1
+        row_ends[free] = value
+        rows[index] = free
+    return rows

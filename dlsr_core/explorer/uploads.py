@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import base64
 import io
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -13,9 +13,10 @@ from PIL import Image
 from torch import Tensor
 
 from dlsr_core.checkpoint import CheckpointError
+from dlsr_core.explorer.explanation import LayerProfile, layer_profiles, stage_names, stage_reference, stage_values
 from dlsr_core.explorer.scores import id_threshold95, score_matrix, verdict
 from dlsr_core.explorer.sets import DEMO_ID_SET, DEMO_OOD_SETS
-from dlsr_core.scoring import DEFAULT_STEPS, Detector
+from dlsr_core.scoring import DEFAULT_DRAWS, DEFAULT_STEPS, Detector
 
 UPLOAD_TYPES = ("png", "jpg", "jpeg", "webp", "bmp", "tif", "tiff", "gif")
 
@@ -139,39 +140,49 @@ class ImageScore:
     verdict: str
     id_percentile: float  # share of ID reference scores below this image's score, in percent
     stage_cos: tuple[float, ...]
+    profile: LayerProfile | None = None  # per-stage evidence under the chosen score
 
 
 def score_uploads(
     detector: Detector,
     features: Tensor,
     names: Sequence[str],
-    id_scores: np.ndarray,
+    reference: Mapping[str, np.ndarray],
     score: str,
     timestep: int,
     steps: int | None = DEFAULT_STEPS,
     seed: int = 0,
+    draws: int = DEFAULT_DRAWS,
 ) -> list[ImageScore]:
-    """Score upload features (M, D) under `score`, placed against the ID reference scores at the same timestep."""
+    """Score upload features (M, D) under `score` and place each, and each of its stages, among the ID reference.
+
+    `reference` is explorer.score_matrix of the ID reference features at the same (timestep, steps, seed, draws).
+    """
     if len(names) == 0:
         return []
     detector.check_features(features)
-    scores = score_matrix(detector, features, timestep, steps, seed, with_lr=score == "lr")
-    if score not in scores:
+    scores = score_matrix(detector, features, timestep, steps, seed, with_lr=score == "lr", draws=draws)
+    if score not in scores or score not in reference:
         raise CheckpointError(f"score {score!r} is not available for this checkpoint")
+    id_scores = np.asarray(reference[score], dtype=np.float64)
     threshold = id_threshold95(id_scores)
-    reference = np.sort(np.asarray(id_scores, dtype=np.float64))
+    ordered = np.sort(id_scores)
+    names_of_stages = stage_names(detector.backbone, tuple(detector.stage_dims))
+    stages = stage_reference(stage_values(reference, score), score, names_of_stages)
+    profiles = layer_profiles(stages, stage_values(scores, score))
     results = []
     for row, name in enumerate(names):
         value = float(scores[score][row])
-        below = np.searchsorted(reference, value, side="left")
+        below = np.searchsorted(ordered, value, side="left")
         results.append(
             ImageScore(
                 name=name,
                 score=value,
                 threshold=threshold,
                 verdict=verdict(value, threshold),
-                id_percentile=100.0 * below / len(reference),
+                id_percentile=100.0 * below / len(ordered),
                 stage_cos=tuple(float(v) for v in scores["stage_cos"][row]),
+                profile=profiles[row],
             )
         )
     return results

@@ -50,6 +50,7 @@ class PageCheck:
 PAGES = (
     PageCheck("home", "Home / model", "Loaded model"),
     PageCheck("score", "Score images", "95%-TPR threshold", click="Use sample images"),
+    PageCheck("how_dlsr_works", "How DLSR works", "AUROC, horizontal flip"),
     PageCheck("distributions", "Score distributions", "Metrics (percent)"),
     PageCheck("feature_map", "Feature map (UMAP)", "UMAP of", in_iframe="UMAP (cosine)"),
     PageCheck("failure_cases", "Failure cases", "OOD scored as ID"),
@@ -274,8 +275,10 @@ def _change_timestep(driver, timeout: float = 60) -> float:
     from selenium.webdriver.common.by import By
     from selenium.webdriver.common.keys import Keys
 
-    # The first slider is the timestep; its <input type=range> is visually hidden, so focus it by script.
-    slider = driver.find_elements(By.CSS_SELECTOR, '[data-testid="stSlider"] input[type="range"]')[0]
+    # The page's first slider is the timestep (the sidebar holds the noise-draws slider, hence stMain); its
+    # <input type=range> is visually hidden, so focus it by script.
+    main_sliders = '[data-testid="stMain"] [data-testid="stSlider"] input[type="range"]'
+    slider = driver.find_elements(By.CSS_SELECTOR, main_sliders)[0]
     before = slider.get_attribute("value")
     target = f"at t={int(before) + 1},"
     driver.execute_script("arguments[0].focus();", slider)
@@ -302,6 +305,22 @@ def _change_timestep(driver, timeout: float = 60) -> float:
             return (change["done"] - change["start"]) / 1000.0
         time.sleep(0.1)
     raise AssertionError(f"the Score page did not re-score at t={int(before) + 1} within {timeout} s")
+
+
+def _upload_duplicates(driver, timeout: float = 120) -> float:
+    """Upload one demo image twice under two names; the page must give both the same score. Returns seconds."""
+    from selenium.webdriver.common.by import By
+
+    from dlsr_core.data import open_dataset
+
+    with tempfile.TemporaryDirectory(prefix="dlsr-e2e-upload-") as folder:
+        paths = [Path(folder) / name for name in ("shirt.png", "same_shirt.png")]
+        open_dataset("demo:fashion_mnist_test")[11].save(paths[0])
+        paths[1].write_bytes(paths[0].read_bytes())
+        started = time.perf_counter()
+        driver.find_element(By.CSS_SELECTOR, 'input[type="file"]').send_keys("\n".join(str(p) for p in paths))
+        _wait_text(driver, "Identical files shirt.png, same_shirt.png: one image, one score", timeout)
+        return time.perf_counter() - started
 
 
 def visit_all(server: StreamlitServer, screenshot_dir: Path, pages=PAGES) -> dict[str, float]:
@@ -343,6 +362,9 @@ def visit_all(server: StreamlitServer, screenshot_dir: Path, pages=PAGES) -> dic
                 if driver.find_elements(By.CSS_SELECTOR, '[data-testid="stException"]'):
                     raise AssertionError(f"{page.name}: exception on the page")
                 (screenshot_dir / f"{page.name}.png").write_bytes(small_png(driver.get_screenshot_as_png()))
+                if page.name == "score":  # after the screenshot, which shows the sample images
+                    timings["score_duplicate_upload"] = _upload_duplicates(driver)
+                    _wait_idle(driver, page.timeout)
         finally:
             driver.quit()
     return timings
