@@ -12,6 +12,7 @@ import plotly.graph_objects as go
 import streamlit as st
 
 from dlsr_core import explorer
+from dlsr_core.metrics import ood_metrics
 from dlsr_core.scoring import DEFAULT_DRAWS
 from pages import shared
 
@@ -226,7 +227,7 @@ elif view == "First vs last epoch (paper Fig. 3)":
         ):
             id_scores = scores[explorer.DEMO_ID_SET]
             ood_scores = np.concatenate([scores[name] for name in ood_sets])
-            auroc = explorer.ood_metrics(id_scores, ood_scores).auroc
+            auroc = ood_metrics(id_scores, ood_scores).auroc
             summary.append((checkpoint.epoch, auroc, np.median(id_scores), np.median(ood_scores)))
             column.plotly_chart(
                 _histogram(

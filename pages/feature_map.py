@@ -236,13 +236,14 @@ if waiting:
 
     _wait_for_umap()
 
+score_label = explorer.SCORE_LABELS[score]
 st.caption(
     f"{shown} of {len(points.matrix)} points: {per_set} per set from {len(specs)} sets"
     f"{', originals (●) and reconstructions (×)' if with_reconstructions else ''}; "
     f"t={timestep}, {steps} DDIM step(s), {draws} noise draw(s); colour: "
-    f"{'set' if colour_by == 'set' else explorer.SCORE_LABELS[score] + ' rank'}. Positions depend only on the "
-    "features" + (" and their reconstructions" if with_reconstructions else "") + ", never on the score: changing "
-    "the score recolours the same map."
+    f"{'set' if colour_by == 'set' else score_label + ' rank'}; hover: {score_label}. Positions depend only on the "
+    f"features{' and their reconstructions' if with_reconstructions else ''}, never on the score: changing the score "
+    "recolours the same map."
 )
 
 threshold = explorer.id_threshold95(values[id_mask])
