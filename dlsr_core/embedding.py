@@ -114,17 +114,32 @@ def _warm_up() -> bool:
     return True
 
 
-def _lower_priority() -> None:
+def _worker_setup(parent: int) -> None:
+    """Runs first in the worker: lower its priority, and end it when its parent (the app) is gone.
+
+    A killed app leaves its worker behind otherwise: the worker holds its own end of the task queue, so it never
+    sees the queue close and would wait for tasks forever.
+    """
     try:
         os.nice(10)  # the worker must never slow down the page that is waiting for it
     except OSError:
         pass
 
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(1.0)
+        os._exit(0)
+
+    threading.Thread(target=watch, name="dlsr-parent-watch", daemon=True).start()
+
 
 def worker_process_executor() -> Executor:
     """One spawned worker process at lower priority (spawn: no forked torch/Streamlit state, no GIL shared)."""
     return ProcessPoolExecutor(
-        max_workers=1, mp_context=multiprocessing.get_context("spawn"), initializer=_lower_priority
+        max_workers=1,
+        mp_context=multiprocessing.get_context("spawn"),
+        initializer=_worker_setup,
+        initargs=(os.getpid(),),
     )
 
 

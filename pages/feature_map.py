@@ -46,7 +46,8 @@ feature_sets = {spec: shared.features_or_stop(detector, spec) for spec in specs}
 fingerprint = shared.fingerprint(run_dir)
 
 
-@st.cache_data(max_entries=16, show_spinner="Reconstructing the sampled features…")
+# cache_resource, not cache_data: the points (a few MB) are read-only here, so every rerun shares one copy.
+@st.cache_resource(max_entries=16, show_spinner="Reconstructing the sampled features…")
 def _points(run_fingerprint, timestep, steps, draws, per_set, with_reconstructions) -> explorer.MapPoints:
     return explorer.map_points(
         detector,
@@ -82,7 +83,7 @@ def _shipped(setting: explorer.MapSetting) -> np.ndarray | None:
     return explorer.load_shipped_projection(setting)
 
 
-@st.cache_data(max_entries=64, show_spinner=False)
+@st.cache_resource(max_entries=16, show_spinner=False)
 def _pca(run_fingerprint, timestep, steps, draws, per_set, with_reconstructions) -> np.ndarray:
     return embedding.pca_2d(_points(run_fingerprint, timestep, steps, draws, per_set, with_reconstructions).matrix)
 

@@ -337,7 +337,7 @@ def _choose_option(driver, label: str, option: str, timeout: float = 30) -> None
     while time.time() < deadline:
         boxes = [b for b in driver.find_elements(By.CSS_SELECTOR, '[data-testid="stSelectbox"]') if label in b.text]
         if boxes:
-            boxes[0].find_element(By.CSS_SELECTOR, '[data-baseweb="select"]').click()
+            boxes[0].find_element(By.CSS_SELECTOR, '[aria-haspopup="listbox"]').click()  # the "Open" arrow
             for _ in range(50):
                 for item in driver.find_elements(By.CSS_SELECTOR, '[role="option"]'):
                     if item.text.strip() == option:
