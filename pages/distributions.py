@@ -92,7 +92,7 @@ if any(name in chosen for name in BASELINES):
         ("baselines", fingerprint, train is not None),
         "Fitting k-NN and Mahalanobis:",
         lambda progress: explorer.baseline_methods(
-            explorer.DEMO_ID_SET, all_features, train.features if train is not None else None
+            explorer.DEMO_ID_SET, all_features, train.features if train is not None else None, progress=progress
         ),
     )
 

@@ -81,7 +81,9 @@ def test_baselines_without_training_features_use_halves_of_the_id_set_and_say_so
     rng = np.random.default_rng(0)
     features = {"id": torch.tensor(rng.normal(size=(40, 6)), dtype=torch.float32)}
     features["far"] = features["id"][:10] + 5.0
-    knn, mahalanobis = explorer.baseline_methods("id", features, None, knn_k=3)
+    seen = []
+    knn, mahalanobis = explorer.baseline_methods("id", features, None, knn_k=3, progress=lambda *a: seen.append(a))
+    assert seen[0] == (0, 6, "fitting k-NN on 20 features") and seen[-1] == (6, 6, "")
     assert len(knn.scores["id"]) == 20 and len(knn.scores["far"]) == 10
     assert "even rows" in knn.note and "differ" in knn.note
     fitted = explorer.baseline_methods("id", features, features["id"], knn_k=3)[0]

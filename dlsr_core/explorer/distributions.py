@@ -165,11 +165,13 @@ def baseline_methods(
     train_features: Tensor | None = None,
     train_name: str = BASELINE_TRAIN_SET,
     knn_k: int = 50,
+    progress: ProgressCallback | None = None,
 ) -> list[MethodScores]:
     """k-NN and Mahalanobis on every set, fitted on `train_features` (N_train, D).
 
     Without training features they are fitted on the even rows of the ID set and score only its odd rows as ID
-    (the note says so: their numbers then differ from a table fitted on the training split).
+    (the note says so: their numbers then differ from a table fitted on the training split). `progress(done, total,
+    what)` is called before each fit and each set scored.
     """
     from dlsr_core.baselines import KNNBaseline, MahalanobisBaseline
 
@@ -184,13 +186,24 @@ def baseline_methods(
             f"evaluated on its odd rows ({len(id_rows)}): expect different numbers from a table fitted on {train_name}"
         )
     methods = []
+    total, done = 2 * (1 + len(features)), 0
+
+    def report(what: str) -> None:
+        nonlocal done
+        if progress is not None:
+            progress(done, total, what)
+        done += 1
+
     for name, baseline in (("knn", KNNBaseline(knn_k)), ("mahalanobis", MahalanobisBaseline())):
+        report(f"fitting {SCORE_LABELS[name]} on {len(fit):,} features")
         baseline.fit(fit)
-        scores = {
-            set_name: baseline.score(matrix[torch.as_tensor(id_rows)] if set_name == id_set else matrix)
-            for set_name, matrix in features.items()
-        }
+        scores = {}
+        for set_name, matrix in features.items():
+            report(f"{SCORE_LABELS[name]}: {set_name}")
+            scores[set_name] = baseline.score(matrix[torch.as_tensor(id_rows)] if set_name == id_set else matrix)
         methods.append(MethodScores(name, SCORE_LABELS[name], "baseline", scores, note))
+    if progress is not None:
+        progress(total, total, "")
     return methods
 
 
