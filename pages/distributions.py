@@ -69,6 +69,12 @@ def _available(spec: str) -> bool:
     return explorer.dataset_available(spec)
 
 
+@st.cache_resource(max_entries=2, show_spinner="Reading the cached training-set features…")
+def _train_features(run_fingerprint: str):
+    """The baselines' training features when they are cached (read once: they are large), else None."""
+    return explorer.cached_features_only(detector, explorer.BASELINE_TRAIN_SET)
+
+
 # --- DLSR scores at this setting: the costly part, bounded by a work budget ---
 with_lr = "lr" in chosen
 sizes = {name: len(matrix) for name, matrix in all_features.items()}
@@ -87,7 +93,7 @@ dlsr = _memoised(
 # --- Baselines: fitted once per model (they do not depend on t, steps or draws) ---
 baselines = []
 if any(name in chosen for name in BASELINES):
-    train = explorer.cached_features_only(detector, explorer.BASELINE_TRAIN_SET)
+    train = _train_features(fingerprint)
     baselines = _memoised(
         ("baselines", fingerprint, train is not None),
         "Fitting k-NN and Mahalanobis:",
@@ -323,10 +329,7 @@ notes = {entry.note for entry in (evaluation.methods[m] for m in methods) if ent
 for note in sorted(notes):
     owners = ", ".join(evaluation.methods[m].label for m in methods if evaluation.methods[m].note == note)
     st.caption(f"**{owners}:** {note}.")
-if (
-    any(name in methods for name in BASELINES)
-    and explorer.cached_features_only(detector, explorer.BASELINE_TRAIN_SET) is None
-):
+if any(name in methods for name in BASELINES) and _train_features(fingerprint) is None:
     if _available(explorer.BASELINE_TRAIN_SET):
         st.warning(
             f"The README's table fits k-NN and Mahalanobis on {explorer.BASELINE_TRAIN_SET}; these are fitted on half "
@@ -335,9 +338,17 @@ if (
         if st.button(
             f"Extract {explorer.BASELINE_TRAIN_SET} features and refit the baselines",
             help="Runs the backbone once over the 60,000 training images (a few minutes on a laptop CPU, with "
-            "progress), caches the features on disk, then fits the baselines on them like the README's table.",
+            "progress; keep this page open meanwhile), caches the features on disk, then fits the baselines on them "
+            "like the README's table.",
         ):
-            shared.features_or_stop(detector, explorer.BASELINE_TRAIN_SET)
+            label = f"Extracting {explorer.BASELINE_TRAIN_SET} features (once, then cached on disk)…"
+            bar = st.progress(0.0, text=label)
+            explorer.load_features(
+                detector,
+                explorer.BASELINE_TRAIN_SET,
+                progress=lambda done, total: bar.progress(done / max(total, 1), text=f"{label} {done:,}/{total:,}"),
+            )
+            _train_features.clear()
             st.rerun()
     else:
         st.warning(
