@@ -133,7 +133,7 @@ view = st.radio(
 )
 
 
-def _histogram(id_scores, ood_scores, title: str, x_title: str, threshold: float | None, height: int = 270):
+def _histogram(id_scores, ood_scores, title: str, x_title: str, threshold: float | None, height: int = 300):
     figure = go.Figure()
     for values, name, colour in ((id_scores, "ID", ID_COLOUR), (ood_scores, "OOD", OOD_COLOUR)):
         figure.add_trace(
@@ -147,7 +147,8 @@ def _histogram(id_scores, ood_scores, title: str, x_title: str, threshold: float
         barmode="overlay",
         height=height,
         margin=dict(l=5, r=5, t=40, b=5),
-        legend=dict(orientation="h", y=1.02, x=1, xanchor="right", yanchor="bottom", font_size=11),
+        # Under the axis title: at the top it ran into the title, inside the plot it would hide bars.
+        legend=dict(orientation="h", y=-0.32, x=0.5, xanchor="center", yanchor="top", font_size=11),
         title=dict(text=title, font_size=13),
         xaxis_title=dict(text=x_title, font_size=11),
         yaxis_title=dict(text="density", font_size=11),
@@ -242,7 +243,7 @@ elif view == "First vs last epoch (paper Fig. 3)":
                     f"after epoch {checkpoint.epoch} · AUROC {100 * auroc:.1f}%",
                     f"{explorer.SCORE_LABELS[fig3_score]} score (higher = more OOD)",
                     explorer.id_threshold95(id_scores),
-                    height=320,
+                    height=340,
                 ),
                 width="stretch",
                 key=f"fig3-{checkpoint.epoch}",

@@ -233,7 +233,9 @@ def _wait_text(driver, text: str, timeout: float) -> float:
     )
 
 
-def _wait_iframe_text(driver, text: str, timeout: float) -> None:
+def _wait_iframe_text(driver, text: str, timeout: float) -> float:
+    """Wait for `text` inside an iframe, then check the hover thumbnail there; returns when the text was seen
+    (time.perf_counter())."""
     from selenium.webdriver.common.by import By
 
     deadline = time.time() + timeout
@@ -242,11 +244,12 @@ def _wait_iframe_text(driver, text: str, timeout: float) -> None:
             driver.switch_to.frame(frame)
             try:
                 if text in driver.find_element(By.TAG_NAME, "body").text:
+                    seen = time.perf_counter()
                     _check_hover_thumbnail(driver)
-                    return
+                    return seen
             finally:
                 driver.switch_to.default_content()
-        time.sleep(0.5)
+        time.sleep(0.2)
     raise AssertionError(f"{text!r} did not appear inside an iframe within {timeout:.0f} s")
 
 
@@ -276,9 +279,11 @@ def _check_hover_thumbnail(driver) -> None:
     raise AssertionError("hovering a point did not show its thumbnail")
 
 
-def _press_right_on_slider(driver, index: int, target: str, selector: str = "body", timeout: float = 120) -> float:
-    """Press → on the `index`-th slider and time, with the browser's own clock, until `target` appears in the text
-    of an element matching `selector` — the page's answer to the change."""
+def _press_on_slider(
+    driver, index: int, target: str, selector: str = "body", timeout: float = 120, key: str = "ARROW_RIGHT"
+) -> float:
+    """Press `key` (→ or ←) on the `index`-th slider and time, with the browser's own clock, until `target` appears
+    in the text of an element matching `selector` — the page's answer to the change."""
     from selenium.webdriver.common.action_chains import ActionChains
     from selenium.webdriver.common.by import By
     from selenium.webdriver.common.keys import Keys
@@ -287,7 +292,7 @@ def _press_right_on_slider(driver, index: int, target: str, selector: str = "bod
     slider = driver.find_elements(By.CSS_SELECTOR, '[data-testid="stSlider"] input[type="range"]')[index]
     driver.execute_script("arguments[0].focus();", slider)
     _watch_for(driver, target, selector)
-    ActionChains(driver).send_keys(Keys.ARROW_RIGHT).perform()
+    ActionChains(driver).send_keys(getattr(Keys, key)).perform()
     return _watched_seconds(driver, target, timeout)
 
 
@@ -320,13 +325,15 @@ def _watched_seconds(driver, target: str, timeout: float) -> float:
     raise AssertionError(f"{target!r} did not appear within {timeout} s after the change")
 
 
-def _change_timestep(driver, timeout: float = 60) -> float:
-    """Press → on the Score page's timestep slider (5 → 6) and time until the page shows the re-scored result."""
+def _change_timestep(driver, step: int = 1, timeout: float = 60) -> float:
+    """Move the Score page's timestep slider one step (→ for +1, ← for -1) and time until the page shows the
+    re-scored result."""
     from selenium.webdriver.common.by import By
 
     slider = driver.find_elements(By.CSS_SELECTOR, '[data-testid="stSlider"] input[type="range"]')[0]
-    before = int(slider.get_attribute("value"))
-    return _press_right_on_slider(driver, 0, f"at t={before + 1},", '[data-testid="stAlert"]', timeout)
+    target = f"at t={int(slider.get_attribute('value')) + step},"
+    key = "ARROW_RIGHT" if step > 0 else "ARROW_LEFT"
+    return _press_on_slider(driver, 0, target, '[data-testid="stAlert"]', timeout, key)
 
 
 def _choose_option(driver, label: str, option: str, timeout: float = 30) -> None:
@@ -364,16 +371,24 @@ def _count_reruns(driver, seconds: float) -> int:
 
 
 def _interactions(driver, page: PageCheck, timings: dict[str, float]) -> None:
-    """Time the interactions a user makes on `page` (each measured from the input to the page's new answer)."""
+    """Time the interactions a user makes on `page`, each from the input to the page's new answer, then undo each
+    (also timed: the setting was seen before, so its answer is cached) — the settings persist across pages, and the
+    next pages are meant to open on the defaults (the Feature map's stored projection is for those)."""
     if page.name == "score":
-        timings["score_timestep_change"] = _change_timestep(driver)
+        timings["score_timestep_change"] = _change_timestep(driver, +1)
+        _wait_idle(driver, page.timeout)
+        timings["score_timestep_back_cached"] = _change_timestep(driver, -1)
     elif page.name == "distributions":
-        # The steps slider is the second one; 1 -> 2 DDIM steps re-scores every set (cached per setting after).
-        timings["distributions_steps_change"] = _press_right_on_slider(driver, 1, ", 2 DDIM step(s)")
+        # The steps slider is the second one; 1 -> 2 DDIM steps re-scores every set (then kept per setting).
+        timings["distributions_steps_change"] = _press_on_slider(driver, 1, ", 2 DDIM step(s)")
+        _wait_idle(driver, page.timeout)
+        timings["distributions_steps_back_cached"] = _press_on_slider(driver, 1, ", 1 DDIM step(s)", key="ARROW_LEFT")
     elif page.name == "feature_map":
-        _watch_for(driver, "hover: MSE", "body")
-        _choose_option(driver, "Score", "MSE")
-        timings["feature_map_score_change"] = _watched_seconds(driver, "hover: MSE", 120)
+        for score, name in (("MSE", "feature_map_score_change"), ("MFsim", "feature_map_score_back")):
+            _wait_idle(driver, page.timeout)
+            _watch_for(driver, f"hover: {score}", "body")
+            _choose_option(driver, "Score", score)
+            timings[name] = _watched_seconds(driver, f"hover: {score}", 120)
     elif page.name == "train":
         timings["train_page_reruns_in_5s_after_the_run"] = _count_reruns(driver, 5.0)
 
@@ -381,9 +396,10 @@ def _interactions(driver, page: PageCheck, timings: dict[str, float]) -> None:
 def visit_all(server: StreamlitServer, screenshot_dir: Path, pages=PAGES) -> dict[str, float]:
     """Load each page, press its button, wait for its text, check for exceptions, save a screenshot.
 
-    Returns seconds per page (until its text is shown, the map's UMAP included: on a first visit that is the
-    shipped projection); 'first_page_from_start' is the time from launching the server to a usable Home page; and
-    the timed interactions of `_interactions` (train_page_reruns_in_5s_after_the_run is a count, not seconds).
+    Returns seconds per page (until its text is shown and its script is idle, the map's hover check included);
+    'feature_map_iframe_shown' is when the map's UMAP was on screen (on a first visit with the default settings: the
+    stored projection); 'first_page_from_start' is the time from launching the server to a usable Home page; and the
+    timed interactions of `_interactions` (train_page_reruns_in_5s_after_the_run is a count, not seconds).
     """
     from selenium.webdriver.common.action_chains import ActionChains
     from selenium.webdriver.common.by import By
@@ -410,7 +426,7 @@ def visit_all(server: StreamlitServer, screenshot_dir: Path, pages=PAGES) -> dic
                     timings["first_page_from_start"] = time.perf_counter() - server.started_at
                 _wait_idle(driver, page.timeout)
                 if page.in_iframe:
-                    _wait_iframe_text(driver, page.in_iframe, 60)
+                    timings[f"{page.name}_iframe_shown"] = _wait_iframe_text(driver, page.in_iframe, 60) - started
                 timings[page.name] = time.perf_counter() - started
                 _interactions(driver, page, timings)
                 _wait_idle(driver, page.timeout)
