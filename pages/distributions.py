@@ -146,7 +146,7 @@ def _histogram(id_scores, ood_scores, title: str, x_title: str, threshold: float
     figure.update_layout(
         barmode="overlay",
         height=height,
-        margin=dict(l=5, r=5, t=40, b=5),
+        margin=dict(l=5, r=5, t=55, b=5),
         # Under the axis title: at the top it ran into the title, inside the plot it would hide bars.
         legend=dict(orientation="h", y=-0.32, x=0.5, xanchor="center", yanchor="top", font_size=11),
         title=dict(text=title, font_size=13),
@@ -172,7 +172,7 @@ if view == "ID vs each OOD set":
         figure = _histogram(
             id_scores,
             evaluation.scores(histogram_method, spec),
-            f"{spec.removeprefix('demo:')} ({explorer.DEMO_OOD_SETS[spec]}) · AUROC {100 * metric.auroc:.1f}% · "
+            f"{spec.removeprefix('demo:')} ({explorer.DEMO_OOD_SETS[spec]})<br>AUROC {100 * metric.auroc:.1f}% · "
             f"FPR95 {100 * metric.fpr95:.1f}%",
             f"{entry.label} score (higher = more OOD)",
             threshold,

@@ -113,3 +113,5 @@ def test_sweep_summary_reads_the_measured_curve():
     assert "a loses most (99.0 → 80.0 %)" in text and "rising from 92.5 % at t = 1" in text
     rising = explorer.sweep_summary([20, 1], {"x": [0.9, 0.8]}, "MSE")  # unsorted input is sorted
     assert "still rising at the largest t tried" in rising and "t = 20 (90.0 %)" in rising
+    flat = explorer.sweep_summary([1, 5, 20], {"x": [0.990, 0.991, 0.989]}, "MFsim")
+    assert "nearly flat here: between 98.9 % and 99.1 % for t = 1–20 (highest at t = 5)" in flat

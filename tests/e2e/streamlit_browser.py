@@ -370,7 +370,35 @@ def _count_reruns(driver, seconds: float) -> int:
     return int(driver.execute_script("return window.__dlsrReruns;"))
 
 
-def _interactions(driver, page: PageCheck, timings: dict[str, float]) -> None:
+def _choose_radio(driver, option: str, expect: str, timeout: float = 120) -> float:
+    """Click the radio option labelled `option`; seconds until `expect` is on the page."""
+    from selenium.webdriver.common.by import By
+
+    _watch_for(driver, expect, "body")
+    labels = [label for label in driver.find_elements(By.CSS_SELECTOR, '[data-testid="stRadio"] label')]
+    next(label for label in labels if label.text.strip() == option).click()
+    return _watched_seconds(driver, expect, timeout)
+
+
+def _screenshot(driver, path: Path, scroll_to_radio: str | None = None) -> None:
+    """Save the visible window (mouse parked on the title, charts given a second to draw), scrolled so that the
+    radio group containing `scroll_to_radio` is at the top when given."""
+    from selenium.webdriver.common.action_chains import ActionChains
+    from selenium.webdriver.common.by import By
+
+    ActionChains(driver).move_to_element(driver.find_element(By.TAG_NAME, "h1")).perform()
+    if scroll_to_radio:
+        group = next(
+            r for r in driver.find_elements(By.CSS_SELECTOR, '[data-testid="stRadio"]') if scroll_to_radio in r.text
+        )
+        driver.execute_script("arguments[0].scrollIntoView({block: 'start'});", group)
+    time.sleep(1.0)
+    path.write_bytes(small_png(driver.get_screenshot_as_png()))
+    if scroll_to_radio:
+        driver.execute_script("document.querySelector('h1').scrollIntoView({block: 'start'});")
+
+
+def _interactions(driver, page: PageCheck, timings: dict[str, float], extra_shots: Path) -> None:
     """Time the interactions a user makes on `page`, each from the input to the page's new answer, then undo each
     (also timed: the setting was seen before, so its answer is cached) — the settings persist across pages, and the
     next pages are meant to open on the defaults (the Feature map's stored projection is for those)."""
@@ -383,6 +411,18 @@ def _interactions(driver, page: PageCheck, timings: dict[str, float]) -> None:
         timings["distributions_steps_change"] = _press_on_slider(driver, 1, ", 2 DDIM step(s)")
         _wait_idle(driver, page.timeout)
         timings["distributions_steps_back_cached"] = _press_on_slider(driver, 1, ", 1 DDIM step(s)", key="ARROW_LEFT")
+        _wait_idle(driver, page.timeout)
+        timings["distributions_fig3_view"] = _choose_radio(driver, "First vs last epoch (paper Fig. 3)", "Medians")
+        _wait_idle(driver, page.timeout)
+        _screenshot(driver, extra_shots / "distributions_fig3.png", scroll_to_radio="paper Fig. 3")
+        timings["distributions_fig4_view"] = _choose_radio(driver, "Timestep sweep (paper Fig. 4)", "Run sweep")
+        _wait_idle(driver, page.timeout)
+        click_button(driver, "Run sweep", page.timeout)
+        _watch_for(driver, "Averaged over the OOD sets", "body")
+        timings["distributions_fig4_sweep"] = _watched_seconds(driver, "Averaged over the OOD sets", 180)
+        _wait_idle(driver, page.timeout)
+        _screenshot(driver, extra_shots / "distributions_fig4.png", scroll_to_radio="paper Fig. 4")
+        _choose_radio(driver, "ID vs each OOD set", "Histogram method")
     elif page.name == "feature_map":
         for score, name in (("MSE", "feature_map_score_change"), ("MFsim", "feature_map_score_back")):
             _wait_idle(driver, page.timeout)
@@ -428,7 +468,7 @@ def visit_all(server: StreamlitServer, screenshot_dir: Path, pages=PAGES) -> dic
                 if page.in_iframe:
                     timings[f"{page.name}_iframe_shown"] = _wait_iframe_text(driver, page.in_iframe, 60) - started
                 timings[page.name] = time.perf_counter() - started
-                _interactions(driver, page, timings)
+                _interactions(driver, page, timings, screenshot_dir)
                 _wait_idle(driver, page.timeout)
                 # Park the mouse on the title (no tooltip in the picture) and let charts finish drawing.
                 ActionChains(driver).move_to_element(driver.find_element(By.TAG_NAME, "h1")).perform()
