@@ -66,7 +66,7 @@ def test_distributions_costly_settings_score_a_stated_subset(detector):
     app.slider(key="steps").set_value(5).run()
     print(f"\nsteps 1 -> 5 on Score distributions (MFsim only): {time.perf_counter() - started:.2f} s")
     assert not app.exception
-    assert "use a fixed random 2,800 of the 7,000 demo images" in texts(app)
+    assert "use a fixed random 1,996 of the 7,000 demo images" in texts(app)
     table = app.dataframe[0].value
     assert list(table.columns.get_level_values(0).unique()) == ["MFsim"]
     assert any(b.label == "Score all images at this setting" for b in app.button)

@@ -75,6 +75,9 @@ def test_budget_rows_cut_every_set_by_the_same_share_and_are_nested():
     np.testing.assert_array_equal(rows["id"], explorer.budget_rows(sizes, 4, budget=3000, minimum=10)["id"])
     tiny = explorer.budget_rows(sizes, passes_per_row=100, budget=3000, minimum=300)
     assert len(tiny["ood"]) == 300
+    # Over the budget, a subset is sized to the (smaller) subset budget so that costly settings answer faster.
+    smaller = explorer.budget_rows(sizes, passes_per_row=2, budget=3000, minimum=10, subset_budget=1500)
+    assert {name: len(r) for name, r in smaller.items()} == {"id": 500, "ood": 250}
 
 
 def test_baselines_without_training_features_use_halves_of_the_id_set_and_say_so():
