@@ -1,151 +1,401 @@
-"""Score distributions: ID vs OOD histograms, the AUROC / FPR95 / AUPR table with baselines, a timestep sweep."""
+"""Score distributions: ID vs OOD histograms, training's effect (Fig. 3), the timestep sweep (Fig. 4), and the
+AUROC / FPR95 table of every method.
 
+Scores are computed lazily — only for the methods shown, once per setting (kept for the session's process), with
+a progress bar — and costly settings (more DDIM steps or draws) score a fixed random subset of each set unless the
+user asks for all images, so that a widget change answers within a few seconds on a laptop CPU.
+"""
+
+import numpy as np
 import pandas as pd
 import plotly.graph_objects as go
 import streamlit as st
 
 from dlsr_core import explorer
-from dlsr_core.evaluation import EvaluationSettings
+from dlsr_core.metrics import ood_metrics
 from pages import shared
+
+ID_COLOUR, OOD_COLOUR = "#3b6fb6", "#b83b3b"
+BASELINES = ["knn", "mahalanobis"]
 
 st.title("Score distributions")
 detector, run_dir = shared.detector_or_stop()
 timestep, steps, _ = shared.sampling_controls(detector, with_score=False)
-with_baselines = st.toggle("Include k-NN and Mahalanobis baselines", value=True)
+draws = shared.current_draws()  # the sidebar's noise-draws control
+fingerprint = shared.fingerprint(run_dir)
+dlsr_names = explorer.available_scores(detector)
+options = dlsr_names + BASELINES
+chosen = st.multiselect(
+    "Methods in the table and histograms",
+    options,
+    default=options,
+    format_func=lambda name: explorer.SCORE_LABELS.get(name, name),
+    help="LR runs a second model (the first-epoch checkpoint), so it doubles the scoring time.",
+)
+comparison_baselines = shared.comparison_baselines()
+addable = explorer.addable_methods(detector, comparison_baselines)
+added = st.multiselect(
+    "Add methods from the paper's comparison",
+    addable,
+    default=[],
+    format_func=lambda name: explorer.METHOD_LABELS.get(name, name),
+    help="Pixel-level diffusion, a feature autoencoder and classifier-based detectors (pytorch-ood), as in "
+    "`python -m benchmarks.compare`. Each is computed once per model when first added; they do not depend on t, "
+    "steps or draws. Classifier-based methods need the ID class labels; DLSR does not.",
+)
+if comparison_baselines.problems:
+    st.caption(
+        "Not offered (their files could not be loaded): "
+        + "; ".join(f"{kind}: {reason}" for kind, reason in comparison_baselines.problems.items())
+    )
+if not chosen and not added:
+    st.info("Choose at least one method.")
+    st.stop()
 
 id_features = shared.features_or_stop(detector, explorer.DEMO_ID_SET)
 ood_features = {spec: shared.features_or_stop(detector, spec) for spec in explorer.DEMO_OOD_SETS}
+all_features = {explorer.DEMO_ID_SET: id_features.features, **{k: v.features for k, v in ood_features.items()}}
 
 
-@st.cache_data(max_entries=32, show_spinner="Scoring the demo sets…")
-def _evaluation(
-    run_fingerprint: str, timestep: int, steps: int | None, with_baselines: bool, draws: int
-) -> explorer.Evaluation:
-    train = explorer.cached_features_only(detector, explorer.BASELINE_TRAIN_SET) if with_baselines else None
-    return explorer.evaluate_sets(
-        detector,
-        explorer.DEMO_ID_SET,
-        id_features.features,
-        {k: v.features for k, v in ood_features.items()},
-        EvaluationSettings(timestep=timestep, steps=steps, draws=draws),
-        train.features if train is not None else None,
-        with_baselines=with_baselines,
-    )
-
-
-draws = shared.current_draws()
-evaluation = _evaluation(shared.fingerprint(run_dir), timestep, steps, with_baselines, draws)
-report = evaluation.report
-st.caption(f"ID: {explorer.DEMO_ID_SET} · t={timestep}, {steps} DDIM step(s) · {evaluation.baseline_note}")
-
-score_names = report.score_names
-histogram_score = st.selectbox(
-    "Histogram score",
-    score_names,
-    format_func=lambda s: explorer.SCORE_LABELS[s],
-    index=score_names.index("mfsim") if "mfsim" in score_names else 0,
-)
-id_scores = report.scores[explorer.DEMO_ID_SET][histogram_score]
-columns = st.columns(3)
-for position, spec in enumerate(explorer.DEMO_OOD_SETS):
-    figure = go.Figure()
-    figure.add_trace(
-        go.Histogram(
-            x=id_scores, name="ID", opacity=0.6, marker_color="#3b6fb6", nbinsx=50, histnorm="probability density"
-        )
-    )
-    figure.add_trace(
-        go.Histogram(
-            x=report.scores[spec][histogram_score],
-            name="OOD",
-            opacity=0.6,
-            marker_color="#b83b3b",
-            nbinsx=50,
-            histnorm="probability density",
-        )
-    )
-    metric = report.metric(spec, histogram_score)
-    figure.update_layout(
-        barmode="overlay",
-        height=260,
-        margin=dict(l=5, r=5, t=40, b=5),
-        legend=dict(orientation="h", y=-0.2),
-        title=dict(
-            text=f"{spec.removeprefix('demo:')} ({explorer.DEMO_OOD_SETS[spec]}) · AUROC {100 * metric.auroc:.1f}%",
-            font_size=13,
-        ),
-    )
-    columns[position % 3].plotly_chart(figure, width="stretch", key=f"hist-{spec}", config={"displayModeBar": False})
-
-st.subheader("Metrics (percent)")
-table = pd.DataFrame(explorer.metrics_rows(report))
-st.dataframe(
-    table,
-    hide_index=True,
-    width="stretch",
-    column_config={c: st.column_config.NumberColumn(format="%.2f") for c in table.columns[2:]},
-)
-st.download_button("Download metrics CSV", report.to_csv(), file_name=f"dlsr_metrics_t{timestep}.csv", mime="text/csv")
-
-st.subheader("Timestep sweep (AUROC vs t, like the paper's Figure 4)")
-with st.form("sweep"):
-    form_columns = st.columns(3)
-    sweep_timesteps = form_columns[0].multiselect(
-        "Timesteps", list(range(1, shared.MAX_TIMESTEP + 1)), default=[1, 2, 3, 5, 8, 10, 15, 20]
-    )
-    sweep_score = form_columns[1].selectbox(
-        "Score", explorer.available_scores(detector), index=1, format_func=lambda s: explorer.SCORE_LABELS[s]
-    )
-    per_set = form_columns[2].number_input(
-        "Images per set", 50, 2000, 300, step=50, help="A random subset of each set keeps the sweep quick."
-    )
-    run_sweep = st.form_submit_button("Run sweep")
-
-
-@st.cache_resource(max_entries=16)
-def _sweeps() -> dict:
+@st.cache_resource
+def _memo() -> dict:
+    """Process-wide results per setting, filled outside st.cache_* so that progress bars are live, not replayed."""
     return {}
 
 
-sweep_key = (shared.fingerprint(run_dir), tuple(sorted(sweep_timesteps)), sweep_score, int(per_set), steps, draws)
-if run_sweep and sweep_timesteps and sweep_key not in _sweeps():
-    bar = st.progress(0.0, text="Sweeping timesteps…")
-    ordered = sorted(sweep_timesteps)
-    curves = explorer.sweep(
-        detector,
-        id_features.features,
-        {k: v.features for k, v in ood_features.items()},
-        ordered,
-        sweep_score,
-        steps=steps,
-        max_per_set=int(per_set),
-        progress=lambda done, total: bar.progress(done / total, text=f"t = {ordered[done - 1]} done ({done}/{total})"),
-        draws=draws,
+def _memoised(key: tuple, label: str, compute):
+    memo = _memo()
+    if key not in memo:
+        bar = st.progress(0.0, text=label)
+        memo[key] = compute(lambda done, total, what: bar.progress(done / max(total, 1), text=f"{label} {what}"))
+        bar.empty()
+        while len(memo) > 96:
+            memo.pop(next(iter(memo)))
+    return memo[key]
+
+
+@st.cache_resource(max_entries=4)
+def _model_id(run_fingerprint: str) -> str:
+    return explorer.model_id(detector)
+
+
+@st.cache_data(show_spinner=False)
+def _available(spec: str) -> bool:
+    return explorer.dataset_available(spec)
+
+
+@st.cache_resource(max_entries=2, show_spinner="Reading the cached training-set features…")
+def _train_features(run_fingerprint: str):
+    """The baselines' training features when they are cached (read once: they are large), else None."""
+    return explorer.cached_features_only(detector, explorer.BASELINE_TRAIN_SET)
+
+
+# --- DLSR scores at this setting: the costly part, bounded by a work budget ---
+with_lr = "lr" in chosen
+sizes = {name: len(matrix) for name, matrix in all_features.items()}
+passes = steps * draws * (2 if with_lr and detector.has_early else 1)
+setting = (fingerprint, timestep, steps, draws)
+score_all = st.session_state.get("distributions_all_rows") == setting
+rows = None if score_all else explorer.budget_rows(sizes, passes)
+dlsr = _memoised(
+    ("dlsr", *setting, with_lr, rows is None),
+    "Scoring the demo sets:",
+    lambda progress: explorer.dlsr_methods(
+        detector, all_features, timestep, steps, draws, with_lr=with_lr, rows=rows, progress=progress
+    ),
+)
+
+# --- Baselines: fitted once per model (they do not depend on t, steps or draws) ---
+baselines = []
+if any(name in chosen for name in BASELINES):
+    train = _train_features(fingerprint)
+    baselines = _memoised(
+        ("baselines", fingerprint, train is not None),
+        "Fitting k-NN and Mahalanobis:",
+        lambda progress: explorer.baseline_methods(
+            explorer.DEMO_ID_SET, all_features, train.features if train is not None else None, progress=progress
+        ),
     )
-    bar.empty()
-    _sweeps()[sweep_key] = curves
-if run_sweep:
-    st.session_state["sweep_key"] = sweep_key
-shown = st.session_state.get("sweep_key")
-if shown in _sweeps():
-    curves = _sweeps()[shown]
+
+# --- Methods of the paper's comparison: one at a time, once per model ---
+compared = []
+for name in added:
+    try:
+        comparison = _memoised(
+            ("compared", fingerprint, name),
+            f"{explorer.METHOD_LABELS.get(name, name)}:",
+            lambda progress, name=name: explorer.compare_methods(
+                detector,
+                [name],
+                explorer.DEMO_ID_SET,
+                {explorer.DEMO_ID_SET: id_features, **ood_features},
+                baselines=comparison_baselines,
+                progress=lambda what: progress(0, 1, what),
+            ),
+        )
+    except (explorer.MissingInputError, ValueError, OSError) as error:
+        st.error(f"{explorer.METHOD_LABELS.get(name, name)} could not be scored: {error}")
+        continue
+    compared += comparison.method_scores()
+
+evaluation = explorer.evaluate_methods(
+    explorer.DEMO_ID_SET,
+    explorer.DEMO_OOD_SETS,
+    [method for method in dlsr + baselines if method.name in chosen] + compared,
+    {"model_id": _model_id(fingerprint), "t": timestep, "steps": steps, "draws": draws, "seed": 0},
+)
+methods = [name for name in [*chosen, *added] if name in evaluation.methods]
+st.caption(
+    f"ID: {explorer.DEMO_ID_SET} · model {evaluation.settings['model_id']} · t={timestep}, {steps} DDIM step(s), "
+    f"{draws} noise draw(s)"
+)
+if rows is not None:
+    subset = sum(len(r) for r in rows.values())
+    st.info(
+        f"At {steps} DDIM step(s) × {draws} draw(s){' with LR' if passes > steps * draws else ''}, the DLSR scores "
+        f"use a fixed random {subset:,} of the {sum(sizes.values()):,} demo images (the same share of every set) so "
+        "that the page answers within seconds."
+    )
+    if st.button("Score all images at this setting", help="Runs once per setting with a progress bar, then is kept."):
+        st.session_state["distributions_all_rows"] = setting
+        st.rerun()
+
+# --- Views ---
+view = st.radio(
+    "Show",
+    ["ID vs each OOD set", "First vs last epoch (paper Fig. 3)", "Timestep sweep (paper Fig. 4)"],
+    horizontal=True,
+    key="distributions_view",
+)
+
+
+def _histogram(id_scores, ood_scores, title: str, x_title: str, threshold: float | None, height: int = 300):
     figure = go.Figure()
-    for name, values in curves.items():
+    for values, name, colour in ((id_scores, "ID", ID_COLOUR), (ood_scores, "OOD", OOD_COLOUR)):
         figure.add_trace(
-            go.Scatter(
-                x=list(shown[1]), y=[100 * v for v in values], mode="lines+markers", name=name.removeprefix("demo:")
+            go.Histogram(
+                x=values, name=name, opacity=0.6, marker_color=colour, nbinsx=50, histnorm="probability density"
             )
         )
+    if threshold is not None:
+        figure.add_vline(x=threshold, line_dash="dash", line_color="#444", line_width=1)
     figure.update_layout(
-        height=340,
-        xaxis_title="start timestep t",
-        margin=dict(l=5, r=5, t=20, b=5),
-        yaxis_title=f"AUROC % ({explorer.SCORE_LABELS[shown[2]]})",
+        barmode="overlay",
+        height=height,
+        margin=dict(l=5, r=5, t=55, b=5),
+        # Under the axis title: at the top it ran into the title, inside the plot it would hide bars.
+        legend=dict(orientation="h", y=-0.32, x=0.5, xanchor="center", yanchor="top", font_size=11),
+        title=dict(text=title, font_size=13),
+        xaxis_title=dict(text=x_title, font_size=11),
+        yaxis_title=dict(text="density", font_size=11),
     )
-    st.plotly_chart(figure, width="stretch", key="sweep-plot")
+    return figure
+
+
+if view == "ID vs each OOD set":
+    histogram_method = st.selectbox(
+        "Histogram method",
+        methods,
+        format_func=lambda name: evaluation.methods[name].label,
+        index=methods.index("mfsim") if "mfsim" in methods else 0,
+    )
+    entry = evaluation.methods[histogram_method]
+    id_scores = evaluation.scores(histogram_method, explorer.DEMO_ID_SET)
+    threshold = explorer.id_threshold95(id_scores)
+    columns = st.columns(3)
+    for position, spec in enumerate(explorer.DEMO_OOD_SETS):
+        metric = evaluation.metric(histogram_method, spec)
+        figure = _histogram(
+            id_scores,
+            evaluation.scores(histogram_method, spec),
+            f"{spec.removeprefix('demo:')} ({explorer.DEMO_OOD_SETS[spec]})<br>AUROC {100 * metric.auroc:.1f}% · "
+            f"FPR95 {100 * metric.fpr95:.1f}%",
+            f"{entry.label} score (higher = more OOD)",
+            threshold,
+        )
+        columns[position % 3].plotly_chart(
+            figure, width="stretch", key=f"hist-{spec}", config={"displayModeBar": False}
+        )
     st.caption(
-        f"{shown[3]} images per set, {explorer.SCORE_LABELS[shown[2]]} score, "
-        f"{shown[4]} DDIM step(s) (at most t) per timestep."
+        f"Blue: the {len(id_scores):,} ID images; red: the OOD set. Dashed line: the 95%-TPR threshold "
+        f"({threshold:.4g}) — images to its right are called OOD."
     )
+
+elif view == "First vs last epoch (paper Fig. 3)":
+    st.markdown(
+        "The paper's Figure 3: the same images scored by the model after its **first** training epoch and after its "
+        "**last**. Training on ID features teaches the model to rebuild them, so ID scores gather at the low end; "
+        "OOD features were never seen, so their scores stay high — the gap between the two is what detects OOD."
+    )
+    checkpoints = explorer.epoch_checkpoints(detector)
+    if len(checkpoints) < 2:
+        st.info("This run kept only one epoch (no first.safetensors), so there is nothing to compare.")
+    else:
+        columns = st.columns(3)
+        fig3_score = columns[0].selectbox(
+            "Score", ["mfsim", "mse"], format_func=lambda name: explorer.SCORE_LABELS[name], key="fig3_score"
+        )
+        fig3_set = columns[1].selectbox(
+            "OOD set",
+            ["all OOD sets", *explorer.DEMO_OOD_SETS],
+            format_func=lambda name: name.removeprefix("demo:"),
+            key="fig3_set",
+        )
+        earlier = checkpoints[:-1]
+        if len(earlier) > 1:
+            picked = columns[2].select_slider(
+                "Earlier epoch",
+                [c.epoch for c in earlier],
+                value=earlier[0].epoch,
+                help="Epochs kept by this run (runs trained on the Train page keep a few in between).",
+            )
+            before = next(c for c in earlier if c.epoch == picked)
+        else:
+            before = earlier[0]
+            columns[2].caption(f"Saved epochs: {', '.join(str(c.epoch) for c in checkpoints)}.")
+        final_scores = next(m for m in dlsr if m.name == fig3_score).scores
+        early_scores = _memoised(
+            ("epoch", *setting, str(before.path), fig3_score, rows is None),
+            f"Scoring with the epoch-{before.epoch} model:",
+            lambda progress: explorer.epoch_scores(
+                explorer.detector_at(detector, before), all_features, fig3_score, timestep, steps, draws, rows
+            ),
+        )
+        ood_sets = list(explorer.DEMO_OOD_SETS) if fig3_set == "all OOD sets" else [fig3_set]
+        columns = st.columns(2)
+        summary = []
+        for column, checkpoint, scores in (
+            (columns[0], before, early_scores),
+            (columns[1], checkpoints[-1], final_scores),
+        ):
+            id_scores = scores[explorer.DEMO_ID_SET]
+            ood_scores = np.concatenate([scores[name] for name in ood_sets])
+            auroc = ood_metrics(id_scores, ood_scores).auroc
+            summary.append((checkpoint.epoch, auroc, np.median(id_scores), np.median(ood_scores)))
+            column.plotly_chart(
+                _histogram(
+                    id_scores,
+                    ood_scores,
+                    f"after epoch {checkpoint.epoch} · AUROC {100 * auroc:.1f}%",
+                    f"{explorer.SCORE_LABELS[fig3_score]} score (higher = more OOD)",
+                    explorer.id_threshold95(id_scores),
+                    height=340,
+                ),
+                width="stretch",
+                key=f"fig3-{checkpoint.epoch}",
+                config={"displayModeBar": False},
+            )
+        (epoch_a, auroc_a, id_a, ood_a), (epoch_b, auroc_b, id_b, ood_b) = summary
+        st.caption(
+            f"Medians — after epoch {epoch_a}: ID {id_a:.4g}, OOD {ood_a:.4g}; after epoch {epoch_b}: ID {id_b:.4g}, "
+            f"OOD {ood_b:.4g}. AUROC {100 * auroc_a:.1f}% → {100 * auroc_b:.1f}%. Same t, steps, draws and images in "
+            "both panels; dashed lines: each model's own 95%-TPR threshold."
+        )
+
 else:
-    st.caption("Pick timesteps and press **Run sweep**; results are kept for this model.")
+    with st.form("sweep"):
+        form_columns = st.columns(3)
+        sweep_timesteps = form_columns[0].multiselect(
+            "Timesteps", list(range(1, shared.MAX_TIMESTEP + 1)), default=[1, 2, 3, 5, 8, 10, 15, 20]
+        )
+        sweep_score = form_columns[1].selectbox(
+            "Score", dlsr_names, index=dlsr_names.index("mfsim"), format_func=lambda s: explorer.SCORE_LABELS[s]
+        )
+        per_set = form_columns[2].number_input(
+            "Images per set", 50, 2000, 300, step=50, help="A random subset of each set keeps the sweep quick."
+        )
+        run_sweep = st.form_submit_button("Run sweep")
+    sweep_key = (fingerprint, tuple(sorted(sweep_timesteps)), sweep_score, int(per_set), steps, draws)
+    if run_sweep and sweep_timesteps:
+        ordered = sorted(sweep_timesteps)
+        _memoised(
+            ("sweep", *sweep_key),
+            "Sweeping timesteps:",
+            lambda progress: explorer.sweep(
+                detector,
+                id_features.features,
+                {k: v.features for k, v in ood_features.items()},
+                ordered,
+                sweep_score,
+                steps=steps,
+                max_per_set=int(per_set),
+                progress=lambda done, total: progress(done, total, f"t = {ordered[done - 1]} done"),
+                draws=draws,
+            ),
+        )
+        st.session_state["sweep_key"] = sweep_key
+    shown = st.session_state.get("sweep_key")
+    if shown is not None and ("sweep", *shown) in _memo():
+        curves = _memo()[("sweep", *shown)]
+        figure = go.Figure()
+        for name, values in curves.items():
+            figure.add_trace(
+                go.Scatter(
+                    x=list(shown[1]), y=[100 * v for v in values], mode="lines+markers", name=name.removeprefix("demo:")
+                )
+            )
+        figure.update_layout(
+            height=340,
+            xaxis_title="start timestep t",
+            margin=dict(l=5, r=5, t=20, b=5),
+            yaxis_title=f"AUROC % ({explorer.SCORE_LABELS[shown[2]]})",
+        )
+        st.plotly_chart(figure, width="stretch", key="sweep-plot")
+        st.markdown(explorer.sweep_summary(list(shown[1]), curves, explorer.SCORE_LABELS[shown[2]]))
+        st.caption(
+            f"{shown[3]} images per set, {explorer.SCORE_LABELS[shown[2]]} score, {shown[4]} DDIM step(s) (at most t) "
+            f"and {shown[5]} draw(s) per timestep."
+        )
+    else:
+        st.caption("Pick timesteps and press **Run sweep**; results are kept for this model.")
+
+# --- The table: one row per OOD set and per average, a column group per method ---
+st.subheader("Metrics (percent)")
+metric_keys = st.multiselect(
+    "Metrics",
+    list(explorer.METRIC_LABELS),
+    default=["auroc", "fpr95"],
+    format_func=lambda key: explorer.METRIC_LABELS[key],
+    help="AUROC and AUPR: higher is better; FPR95 (OOD accepted when 95 % of ID is accepted): lower is better.",
+)
+if metric_keys:
+    labels, columns, values = explorer.wide_table(evaluation, methods, metric_keys)
+    table = pd.DataFrame(values, index=labels, columns=pd.MultiIndex.from_tuples(columns)).round(2)
+    st.dataframe(table, width="stretch")
+notes = {entry.note for entry in (evaluation.methods[m] for m in methods) if entry.note}
+for note in sorted(notes):
+    owners = ", ".join(evaluation.methods[m].label for m in methods if evaluation.methods[m].note == note)
+    st.caption(f"**{owners}:** {note}.")
+if any(name in methods for name in BASELINES) and _train_features(fingerprint) is None:
+    if _available(explorer.BASELINE_TRAIN_SET):
+        st.warning(
+            f"The README's table fits k-NN and Mahalanobis on {explorer.BASELINE_TRAIN_SET}; these are fitted on half "
+            "of the ID set instead, so their numbers differ from it."
+        )
+        if st.button(
+            f"Extract {explorer.BASELINE_TRAIN_SET} features and refit the baselines",
+            help="Runs the backbone once over the 60,000 training images (a few minutes on a laptop CPU, with "
+            "progress; keep this page open meanwhile), caches the features on disk, then fits the baselines on them "
+            "like the README's table.",
+        ):
+            label = f"Extracting {explorer.BASELINE_TRAIN_SET} features (once, then cached on disk)…"
+            bar = st.progress(0.0, text=label)
+            explorer.load_features(
+                detector,
+                explorer.BASELINE_TRAIN_SET,
+                progress=lambda done, total: bar.progress(done / max(total, 1), text=f"{label} {done:,}/{total:,}"),
+            )
+            _train_features.clear()
+            st.rerun()
+    else:
+        st.warning(
+            f"The README's table fits k-NN and Mahalanobis on {explorer.BASELINE_TRAIN_SET}, which is not installed "
+            "here; these are fitted on half of the ID set instead, so their numbers differ from it."
+        )
+st.download_button(
+    "Download metrics CSV",
+    explorer.metrics_csv(evaluation, methods),
+    file_name=f"dlsr_metrics_{evaluation.settings['model_id'].replace('@', '_')}_t{timestep}_steps{steps}"
+    f"_draws{draws}.csv",
+    mime="text/csv",
+)

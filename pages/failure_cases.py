@@ -1,32 +1,124 @@
-"""Failure cases: ID images scored most OOD-like and OOD images scored most ID-like, with per-stage similarities."""
+"""Failure cases: every error at the 95%-TPR threshold, tagged with a measured reason (the paper's Figs. 10-12)."""
 
 import pandas as pd
 import streamlit as st
 
 from dlsr_core import explorer
+from dlsr_core.explorer import failures
 from pages import shared
 
 st.title("Failure cases")
 st.markdown(
-    "The paper's failure categories show up here: dark or low-semantics ID images that look unfamiliar, "
-    "and OOD images that resemble an ID class or its colours."
+    "Where the detector is wrong at its working threshold (95 % of ID images accepted), and a measured reason for "
+    "each error — the paper's failure categories: ID images flagged because they carry **little semantic "
+    "content**, OOD images accepted because they **resemble an ID class** or **share the ID data's intensity "
+    "statistics**."
 )
 detector, run_dir = shared.detector_or_stop()
 timestep, steps, score = shared.sampling_controls(detector)
-k = st.slider("Images per group", 4, 40, 12, step=4)
+draws = shared.current_draws()  # the sidebar's noise-draws control
+k = st.slider("Images shown per group (most extreme first)", 4, 40, 12, step=4)
 
 specs = [explorer.DEMO_ID_SET, *explorer.DEMO_OOD_SETS]
 fingerprint = shared.fingerprint(run_dir)
-scores, stage_cos, indices = {}, {}, {}
+
+
+@st.cache_data(max_entries=16, show_spinner="Measuring image statistics…")
+def _statistics(spec: str, indices: tuple[int, ...]) -> dict:
+    return explorer.image_statistics(explorer.dataset_images(spec, indices))
+
+
+@st.cache_data(max_entries=16, show_spinner=False)
+def _labels(spec: str, indices: tuple[int, ...]):
+    return explorer.set_labels(spec, indices)
+
+
+@st.cache_data(max_entries=64, show_spinner="Scoring the demo sets…")
+def _scores(_detector, run_fingerprint: str, spec: str, _features, timestep, steps, draws, with_lr) -> dict:
+    return explorer.score_matrix(_detector, _features.features, timestep, steps, with_lr=with_lr, draws=draws)
+
+
+sets = {}
 for spec in specs:
     features = shared.features_or_stop(detector, spec)
-    result = shared.set_scores(detector, fingerprint, spec, features, timestep, steps, score == "lr")
-    scores[spec], stage_cos[spec], indices[spec] = result[score], result["stage_cos"], features.indices.numpy()
+    result = _scores(detector, fingerprint, spec, features, timestep, steps, draws, score == "lr")
+    indices = tuple(int(i) for i in features.indices.tolist())
+    labels, class_names = _labels(spec, indices)
+    sets[spec] = explorer.SetData(
+        result[score],
+        result["stage_cos"],
+        features.indices.numpy(),
+        features.features.numpy(),
+        _statistics(spec, indices),
+        labels,
+        class_names,
+    )
 
-cases = explorer.failure_cases(explorer.DEMO_ID_SET, scores, stage_cos, indices, k)
-threshold = explorer.id_threshold95(scores[explorer.DEMO_ID_SET])
+threshold = explorer.id_threshold95(sets[explorer.DEMO_ID_SET].scores)
+analysis = explorer.analyse_errors(explorer.DEMO_ID_SET, sets, threshold)
 label = explorer.SCORE_LABELS[score]
-st.caption(f"{label} at t={timestep}; 95%-TPR threshold {threshold:.4g} (scores above it are called OOD).")
+missed, total_ood = sum(analysis.ood_errors.values()), sum(analysis.ood_totals.values())
+st.caption(
+    f"{label} at t={timestep}, {steps} DDIM step(s), {draws} draw(s); 95%-TPR threshold **{threshold:.4g}** "
+    "(scores above it are called OOD)."
+)
+columns = st.columns(2)
+columns[0].metric(
+    "ID images flagged as OOD",
+    f"{analysis.id_errors} of {analysis.id_total}",
+    help="False alarms at the threshold: about 5 % by construction of the 95%-TPR threshold.",
+)
+columns[1].metric(
+    "OOD images accepted as ID",
+    f"{missed} of {total_ood}",
+    help="Missed detections at the threshold, over all OOD sets; per set below.",
+)
+st.dataframe(
+    pd.DataFrame(
+        [
+            {
+                "OOD set": name.removeprefix("demo:"),
+                "accepted as ID": analysis.ood_errors[name],
+                "of": analysis.ood_totals[name],
+                "rate %": 100 * analysis.ood_errors[name] / max(analysis.ood_totals[name], 1),
+            }
+            for name in analysis.ood_errors
+        ]
+    ),
+    hide_index=True,
+    column_config={"rate %": st.column_config.NumberColumn(format="%.1f")},
+)
+
+st.subheader("Why? Errors per measured category")
+st.dataframe(
+    pd.DataFrame(
+        [
+            {
+                "error": count.kind,
+                "category": count.category,
+                "errors": count.errors,
+                "share of these errors %": 100 * count.share_of_errors,
+                "share of all images %": None if count.base_rate is None else 100 * count.base_rate,
+                "measured as": failures.CATEGORY_HELP[count.category],
+            }
+            for count in analysis.counts
+        ]
+    ),
+    hide_index=True,
+    width="stretch",
+    column_config={
+        "share of these errors %": st.column_config.NumberColumn(format="%.0f"),
+        "share of all images %": st.column_config.NumberColumn(
+            format="%.0f",
+            help="How common the criterion is among all ID images (ID rows) or all OOD images (OOD rows): a category "
+            "explains errors only where it is more common among them than overall.",
+        ),
+    },
+)
+st.caption(
+    "An error can carry several categories. Measured against the ID set's own statistics; class resemblance uses "
+    "the mean feature vector of each Fashion-MNIST class in the ID set."
+)
 
 
 @st.cache_data(max_entries=128, show_spinner=False)
@@ -36,33 +128,37 @@ def _images(spec: str, index_tuple: tuple[int, ...]):
     ]
 
 
+def _caption(case: explorer.FailureCase) -> str:
+    where = case.dataset.removeprefix("demo:").replace("fashion_mnist", "fmnist")
+    what = f" · {case.true_class}" if case.true_class else ""
+    near = f"\nlooks like: {case.nearest_class}" if case.nearest_class else ""
+    tags = ", ".join(case.categories)
+    return f"{where} #{case.index}{what} · {case.score:.3g}{near}\n{tags}"
+
+
 for kind, blurb in (
-    ("ID scored as OOD", "ID images with the highest scores (false alarms)"),
-    ("OOD scored as ID", "OOD images with the lowest scores (missed detections), over all OOD sets"),
+    (failures.ID_KIND, "ID images scored above the threshold (false alarms), highest score first"),
+    (failures.OOD_KIND, "OOD images scored at or below the threshold (missed detections), lowest score first"),
 ):
-    group = [case for case in cases if case.kind == kind]
+    group = analysis.of_kind(kind)
     st.subheader(f"{kind}: {len(group)}")
-    st.caption(blurb)
-    images = []
-    for case in group:
-        images += _images(case.dataset, (case.index,))
-    captions = [
-        f"{c.dataset.removeprefix('demo:').replace('fashion_mnist', 'fmnist')} #{c.index} · {c.score:.3g}\n"
-        + "cos "
-        + " ".join(f"{v:.2f}" for v in c.stage_cos)
-        for c in group
-    ]
-    per_row = 8
-    for start in range(0, len(group), per_row):
+    if not group:
+        st.caption("None at this threshold.")
+        continue
+    shown = group[:k]
+    st.caption(f"{blurb}; showing {len(shown)} of {len(group)}.")
+    images = [_images(case.dataset, (case.index,))[0] for case in shown]
+    per_row = 6
+    for start in range(0, len(shown), per_row):
         columns = st.columns(per_row)
-        for column, image, caption in zip(
-            columns, images[start : start + per_row], captions[start : start + per_row], strict=False
+        for column, image, case in zip(
+            columns, images[start : start + per_row], shown[start : start + per_row], strict=False
         ):
             if image is not None:
-                column.image(image, caption=caption, width="stretch")
+                column.image(image, caption=_caption(case), width="stretch")
 
-st.subheader("Table")
-stage_count = len(cases[0].stage_cos) if cases else 0
+st.subheader("All errors")
+stage_count = len(analysis.cases[0].stage_cos) if analysis.cases else 0
 table = pd.DataFrame(
     [
         {
@@ -70,10 +166,13 @@ table = pd.DataFrame(
             "rank": c.rank,
             "set": c.dataset,
             "index": c.index,
+            "class": c.true_class,
+            "nearest ID class": c.nearest_class,
+            "categories": ", ".join(c.categories),
             label: c.score,
             **{f"cos stage {i + 1}": v for i, v in enumerate(c.stage_cos)},
         }
-        for c in cases
+        for c in analysis.cases
     ]
 )
 st.dataframe(
@@ -87,7 +186,12 @@ st.dataframe(
 )
 st.download_button(
     "Export failure cases as CSV",
-    explorer.failure_csv(cases, score, threshold),
-    file_name=f"dlsr_failures_{score}_t{timestep}.csv",
+    explorer.failure_csv(
+        analysis.cases,
+        score,
+        threshold,
+        {"model_id": explorer.model_id(detector), "t": timestep, "steps": steps, "draws": draws},
+    ),
+    file_name=f"dlsr_failures_{score}_t{timestep}_steps{steps}_draws{draws}.csv",
     mime="text/csv",
 )

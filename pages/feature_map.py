@@ -2,7 +2,8 @@
 
 Hovering a point shows its image thumbnail and score. The chart is a self-contained Plotly page inside
 st.iframe (Plotly's JavaScript is inlined from the installed plotly package, so no network is needed),
-because Streamlit's own plotly_chart cannot show images on hover.
+because Streamlit's own plotly_chart cannot show images on hover. UMAP runs in a background worker process
+(dlsr_core.embedding.BackgroundProjector): the page never waits for it, it shows PCA meanwhile.
 """
 
 import json
@@ -19,15 +20,22 @@ PALETTE = ("#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b")  # 
 st.title("Feature map (UMAP)")
 detector, run_dir = shared.detector_or_stop()
 timestep, steps, score = shared.sampling_controls(detector)
+draws = shared.current_draws()  # the sidebar's noise-draws control
 controls = st.columns(4)
 method = controls[0].radio(
     "Projection",
     ["UMAP", "PCA"],
     horizontal=True,
-    help="PCA is instant; UMAP (cosine) shows neighbourhoods and takes seconds.",
+    help="PCA is instant; UMAP (cosine) shows neighbourhoods. It is computed in the background, PCA meanwhile.",
 )
-colour_by = controls[1].radio("Colour by", ["set", "score"], horizontal=True)
-per_set = controls[2].select_slider("Images per set", [50, 100, 200, 300, 500], value=200)
+colour_by = controls[1].radio(
+    "Colour by",
+    ["set", "score rank"],
+    horizontal=True,
+    help="Score rank: each point's rank among all shown points (0 = most ID-like, 100 = most OOD-like), so one "
+    "far-off set cannot take the whole colour scale.",
+)
+per_set = controls[2].select_slider("Images per set", [50, 100, 200, 300, 500], value=explorer.DEFAULT_MAP_PER_SET)
 with_reconstructions = controls[3].checkbox(
     "Show reconstructions", value=True, help="Also map ẑ₀: ID points stay put, OOD points move towards ID."
 )
@@ -37,13 +45,13 @@ feature_sets = {spec: shared.features_or_stop(detector, spec) for spec in specs}
 fingerprint = shared.fingerprint(run_dir)
 
 
-@st.cache_data(max_entries=16, show_spinner="Reconstructing the sampled features…")
-def _points(run_fingerprint, timestep, steps, score, per_set, with_reconstructions, draws) -> explorer.MapPoints:
+# cache_resource, not cache_data: the points (a few MB) are read-only here, so every rerun shares one copy.
+@st.cache_resource(max_entries=16, show_spinner="Reconstructing the sampled features…")
+def _points(run_fingerprint, timestep, steps, draws, per_set, with_reconstructions) -> explorer.MapPoints:
     return explorer.map_points(
         detector,
         {k: v.features for k, v in feature_sets.items()},
         {k: v.indices.numpy() for k, v in feature_sets.items()},
-        score,
         timestep,
         steps,
         per_set,
@@ -59,12 +67,36 @@ def _thumbnails(spec: str, indices: tuple[int, ...]) -> list[str]:
     ]
 
 
-@st.cache_resource(max_entries=16)
-def _umap_memo() -> dict:
-    return {}
+@st.cache_resource
+def _projector() -> embedding.BackgroundProjector:
+    return embedding.BackgroundProjector()
 
 
-points = _points(fingerprint, timestep, steps, score, per_set, with_reconstructions, shared.current_draws())
+@st.cache_resource(max_entries=4)
+def _model_id(run_fingerprint: str) -> str:
+    return explorer.model_id(detector)
+
+
+@st.cache_resource(max_entries=64)
+def _shipped(setting: explorer.MapSetting) -> np.ndarray | None:
+    return explorer.load_shipped_projection(setting)
+
+
+@st.cache_resource(max_entries=16, show_spinner=False)
+def _pca(run_fingerprint, timestep, steps, draws, per_set, with_reconstructions) -> np.ndarray:
+    return embedding.pca_2d(_points(run_fingerprint, timestep, steps, draws, per_set, with_reconstructions).matrix)
+
+
+points = _points(fingerprint, timestep, steps, draws, per_set, with_reconstructions)
+setting = explorer.map_setting(
+    _model_id(fingerprint),
+    {spec: len(feature_sets[spec]) for spec in specs},
+    per_set,
+    with_reconstructions,
+    timestep,
+    steps,
+    draws,
+)
 # One thumbnail per (set, image); a reconstruction shows its original's picture.
 thumbs, thumb_of = [], {}
 for spec in specs:
@@ -73,18 +105,24 @@ for spec in specs:
         thumb_of[(spec, index)] = len(thumbs)
         thumbs.append(uri)
 
+values = points.scores[score]
+id_mask = points.mask(explorer.DEMO_ID_SET, "original")
+ranks = explorer.rank_percentiles(values)
+id_percentiles = explorer.reference_percentiles(values, values[id_mask])
+
 
 def _html(coordinates: np.ndarray, title: str) -> str:
     figure = go.Figure()
     label = explorer.SCORE_LABELS[score]
     groups = [(spec, kind) for spec in specs for kind in ("original", "reconstructed")]
+    first_trace = True
     for spec, kind in groups:
-        mask = np.array([s == spec and k == kind for s, k in zip(points.sets, points.kinds, strict=True)])
+        mask = points.mask(spec, kind)
         if not mask.any():
             continue
         custom = [
-            [thumb_of[(spec, int(i))], spec.removeprefix("demo:"), kind, int(i), float(v)]
-            for i, v in zip(points.indices[mask], points.scores[mask], strict=True)
+            [thumb_of[(spec, int(i))], spec.removeprefix("demo:"), kind, int(i), float(v), float(p)]
+            for i, v, p in zip(points.indices[mask], values[mask], id_percentiles[mask], strict=True)
         ]
         marker = dict(
             size=6 if kind == "original" else 5,
@@ -92,15 +130,24 @@ def _html(coordinates: np.ndarray, title: str) -> str:
             opacity=0.75 if kind == "original" else 0.5,
             color=PALETTE[specs.index(spec) % len(PALETTE)],
         )
-        if colour_by == "score":
+        if colour_by == "score rank":
             marker.update(
-                color=points.scores[mask],
+                color=ranks[mask],
                 colorscale="Viridis",
-                cmin=float(np.quantile(points.scores, 0.02)),
-                cmax=float(np.quantile(points.scores, 0.98)),
-                showscale=spec == specs[0] and kind == "original",
-                colorbar=dict(title=label),
+                cmin=0.0,
+                cmax=100.0,
+                showscale=first_trace,
+                # Horizontal, under the plot: a vertical bar on the right sat on top of the legend.
+                colorbar=dict(
+                    title=dict(text=f"{label} rank among shown points (%)", side="top"),
+                    orientation="h",
+                    y=-0.12,
+                    yanchor="top",
+                    len=0.6,
+                    thickness=12,
+                ),
             )
+            first_trace = False
         figure.add_trace(
             go.Scattergl(
                 x=coordinates[mask, 0],
@@ -111,11 +158,15 @@ def _html(coordinates: np.ndarray, title: str) -> str:
                 name=f"{spec.removeprefix('demo:')} ({'ẑ₀' if kind == 'reconstructed' else 'z₀'})",
                 legendgroup=spec,
                 hovertemplate=f"%{{customdata[1]}} #%{{customdata[3]}} (%{{customdata[2]}})<br>"
-                f"{label} = %{{customdata[4]:.4g}}<extra></extra>",
+                f"{label} = %{{customdata[4]:.4g}}, above %{{customdata[5]:.0f}} % of the ID points<extra></extra>",
             )
         )
     figure.update_layout(
-        height=540, margin=dict(l=5, r=5, t=30, b=5), title=title, template="plotly_white", legend=dict(font_size=11)
+        height=540,
+        margin=dict(l=5, r=5, t=30, b=70 if colour_by == "score rank" else 5),
+        title=title,
+        template="plotly_white",
+        legend=dict(font_size=11, x=1.02, y=1.0, xanchor="left"),
     )
     return _page(figure.to_json(), json.dumps(thumbs))
 
@@ -142,29 +193,83 @@ document.getElementById("map").on("plotly_hover", (event) => {{
   const c = event.points[0].customdata;
   document.getElementById("hover").innerHTML =
     `<img src="${{thumbs[c[0]]}}" width="112" height="112" style="image-rendering:pixelated;border:1px solid #ccc">`
-    + `<br><b>${{c[1]}}</b> #${{c[3]}}<br>${{c[2]}}<br>score ${{Number(c[4]).toPrecision(4)}}`;
+    + `<br><b>${{c[1]}}</b> #${{c[3]}}<br>${{c[2]}}<br>score ${{Number(c[4]).toPrecision(4)}}`
+    + `<br>above ${{Number(c[5]).toFixed(0)}} % of ID`;
 }});
 </script></body></html>"""
 
 
-placeholder = st.empty()
-pca_coordinates = embedding.pca_2d(points.matrix)
-memo_key = (fingerprint, timestep, steps, score, per_set, with_reconstructions)
-if method == "PCA" or memo_key not in _umap_memo():
-    with placeholder.container():
-        st.iframe(
-            _html(pca_coordinates, "PCA" + (" (UMAP is being computed…)" if method == "UMAP" else "")), height=560
-        )
-shown = "PCA"
+coordinates, shown, waiting = None, "PCA", False
 if method == "UMAP":
-    if memo_key not in _umap_memo():
-        with st.spinner(f"Computing UMAP of {len(points.matrix)} points (PCA shown meanwhile)…"):
-            _umap_memo()[memo_key] = embedding.umap_2d(points.matrix)
-    with placeholder.container():
-        st.iframe(_html(_umap_memo()[memo_key], "UMAP (cosine)"), height=560)
-    shown = "UMAP"
+    coordinates = _shipped(setting)
+    if coordinates is None:
+        projector = _projector()
+        projector.submit(setting, points.matrix)  # no-op when this setting is running or done
+        projection = projector.get(setting)
+        if projection is not None and projection.status == "done":
+            coordinates = projection.coordinates
+        elif projection is not None and projection.status == "failed":
+            st.warning(f"UMAP failed ({projection.error}); showing PCA.")
+        else:
+            waiting = True
+    else:
+        _projector().warm()  # compile UMAP in the background now, so the next setting answers in seconds
+    if coordinates is not None:
+        shown = "UMAP"
+if coordinates is None:
+    coordinates = _pca(fingerprint, timestep, steps, draws, per_set, with_reconstructions)
+title = {"UMAP": "UMAP (cosine)", "PCA": "PCA"}[shown] + (" — UMAP is being computed…" if waiting else "")
+st.iframe(_html(coordinates, title), height=560)
+
+if waiting:
+
+    @st.fragment(run_every=1.0)
+    def _wait_for_umap() -> None:
+        projection = _projector().get(setting)
+        if projection is None or projection.status != "running":
+            st.rerun()  # a full rerun draws the map; this fragment then no longer exists, so polling stops
+        st.caption(
+            f"UMAP of {len(points.matrix)} points is being computed in the background "
+            f"({projection.seconds:.0f} s; the first one in a session also compiles UMAP, about 15 s). "
+            "PCA is shown meanwhile."
+        )
+
+    _wait_for_umap()
+
+score_label = explorer.SCORE_LABELS[score]
 st.caption(
     f"{shown} of {len(points.matrix)} points: {per_set} per set from {len(specs)} sets"
     f"{', originals (●) and reconstructions (×)' if with_reconstructions else ''}; "
-    f"t={timestep}, {explorer.SCORE_LABELS[score]} score."
+    f"t={timestep}, {steps} DDIM step(s), {draws} noise draw(s); colour: "
+    f"{'set' if colour_by == 'set' else score_label + ' rank'}; hover: {score_label}. Positions depend only on the "
+    f"features{' and their reconstructions' if with_reconstructions else ''}, never on the score: changing the score "
+    "recolours the same map."
+)
+
+threshold = explorer.id_threshold95(values[id_mask])
+inside = explorer.share_among_id(coordinates, points.sets, points.kinds, explorer.DEMO_ID_SET)
+rows = []
+for spec in specs[1:]:
+    originals = points.mask(spec, "original")
+    rows.append(
+        {
+            "OOD set": spec.removeprefix("demo:"),
+            f"inside the ID cluster on this {shown} map": f"{100 * inside.get(spec, 0.0):.0f} %",
+            f"flagged OOD by {explorer.SCORE_LABELS[score]}": f"{100 * np.mean(values[originals] > threshold):.0f} %",
+        }
+    )
+st.subheader("Why can a set sit inside the ID cluster and still be detected?")
+st.markdown(
+    f"The map squeezes the {points.matrix.shape[1]} numbers of each feature vector into two and keeps only *which "
+    "points are neighbours overall*. DLSR does not score that. It noises each vector a little, lets the diffusion "
+    "model rebuild it, and compares the rebuilt vector with the original **stage by stage** (from edges and "
+    "colour in stage 1 to object shape in the last). An inverted or rotated garment keeps much of a garment's "
+    "overall features, so the map can put it among the ID points, while some of its stages do not come back — and "
+    "that per-stage failure is what the score measures. The table puts numbers on it for the map above."
+)
+st.dataframe(rows, hide_index=True)
+st.caption(
+    "Inside the ID cluster: the point's nearest ID point on this map is no farther than the ID points' own nearest "
+    f"neighbours (95th percentile). Flagged: score above the 95 %-TPR threshold of the {int(id_mask.sum())} ID points "
+    f"shown ({threshold:.4g})."
 )

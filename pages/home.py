@@ -60,6 +60,7 @@ st.markdown(
     )
 )
 st.info(
-    "Next: **Score images** to test your own pictures, **Score distributions** for AUROC/FPR95, "
-    "**Failure cases** to see where the detector is wrong."
+    "Next: **Score images** to test your own pictures; **Score distributions** for AUROC/FPR95 of every method and "
+    "the paper's explanatory figures (training's effect, Fig. 3; the timestep sweep, Fig. 4); **Feature map** to "
+    "see the sets in 2-D; **Failure cases** for every error at the threshold and a measured reason for it."
 )

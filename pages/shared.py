@@ -56,6 +56,12 @@ def load_detector(run_dir: Path) -> Detector:
     return _load_detector(str(run_dir), explorer.run_fingerprint(run_dir))
 
 
+@st.cache_resource(show_spinner="Loading the comparison baselines…")
+def comparison_baselines():
+    """The shipped baselines of the paper's comparison (dlsr_core.comparison.Baselines), loaded once per process."""
+    return explorer.load_baselines()
+
+
 def detector_or_stop() -> tuple[Detector, Path]:
     """The current detector, or an explanation and st.stop() when it cannot be loaded."""
     run_dir = current_run_dir()

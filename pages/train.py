@@ -17,6 +17,12 @@ st.title("Train a detector")
 job: explorer.TrainingJob | None = st.session_state.get(JOB_KEY)
 busy = job is not None and job.running
 
+
+@st.cache_data(show_spinner=False)
+def _default_training_set() -> str:
+    return explorer.default_training_set()
+
+
 with st.form("train"):
     source = st.radio("ID dataset", ["Built-in", "torchvision by name", "Image folder"], horizontal=True)
     columns = st.columns(3)
@@ -26,16 +32,24 @@ with st.form("train"):
         "letters",
         "textures",
     ]
+    default_set = _default_training_set()
     builtin = columns[0].selectbox(
         "Built-in set",
         builtin_sets,
-        index=builtin_sets.index(explorer.DEMO_ID_SET) if explorer.DEMO_ID_SET in builtin_sets else 0,
+        index=builtin_sets.index(default_set) if default_set in builtin_sets else 0,
+        help=f"The app evaluates every model on {explorer.DEMO_ID_SET} as its ID set: train on another set (the "
+        f"default, {explorer.BASELINE_TRAIN_SET}, when installed), or the evaluation will look better than it is.",
     )
     torchvision_name = columns[1].text_input(
         "torchvision dataset", "CIFAR10:train", help="Class[:split]; files must already be on disk unless downloading"
     )
     download = columns[1].checkbox("Allow download (needs network)")
     folder = columns[2].text_input("Image folder path", "", help="All images below this folder, any format")
+    data_root = columns[2].text_input(
+        "Data folder (optional)",
+        "",
+        help="Where Fashion-MNIST or torchvision dataset files already are, if not in their default places",
+    )
     columns = st.columns(4)
     backbone = columns[0].selectbox(
         "Backbone",
@@ -51,6 +65,11 @@ with st.form("train"):
     batch_size = columns[1].number_input("Batch size", 16, 4096, 256, step=16)
     learning_rate = columns[2].number_input("Learning rate", 1e-5, 1e-1, 1e-3, format="%.5f")
     run_name = columns[3].text_input("Run name", "my_run", help="Saved to checkpoints/<run name>")
+    start_over = st.checkbox(
+        "Start over",
+        help="A run of this name that already exists is continued by default (same width, depth and batch size "
+        "needed); tick this to train it again from scratch, replacing its checkpoints.",
+    )
     start = st.form_submit_button("Start training", disabled=busy, type="primary")
 
 if start:
@@ -64,9 +83,9 @@ if start:
         spec = str(parse_dataset(spec))
         run_dir = run_dir_for_name(run_name, explorer.checkpoints_root())  # only ever a folder directly inside it
     except (DatasetError, CheckpointError) as error:
-        problem = str(error)
+        problem = explorer.gui_message(str(error))
     if run_dir is not None and run_dir.resolve() == explorer.default_run_dir().resolve():
-        problem = "that name is the model the app opens with; pick another run name"
+        problem = "that name is the shipped default model; pick another run name"
     if problem:
         st.error(f"Cannot start: {problem}")
     else:
@@ -80,10 +99,24 @@ if start:
             epochs=int(epochs),
             batch_size=int(batch_size),
             learning_rate=float(learning_rate),
+            data_root=data_root.strip() or None,
             download=download,
+            resume=not start_over,
         )
         if (run_dir / "resume.pt").exists():
-            st.info(f"`{run_dir}` already has a run: training resumes it (same width/depth/batch size needed).")
+            st.info(
+                f"`{run_dir.name}` already exists: "
+                + (
+                    "it is trained again from scratch."
+                    if start_over
+                    else "training continues it (tick **Start over** to train it from scratch instead)."
+                )
+            )
+        if spec == explorer.DEMO_ID_SET:
+            st.warning(
+                f"{spec} is the set the app evaluates every model on as ID: a model trained on it will look better on "
+                "the Score distributions and Failure cases pages than it is. Train on another set for a fair test."
+            )
         job = explorer.TrainingJob(request).start()
         st.session_state[JOB_KEY] = job
 
@@ -110,7 +143,6 @@ def _render(job: explorer.TrainingJob) -> None:
         (st.error if state.phase == "failed" else st.caption)(state.message)
 
 
-@st.fragment(run_every=1.0)
 def _live() -> None:
     current = st.session_state.get(JOB_KEY)
     if current is None:
@@ -125,7 +157,10 @@ def _live() -> None:
         st.rerun()  # a full rerun refreshes the "use this model" section below
 
 
-_live()
+# Refresh every second only while a job runs: when it ends, the fragment's last refresh triggers one full rerun,
+# which re-creates it without a timer, so a finished or stopped run costs nothing.
+polling = explorer.poll_interval(st.session_state.get(JOB_KEY))
+st.fragment(run_every=polling)(_live)()
 job = st.session_state.get(JOB_KEY)
 if job is not None and not job.running and (Path(job.request.run_dir) / "last.safetensors").is_file():
     st.success(f"`{job.request.run_dir.name}` is now selectable on the Home page.")

@@ -7,14 +7,11 @@ import time
 from pathlib import Path
 
 import numpy as np
-import pytest
 import torch
 from streamlit.testing.v1 import AppTest
 from test_explorer import BAD, bad_and_odd_files
 
 from dlsr_core import explorer
-from dlsr_core.evaluation import EvaluationSettings, evaluate
-from dlsr_core.scoring import Detector
 
 torch.set_num_threads(1)
 APP = str(Path(__file__).resolve().parent.parent / "app.py")
@@ -106,105 +103,6 @@ def test_score_page_through_the_file_uploader():
     ).run()
     assert not app.exception
     assert "zero.jpg" in app.error[0].value and "Scored 1 image(s)" in app.success[0].value
-
-
-def test_distributions_table_equals_the_core_metrics(detector):
-    app = open_page("pages/distributions.py")
-    table = app.dataframe[0].value
-    id_features = explorer.load_features(detector, explorer.DEMO_ID_SET).features
-    ood = {spec: explorer.load_features(detector, spec).features for spec in explorer.DEMO_OOD_SETS}
-    train_set = explorer.cached_features_only(detector, explorer.BASELINE_TRAIN_SET)
-    baseline_train, id_rows, note = explorer.baseline_split(
-        id_features, train_set.features if train_set is not None else None
-    )
-    report = evaluate(
-        detector,
-        explorer.DEMO_ID_SET,
-        id_features[torch.as_tensor(id_rows)],
-        ood,
-        EvaluationSettings(timestep=5),
-        baseline_train,
-    )
-    for spec in explorer.DEMO_OOD_SETS:
-        for score, label in (("mfsim", "MFsim"), ("mse", "MSE"), ("knn", "k-NN"), ("mahalanobis", "Mahalanobis")):
-            row = table[(table["OOD set"] == spec) & (table["score"] == label)].iloc[0]
-            assert row["AUROC %"] == pytest.approx(100 * report.metric(spec, score).auroc, abs=1e-6)
-            assert row["FPR95 %"] == pytest.approx(100 * report.metric(spec, score).fpr95, abs=1e-6)
-    assert note in texts(app)
-
-    app.multiselect[0].set_value([2, 5])
-    app.number_input[0].set_value(100)
-    app.button[0].click().run()  # the form's "Run sweep"
-    assert not app.exception
-    assert "100 images per set" in texts(app)
-
-
-def test_feature_map_pca_then_umap():
-    app = open_page("pages/feature_map.py")
-    app.radio[0].set_value("PCA").run()
-    assert "PCA of 2400 points" in texts(app)
-    app.radio[0].set_value("UMAP")
-    app.select_slider[0].set_value(50).run()
-    assert not app.exception
-    assert "UMAP of 600 points" in texts(app)
-
-
-def test_failure_cases_show_the_extremes(detector):
-    app = open_page("pages/failure_cases.py")
-    assert "ID scored as OOD: 12" in texts(app) and "OOD scored as ID: 12" in texts(app)
-    table = app.dataframe[0].value
-    id_features = explorer.load_features(detector, explorer.DEMO_ID_SET)
-    scores = explorer.score_matrix(detector, id_features.features, 5)["mfsim"]
-    worst = int(id_features.indices[int(np.argmax(scores))])
-    assert int(table.iloc[0]["index"]) == worst and table.iloc[0]["kind"] == "ID scored as OOD"
-    assert len(app.get("download_button")) == 1
-
-
-def test_train_page_trains_a_selectable_model(tmp_path, monkeypatch):
-    monkeypatch.setenv("DLSR_CHECKPOINTS_DIR", str(tmp_path))
-    app = open_page("pages/train.py")
-    app.selectbox[0].set_value("demo:fashion_mnist_rotated")
-    inputs = {n.label: n for n in app.number_input}
-    inputs["LFDN width"].set_value(32)
-    inputs["LFDN depth (blocks)"].set_value(1)
-    inputs["Epochs"].set_value(2)
-    app.text_input[2].set_value("from_test")
-    next(b for b in app.button if b.label == "Start training").click().run()
-    assert not app.exception
-    job = app.session_state["train_job"]
-    job.join(timeout=180)
-    assert job.snapshot().phase == "finished", job.snapshot().message
-    app.run()
-    assert "is now selectable" in texts(app)
-    assert tmp_path / "from_test" in explorer.list_run_dirs()
-    assert len(app.session_state["train_job"].snapshot().losses) == 2 * 4  # 1000 images / batch 256 = 4 steps
-
-
-def test_train_page_stop_button_keeps_the_last_checkpoint(tmp_path, monkeypatch):
-    monkeypatch.setenv("DLSR_CHECKPOINTS_DIR", str(tmp_path))
-    app = open_page("pages/train.py")
-    app.selectbox[0].set_value("demo:fashion_mnist_rotated")
-    inputs = {n.label: n for n in app.number_input}
-    inputs["LFDN width"].set_value(32)
-    inputs["LFDN depth (blocks)"].set_value(1)
-    inputs["Epochs"].set_value(500)
-    inputs["Batch size"].set_value(96)
-    app.text_input[2].set_value("stopped")
-    next(b for b in app.button if b.label == "Start training").click().run()
-    job = app.session_state["train_job"]
-    deadline = time.time() + 120
-    while not job.snapshot().epoch_losses and time.time() < deadline:
-        time.sleep(0.2)
-    app.run()
-    next(b for b in app.button if b.label == "Stop training").click().run()
-    assert not app.exception
-    job.join(timeout=60)
-    state = job.snapshot()
-    assert state.phase == "stopped" and state.epoch < 500, state.message
-    saved = Detector.load(tmp_path / "stopped", device="cpu").info.epoch
-    assert 1 <= saved <= len(state.epoch_losses)
-    app.run()
-    assert "is now selectable" in texts(app)
 
 
 def test_wrong_backbone_checkpoint_is_explained_not_crashed(wrong_backbone_run, monkeypatch):

@@ -12,7 +12,6 @@ from PIL import Image
 
 from dlsr_core import explorer
 from dlsr_core.checkpoint import LAST_NAME, CheckpointError
-from dlsr_core.evaluation import EvaluationSettings
 from dlsr_core.metrics import ood_metrics
 from dlsr_core.scoring import Detector
 
@@ -138,55 +137,6 @@ def test_list_run_dirs_finds_trained_runs(tmp_path, monkeypatch, wrong_backbone_
 
     os.utime(target / "last.safetensors", ns=(1, 1))
     assert explorer.run_fingerprint(target) != before
-
-
-def test_baseline_split_without_training_features_is_deterministic_halves():
-    features = torch.arange(20, dtype=torch.float32).reshape(10, 2)
-    train_part, rows, note = explorer.baseline_split(features, None)
-    assert torch.equal(train_part, features[0::2]) and rows.tolist() == [1, 3, 5, 7, 9]
-    assert "even rows" in note
-    train_part, rows, note = explorer.baseline_split(features, torch.ones(30, 2), max_train=7)
-    assert len(train_part) == 7 and rows.tolist() == list(range(10)) and "fashion_mnist:train" in note
-
-
-def test_evaluate_sets_matches_core_metrics(detector, id_features):
-    ood = explorer.load_features(detector, "demo:digits")
-    settings = EvaluationSettings(timestep=3)
-    evaluation = explorer.evaluate_sets(
-        detector, "id", id_features.features[:400], {"digits": ood.features[:300]}, settings, train_features=None
-    )
-    id_rows = evaluation.id_rows
-    scores = explorer.score_matrix(detector, id_features.features[:400][torch.as_tensor(id_rows)], 3)
-    reference = ood_metrics(scores["mfsim"], explorer.score_matrix(detector, ood.features[:300], 3)["mfsim"])
-    assert evaluation.report.metric("digits", "mfsim").auroc == pytest.approx(reference.auroc)
-    table = explorer.metrics_rows(evaluation.report)
-    row = next(r for r in table if r["OOD set"] == "digits" and r["score"] == "MFsim")
-    assert row["AUROC %"] == pytest.approx(100 * reference.auroc)
-    assert {"k-NN", "Mahalanobis"} <= {r["score"] for r in table}
-
-
-def test_failure_cases_pick_extremes_and_export_csv():
-    scores = {"id": np.array([0.1, 0.9, 0.5]), "oodA": np.array([0.3, 2.0]), "oodB": np.array([0.05])}
-    stage = {name: np.full((len(v), 2), 0.5) for name, v in scores.items()}
-    indices = {name: np.arange(len(v)) + 10 for name, v in scores.items()}
-    cases = explorer.failure_cases("id", scores, stage, indices, k=2)
-    assert [(c.kind, c.dataset, c.index) for c in cases] == [
-        ("ID scored as OOD", "id", 11),
-        ("ID scored as OOD", "id", 12),
-        ("OOD scored as ID", "oodB", 10),
-        ("OOD scored as ID", "oodA", 10),
-    ]
-    text = explorer.failure_csv(cases, "mfsim", 0.4)
-    assert text.splitlines()[0] == "kind,rank,dataset,index,score_mfsim,threshold95,cos_stage1,cos_stage2"
-    assert len(text.splitlines()) == 5
-
-
-def test_map_points_stack_originals_and_reconstructions(detector, id_features):
-    points = explorer.map_points(
-        detector, {"id": id_features.features}, {"id": id_features.indices.numpy()}, "mse", 3, per_set=20
-    )
-    assert points.matrix.shape == (40, detector.info.config.feature_dim)
-    assert points.kinds.count("reconstructed") == 20 and len(points.scores) == 40
 
 
 def test_training_job_trains_and_can_be_stopped(tmp_path):

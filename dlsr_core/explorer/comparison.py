@@ -13,6 +13,7 @@ from torch import Tensor
 
 from dlsr_core.comparison import METHODS, Baselines, SetInputs, score_methods, subset_rows
 from dlsr_core.evaluation import EvaluationSettings
+from dlsr_core.explorer.distributions import MethodScores
 from dlsr_core.features import FeatureSet
 from dlsr_core.metrics import OODMetrics, ood_metrics
 from dlsr_core.scoring import DEFAULT_STEPS, Detector
@@ -52,6 +53,19 @@ class MethodComparison:
     def metric(self, method: str, ood_set: str) -> OODMetrics:
         """AUROC, FPR95 (ID = positive), AUPR of `method` on `ood_set` against the ID set."""
         return ood_metrics(self.scores[method][self.id_set], self.scores[method][ood_set])
+
+    def method_scores(self) -> list[MethodScores]:
+        """Each method as the Score-distributions page's MethodScores, its note saying how it was timed and fitted."""
+        entries = []
+        for name in self.methods:
+            method = METHODS[name]
+            note = f"{self.images_per_second(name):,.0f} images/s from its cached input ({self.images[name]:,} images)"
+            if name == "pixel_ddpm":
+                note += f"; at most {max(map(len, self.rows[name].values()))} fixed random images per set (it is slow)"
+            if method.needs_labels:
+                note += "; needs the ID class labels (a classifier head), DLSR does not"
+            entries.append(MethodScores(name, method.label, method.family, self.scores[name], note))
+        return entries
 
     def metrics_rows(self) -> list[dict[str, object]]:
         """Table rows in percent, per OOD set and method, then the average over the OOD sets, with images/s."""

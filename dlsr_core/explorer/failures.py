@@ -1,81 +1,310 @@
-"""Failure cases: the ID images scored most OOD-like and the OOD images scored most ID-like."""
+"""Failure cases at the 95%-TPR threshold, each tagged with a measured reason (the paper's Figures 10-12).
+
+The paper names three kinds of error: ID images flagged because they carry little semantic information, and OOD
+images accepted because they resemble an ID class or because they share the ID data's colours. Here each is a
+measurement, always against the ID set's own statistics:
+
+- *little semantic content*: the image's contrast (grey-level standard deviation) or its texture (mean gradient
+  inside the object) is below the ID set's 10th percentile;
+- *atypical for its class* (ID, needs labels): its feature vector's cosine similarity to its own class's mean ID
+  feature is below that class's 10th percentile;
+- *resembles an ID class* (OOD, needs ID labels): its cosine similarity to the nearest ID class's mean feature is at
+  least the 10th percentile of ID images' similarity to their own class — as close as a typical ID member;
+- *shares ID intensity statistics* (OOD): brightness, contrast and inked area (and colour saturation, for colour ID
+  sets) all lie within the ID set's 5-95 % range.
+
+An error may carry several tags. Every tag also comes with its base rate (the share of all images of that kind that
+meet the criterion), so a tag that is no more frequent among errors than overall is seen to explain nothing.
+"""
 
 from __future__ import annotations
 
 import csv
 import io
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
+from PIL import Image
+
+LOW_CONTENT = "little semantic content"
+ATYPICAL = "atypical for its class"
+RESEMBLES_CLASS = "resembles an ID class"
+SHARES_STATISTICS = "shares ID intensity statistics"
+UNEXPLAINED = "no measured reason"
+ID_KIND = "ID flagged as OOD"
+OOD_KIND = "OOD accepted as ID"
+CATEGORY_HELP = {
+    LOW_CONTENT: "contrast or texture below the ID set's 10th percentile",
+    ATYPICAL: "feature vector farther from its own class's mean than 90 % of that class",
+    RESEMBLES_CLASS: "as close to an ID class's mean feature as a typical ID image is to its own",
+    SHARES_STATISTICS: "brightness, contrast and inked area within the ID set's 5-95 % range",
+    UNEXPLAINED: "none of the measured criteria holds",
+}
+LOW_QUANTILE = 0.10
+RANGE_QUANTILES = (0.05, 0.95)
+INTENSITY_STATISTICS = ("brightness", "contrast", "ink")
+INK_LEVEL = 0.1  # grey level (0-1) above which a pixel counts as part of the object (the sets are light on dark)
+
+
+def image_statistics(images: Sequence[Image.Image | None]) -> dict[str, np.ndarray]:
+    """Per image: brightness (mean grey level, 0-1), contrast (grey-level std), ink (share of pixels above
+    INK_LEVEL), texture (mean absolute gradient over the inked pixels) and saturation (mean HSV saturation).
+
+    Returns name -> (N,) float arrays; an unreadable image (None) gets NaN everywhere.
+    """
+    names = ("brightness", "contrast", "ink", "texture", "saturation")
+    out = {name: np.full(len(images), np.nan) for name in names}
+    for row, image in enumerate(images):
+        if image is None:
+            continue
+        grey = np.asarray(image.convert("L"), dtype=np.float64) / 255.0
+        inked = grey > INK_LEVEL
+        gradient = np.zeros_like(grey)
+        gradient[:, 1:] += np.abs(np.diff(grey, axis=1))
+        gradient[1:, :] += np.abs(np.diff(grey, axis=0))
+        out["brightness"][row] = grey.mean()
+        out["contrast"][row] = grey.std()
+        out["ink"][row] = inked.mean()
+        out["texture"][row] = gradient[inked].mean() if inked.any() else 0.0
+        out["saturation"][row] = np.asarray(image.convert("HSV"), dtype=np.float64)[..., 1].mean() / 255.0
+    return out
 
 
 @dataclass(frozen=True)
 class FailureCase:
-    """An ID image scored OOD-like or an OOD image scored ID-like."""
+    """One error at the threshold: an ID image scored above it or an OOD image at or below it."""
 
-    kind: str  # "ID scored as OOD" | "OOD scored as ID"
+    kind: str  # ID_KIND | OOD_KIND
     dataset: str
     index: int  # position in the dataset
     score: float
-    rank: int  # 1 = worst
+    rank: int  # 1 = the most extreme error of its kind
     stage_cos: tuple[float, ...]
+    categories: tuple[str, ...]  # measured reasons; (UNEXPLAINED,) when none holds
+    true_class: str | None = None  # the image's own label name, where the set has labels
+    nearest_class: str | None = None  # the nearest ID class in feature space (OOD errors), where ID has labels
+    nearest_similarity: float | None = None
 
 
-def failure_cases(
-    id_name: str,
-    scores: dict[str, np.ndarray],
-    stage_cos: dict[str, np.ndarray],
-    indices: dict[str, np.ndarray],
-    k: int = 12,
-) -> list[FailureCase]:
-    """The k ID rows with the highest score and the k OOD rows (over all OOD sets) with the lowest.
+@dataclass(frozen=True)
+class CategoryCount:
+    """How many errors of one kind carry a tag, and how common the tag is among all images of that kind."""
 
-    scores[set] (N,), stage_cos[set] (N, S), indices[set] (N,) dataset positions; `id_name` is one of the sets.
-    """
+    kind: str
+    category: str
+    errors: int
+    share_of_errors: float
+    base_rate: float | None  # share of all ID (or all OOD) images meeting the criterion
+
+
+@dataclass(frozen=True)
+class ErrorAnalysis:
+    """Every error at `threshold`, most extreme first, with the true counts per set and per category."""
+
+    threshold: float
+    id_set: str
+    id_errors: int
+    id_total: int
+    ood_errors: dict[str, int]
+    ood_totals: dict[str, int]
+    cases: list[FailureCase]
+    counts: list[CategoryCount]
+
+    def of_kind(self, kind: str) -> list[FailureCase]:
+        return [case for case in self.cases if case.kind == kind]
+
+
+@dataclass(frozen=True)
+class SetData:
+    """What the analysis needs of one set, row-aligned: scores (N,), stage_cos (N, S), dataset indices (N,),
+    L2-normalisable features (N, D), image statistics (name -> (N,)), labels (N,) or None, class names or None."""
+
+    scores: np.ndarray
+    stage_cos: np.ndarray
+    indices: np.ndarray
+    features: np.ndarray
+    statistics: dict[str, np.ndarray]
+    labels: np.ndarray | None = None
+    class_names: tuple[str, ...] | None = None
+
+    def class_name(self, row: int) -> str | None:
+        if self.labels is None:
+            return None
+        label = int(self.labels[row])
+        if self.class_names is not None and 0 <= label < len(self.class_names):
+            return self.class_names[label]
+        return str(label)
+
+
+def _unit(matrix: np.ndarray) -> np.ndarray:
+    matrix = np.asarray(matrix, dtype=np.float64)
+    norms = np.linalg.norm(matrix, axis=1, keepdims=True)
+    return matrix / np.where(norms > 0, norms, 1.0)
+
+
+class _Reference:
+    """The ID set's own statistics that every criterion is measured against."""
+
+    def __init__(self, data: SetData) -> None:
+        stats = data.statistics
+        self.low = {name: np.nanquantile(stats[name], LOW_QUANTILE) for name in ("contrast", "texture")}
+        self.intensity = list(INTENSITY_STATISTICS)
+        if np.nanquantile(stats["saturation"], RANGE_QUANTILES[1]) > 0.02:  # a colour ID set: colour matters too
+            self.intensity.append("saturation")
+        self.ranges = {name: np.nanquantile(stats[name], RANGE_QUANTILES) for name in self.intensity}
+        self.centroids = None
+        if data.labels is not None:
+            unit = _unit(data.features)
+            classes = np.unique(data.labels)
+            self.classes = classes
+            self.centroids = _unit(np.stack([unit[data.labels == c].mean(axis=0) for c in classes]))
+            own = (unit * self.centroids[np.searchsorted(classes, data.labels)]).sum(axis=1)
+            self.own_similarity = own
+            self.class_low = {c: np.quantile(own[data.labels == c], LOW_QUANTILE) for c in classes}
+            self.resemblance = np.quantile(own, LOW_QUANTILE)
+            self.class_names = data.class_names
+
+    def low_content(self, stats: dict[str, np.ndarray]) -> np.ndarray:
+        return (stats["contrast"] < self.low["contrast"]) | (stats["texture"] < self.low["texture"])
+
+    def shares_statistics(self, stats: dict[str, np.ndarray]) -> np.ndarray:
+        inside = [(stats[n] >= self.ranges[n][0]) & (stats[n] <= self.ranges[n][1]) for n in self.intensity]
+        return np.logical_and.reduce(inside)
+
+    def atypical(self, data: SetData) -> np.ndarray | None:
+        if self.centroids is None:
+            return None
+        thresholds = np.array([self.class_low[c] for c in data.labels])
+        return self.own_similarity < thresholds
+
+    def nearest(self, features: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
+        """(nearest class label (N,), cosine similarity to its mean (N,)), or None without ID labels."""
+        if self.centroids is None:
+            return None
+        similarity = _unit(features) @ self.centroids.T
+        return self.classes[similarity.argmax(axis=1)], similarity.max(axis=1)
+
+    def class_label(self, label: int) -> str:
+        if self.class_names is not None and 0 <= label < len(self.class_names):
+            return self.class_names[label]
+        return str(label)
+
+
+def analyse_errors(id_set: str, sets: dict[str, SetData], threshold: float) -> ErrorAnalysis:
+    """All errors at `threshold` (ID above it, OOD at or below it), tagged and counted; `sets` holds the ID set
+    (`id_set`) and every OOD set."""
+    reference = _Reference(sets[id_set])
     cases: list[FailureCase] = []
-    order = np.argsort(-scores[id_name], kind="stable")[:k]
-    for rank, row in enumerate(order, 1):
+    tags_by_kind: dict[str, list[tuple[str, ...]]] = {ID_KIND: [], OOD_KIND: []}
+    base: dict[tuple[str, str], float] = {}
+
+    id_data = sets[id_set]
+    flags = {LOW_CONTENT: reference.low_content(id_data.statistics)}
+    atypical = reference.atypical(id_data)
+    if atypical is not None:
+        flags[ATYPICAL] = atypical
+    for name, flag in flags.items():
+        base[(ID_KIND, name)] = float(np.mean(flag))
+    id_rows = np.flatnonzero(id_data.scores > threshold)
+    id_rows = id_rows[np.argsort(-id_data.scores[id_rows], kind="stable")]
+    for rank, row in enumerate(id_rows, 1):
+        tags = tuple(name for name, flag in flags.items() if flag[row]) or (UNEXPLAINED,)
+        tags_by_kind[ID_KIND].append(tags)
         cases.append(
             FailureCase(
-                "ID scored as OOD",
-                id_name,
-                int(indices[id_name][row]),
-                float(scores[id_name][row]),
+                ID_KIND,
+                id_set,
+                int(id_data.indices[row]),
+                float(id_data.scores[row]),
                 rank,
-                tuple(float(v) for v in stage_cos[id_name][row]),
+                tuple(float(v) for v in id_data.stage_cos[row]),
+                tags,
+                id_data.class_name(row),
             )
         )
-    pooled = [(float(value), name, row) for name in scores if name != id_name for row, value in enumerate(scores[name])]
-    pooled.sort(key=lambda item: item[0])
-    for rank, (value, name, row) in enumerate(pooled[:k], 1):
-        cases.append(
-            FailureCase(
-                "OOD scored as ID",
-                name,
-                int(indices[name][row]),
-                value,
-                rank,
-                tuple(float(v) for v in stage_cos[name][row]),
+
+    ood_cases: list[FailureCase] = []
+    ood_errors, ood_totals = {}, {}
+    ood_flags: dict[str, list[np.ndarray]] = {RESEMBLES_CLASS: [], SHARES_STATISTICS: []}
+    for name, data in sets.items():
+        if name == id_set:
+            continue
+        nearest = reference.nearest(data.features)
+        flags = {SHARES_STATISTICS: reference.shares_statistics(data.statistics)}
+        if nearest is not None:
+            flags[RESEMBLES_CLASS] = nearest[1] >= reference.resemblance
+        for flag_name, flag in flags.items():
+            ood_flags[flag_name].append(flag)
+        rows = np.flatnonzero(data.scores <= threshold)
+        ood_errors[name], ood_totals[name] = len(rows), len(data.scores)
+        for row in rows:
+            tags = tuple(n for n in (RESEMBLES_CLASS, SHARES_STATISTICS) if n in flags and flags[n][row])
+            ood_cases.append(
+                FailureCase(
+                    OOD_KIND,
+                    name,
+                    int(data.indices[row]),
+                    float(data.scores[row]),
+                    0,
+                    tuple(float(v) for v in data.stage_cos[row]),
+                    tags or (UNEXPLAINED,),
+                    data.class_name(row),
+                    reference.class_label(int(nearest[0][row])) if nearest is not None else None,
+                    float(nearest[1][row]) if nearest is not None else None,
+                )
             )
-        )
-    return cases
+    for flag_name, parts in ood_flags.items():
+        if parts:
+            base[(OOD_KIND, flag_name)] = float(np.mean(np.concatenate(parts)))
+    ood_cases.sort(key=lambda case: case.score)
+    for rank, case in enumerate(ood_cases, 1):
+        cases.append(replace(case, rank=rank))
+        tags_by_kind[OOD_KIND].append(case.categories)
+
+    counts = []
+    for kind, categories in (
+        (ID_KIND, (LOW_CONTENT, ATYPICAL, UNEXPLAINED)),
+        (OOD_KIND, (RESEMBLES_CLASS, SHARES_STATISTICS, UNEXPLAINED)),
+    ):
+        tagged = tags_by_kind[kind]
+        for category in categories:
+            if category != UNEXPLAINED and (kind, category) not in base:
+                continue  # not measurable here (no labels)
+            errors = sum(category in tags for tags in tagged)
+            counts.append(
+                CategoryCount(
+                    kind, category, errors, errors / len(tagged) if tagged else 0.0, base.get((kind, category))
+                )
+            )
+    return ErrorAnalysis(threshold, id_set, len(id_rows), len(id_data.scores), ood_errors, ood_totals, cases, counts)
 
 
-def failure_csv(cases: Sequence[FailureCase], score: str, threshold: float | None = None) -> str:
-    """CSV: kind, rank, dataset, index, score, verdict at the threshold, per-stage cosine similarities."""
+def failure_csv(
+    cases: Sequence[FailureCase],
+    score: str,
+    threshold: float | None = None,
+    settings: dict[str, object] | None = None,
+) -> str:
+    """CSV: kind, rank, dataset, index, classes, categories, score, threshold, per-stage cosine similarities, then
+    one column per entry of `settings` (model id, t, steps, draws, …) repeated on every line."""
     buffer = io.StringIO()
     writer = csv.writer(buffer)
     stages = len(cases[0].stage_cos) if cases else 0
+    settings = dict(settings or {})
     writer.writerow(
         [
             "kind",
             "rank",
             "dataset",
             "index",
+            "true_class",
+            "nearest_id_class",
+            "categories",
             f"score_{score}",
             "threshold95",
             *(f"cos_stage{i + 1}" for i in range(stages)),
+            *settings,
         ]
     )
     for case in cases:
@@ -85,9 +314,24 @@ def failure_csv(cases: Sequence[FailureCase], score: str, threshold: float | Non
                 case.rank,
                 case.dataset,
                 case.index,
+                case.true_class or "",
+                case.nearest_class or "",
+                "; ".join(case.categories),
                 f"{case.score:.6g}",
                 "" if threshold is None else f"{threshold:.6g}",
                 *(f"{v:.4f}" for v in case.stage_cos),
+                *settings.values(),
             ]
         )
     return buffer.getvalue()
+
+
+def set_labels(spec: str, indices: Sequence[int]) -> tuple[np.ndarray | None, tuple[str, ...] | None]:
+    """(labels at dataset positions `indices` (N,), class names) of `spec`, or (None, None) without labels."""
+    from dlsr_core.data import open_dataset
+
+    dataset = open_dataset(spec)
+    if dataset.labels is None:
+        return None, None
+    labels = np.asarray(dataset.labels, dtype=np.int64)[np.asarray(indices, dtype=np.int64)]
+    return labels, tuple(dataset.class_names) if dataset.class_names is not None else None

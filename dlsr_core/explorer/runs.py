@@ -6,7 +6,8 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from dlsr_core.checkpoint import DEFAULT_RUN_DIR, LAST_NAME
+from dlsr_core.atomic import sha256_hex
+from dlsr_core.checkpoint import DEFAULT_RUN_DIR, LAST_NAME, checksum_path
 from dlsr_core.presets import describe_preset
 from dlsr_core.scoring import SCORE_NAMES, Detector
 
@@ -43,6 +44,15 @@ def run_fingerprint(run_dir: str | Path) -> str:
     except OSError:
         return f"{Path(run_dir).resolve()}|missing"
     return f"{Path(run_dir).resolve()}|{stat.st_mtime_ns}|{stat.st_size}"
+
+
+def model_id(detector: Detector) -> str:
+    """`<run folder>@<first 12 hex digits of the final checkpoint's SHA-256>`: names a model by its content, so
+    exports and cached maps made with one model are never mistaken for another's."""
+    path = detector.final.path
+    fields = checksum_path(path).read_text().split() if checksum_path(path).is_file() else []
+    digest = fields[0] if fields else sha256_hex(path.read_bytes())
+    return f"{path.parent.name}@{digest[:12]}"
 
 
 @dataclass(frozen=True)

@@ -1,12 +1,69 @@
-"""Feature extraction + LFDN training on a background thread for the Train page, with progress and Stop."""
+"""Feature extraction + LFDN training on a background thread for the Train page, with progress and Stop.
+
+Messages from the core speak to command-line users ("pass --no-resume"); `gui_message` rewords them for the page.
+"""
 
 from __future__ import annotations
 
+import re
 import threading
 import time
 import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from dlsr_core.explorer.epochs import clear_snapshots, keep_snapshot
+from dlsr_core.explorer.sets import BASELINE_TRAIN_SET, DEMO_ID_SET
+
+# CLI advice in core messages -> what the Train page offers instead. Applied in order; the last rule marks any other
+# `--option` as a command-line option, so a GUI user is never told to pass a flag the page does not have.
+_GUI_WORDING: tuple[tuple[str, str], ...] = (
+    (r"use another --out directory or pass --no-resume", "choose another run name, or tick **Start over**"),
+    (r"another --out folder, or --restart", "another run name, or tick **Start over**"),
+    (r"pass --restart to train", "tick **Start over** to train"),
+    (r"start over with --restart", "tick **Start over**"),
+    (r"(?:pass |use )?--(?:no-resume|restart)", "tick **Start over**"),
+    (r"(?:use |choose )?(?:another |a different )--out(?: directory| folder)?", "choose another run name"),
+    (r"[Ll]ower --lr\b", "Lower the **Learning rate**"),
+    (r"[Pp]ass --download", "Tick **Allow download**"),
+    (
+        r"(?:pass --data-root pointing|point --data-root) at (a folder that [^.]*)",
+        r"enter \1 in the **Data folder** field",
+    ),
+    (r"--backbone (\S+)", r"the **Backbone** \1"),
+    (r"--dataset\b", "the **ID dataset**"),
+    (r"--(lr|download|data-root|epochs|width|depth|batch-size|train-batch-size|input-size)\b", r"the **\1** setting"),
+    (r"--([a-z][a-z-]*)", r"the command-line option --\1"),
+)
+
+
+def gui_message(text: str) -> str:
+    """`text` with command-line advice reworded for the Train page's fields and buttons."""
+    for pattern, replacement in _GUI_WORDING:
+        text = re.sub(pattern, replacement, text)
+    return text
+
+
+def dataset_available(spec: str) -> bool:
+    """Whether `spec` can be opened here without a download (the data are installed or generated locally)."""
+    from dlsr_core.data import DatasetError, open_dataset
+
+    try:
+        open_dataset(spec)
+    except (DatasetError, OSError, ValueError):
+        return False
+    return True
+
+
+def poll_interval(job: TrainingJob | None, seconds: float = 1.0) -> float | None:
+    """How often the Train page refreshes its progress: every `seconds` while `job` runs, never otherwise."""
+    return seconds if job is not None and job.running else None
+
+
+def default_training_set() -> str:
+    """The Train page's default: Fashion-MNIST's training split when installed, so that the model is not trained on
+    the images the app evaluates it on (DEMO_ID_SET); that set otherwise, with a warning on the page."""
+    return BASELINE_TRAIN_SET if dataset_available(BASELINE_TRAIN_SET) else DEMO_ID_SET
 
 
 @dataclass(frozen=True)
@@ -26,6 +83,8 @@ class TrainRequest:
     cache_dir: str | None = None
     data_root: str | None = None
     download: bool = False
+    resume: bool = True  # continue a run of the same name; False starts it over (its old checkpoints are replaced)
+    keep_epochs: bool = True  # keep a few intermediate epochs in <run>/epochs/ for the epoch-evolution view
 
 
 @dataclass
@@ -99,6 +158,8 @@ class TrainingJob:
 
         request = self.request
         try:
+            if not request.resume:
+                clear_snapshots(request.run_dir)
             self._update(phase="extracting", message=f"extracting features of {request.dataset}")
             features = cached_features(
                 request.dataset,
@@ -125,6 +186,8 @@ class TrainingJob:
                     self._state.losses.append(loss)
 
             def on_epoch(report) -> None:
+                if report.checkpoint_saved and request.keep_epochs:
+                    keep_snapshot(request.run_dir, report.epoch)
                 with self._lock:
                     self._state.epoch_losses.append(report.loss)
                     self._state.checkpoints += int(report.checkpoint_saved)
@@ -135,6 +198,7 @@ class TrainingJob:
                 LFDNConfig(feature_dim=features.features.shape[1], width=request.width, depth=request.depth),
                 TrainConfig(epochs=request.epochs, batch_size=request.batch_size, learning_rate=request.learning_rate),
                 Provenance(request.backbone, request.weights, request.input_size, features.stage_dims, request.dataset),
+                resume=request.resume,
                 on_step=on_step,
                 on_epoch=on_epoch,
                 should_stop=self._stop.is_set,
@@ -148,5 +212,5 @@ class TrainingJob:
         except _StopRequested:
             self._update(phase="stopped", message="stopped during feature extraction; nothing was trained or cached")
         except Exception as error:  # shown in the page; the last saved checkpoint stays usable
-            self._update(phase="failed", message=f"{type(error).__name__}: {error}")
+            self._update(phase="failed", message=gui_message(f"{type(error).__name__}: {error}"))
             traceback.print_exc()

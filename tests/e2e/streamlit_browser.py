@@ -45,7 +45,10 @@ class PageCheck:
     click: str | None = None
     timeout: float = 240.0
     in_iframe: str | None = None  # text that must appear inside an embedded iframe (the hover-enabled map)
+    choose: tuple[tuple[str, str], ...] = ()  # (selectbox label, option) to pick before clicking
 
+
+MAIN_SLIDERS = '[data-testid="stMain"] [data-testid="stSlider"] input[type="range"]'
 
 PAGES = (
     PageCheck("home", "Home / model", "Loaded model"),
@@ -53,8 +56,16 @@ PAGES = (
     PageCheck("how_dlsr_works", "How DLSR works", "AUROC, horizontal flip"),
     PageCheck("distributions", "Score distributions", "Metrics (percent)"),
     PageCheck("feature_map", "Feature map (UMAP)", "UMAP of", in_iframe="UMAP (cosine)"),
-    PageCheck("failure_cases", "Failure cases", "OOD scored as ID"),
-    PageCheck("train", "Train", "is now selectable", click="Start training"),
+    PageCheck("failure_cases", "Failure cases", "OOD accepted as ID"),
+    PageCheck("feature_vs_pixel", "Feature vs pixel", "Scores and their references"),
+    # The default training set is the 60,000-image Fashion-MNIST training split; a demo set keeps the test short.
+    PageCheck(
+        "train",
+        "Train",
+        "is now selectable",
+        click="Start training",
+        choose=(("Built-in set", "demo:fashion_mnist_rotated"),),
+    ),
 )
 
 
@@ -226,7 +237,9 @@ def _wait_text(driver, text: str, timeout: float) -> float:
     )
 
 
-def _wait_iframe_text(driver, text: str, timeout: float) -> None:
+def _wait_iframe_text(driver, text: str, timeout: float) -> float:
+    """Wait for `text` inside an iframe, then check the hover thumbnail there; returns when the text was seen
+    (time.perf_counter())."""
     from selenium.webdriver.common.by import By
 
     deadline = time.time() + timeout
@@ -235,11 +248,12 @@ def _wait_iframe_text(driver, text: str, timeout: float) -> None:
             driver.switch_to.frame(frame)
             try:
                 if text in driver.find_element(By.TAG_NAME, "body").text:
+                    seen = time.perf_counter()
                     _check_hover_thumbnail(driver)
-                    return
+                    return seen
             finally:
                 driver.switch_to.default_content()
-        time.sleep(0.5)
+        time.sleep(0.2)
     raise AssertionError(f"{text!r} did not appear inside an iframe within {timeout:.0f} s")
 
 
@@ -269,42 +283,159 @@ def _check_hover_thumbnail(driver) -> None:
     raise AssertionError("hovering a point did not show its thumbnail")
 
 
-def _change_timestep(driver, timeout: float = 60) -> float:
-    """Press → on the timestep slider (5 → 6) and time until the page shows the re-scored result."""
+def _press_on_slider(
+    driver, index: int, target: str, selector: str = "body", timeout: float = 120, key: str = "ARROW_RIGHT"
+) -> float:
+    """Press `key` (→ or ←) on the `index`-th slider and time, with the browser's own clock, until `target` appears
+    in the text of an element matching `selector` — the page's answer to the change."""
     from selenium.webdriver.common.action_chains import ActionChains
     from selenium.webdriver.common.by import By
     from selenium.webdriver.common.keys import Keys
 
-    # The page's first slider is the timestep (the sidebar holds the noise-draws slider, hence stMain); its
-    # <input type=range> is visually hidden, so focus it by script.
-    main_sliders = '[data-testid="stMain"] [data-testid="stSlider"] input[type="range"]'
-    slider = driver.find_elements(By.CSS_SELECTOR, main_sliders)[0]
-    before = slider.get_attribute("value")
-    target = f"at t={int(before) + 1},"
+    # Sliders of the page itself (the sidebar holds the noise-draws slider, hence stMain); an <input type=range> is
+    # visually hidden, so it is focused by script.
+    slider = driver.find_elements(By.CSS_SELECTOR, MAIN_SLIDERS)[index]
     driver.execute_script("arguments[0].focus();", slider)
-    # Poll inside the page (textContent of the alerts is cheap; WebDriver's body.text takes seconds on this page)
-    # and time from the key press to the new result with the browser's own clock.
+    _watch_for(driver, target, selector)
+    ActionChains(driver).send_keys(getattr(Keys, key)).perform()
+    return _watched_seconds(driver, target, timeout)
+
+
+def _watch_for(driver, target: str, selector: str) -> None:
+    """Start an in-page timer that stops when `target` shows up in an element matching `selector` (polling
+    textContent inside the page is cheap; WebDriver's body.text takes seconds on a large page)."""
     driver.execute_script(
         """
         window.__dlsrChange = {start: performance.now(), done: null};
         const timer = setInterval(() => {
-          const alerts = [...document.querySelectorAll('[data-testid="stAlert"]')].map((a) => a.textContent);
-          if (alerts.some((text) => text.includes(arguments[0]))) {
+          const texts = [...document.querySelectorAll(arguments[1])].map((e) => e.textContent);
+          if (texts.some((text) => text.includes(arguments[0]))) {
             window.__dlsrChange.done = performance.now();
             clearInterval(timer);
           }
         }, 10);
         """,
         target,
+        selector,
     )
-    ActionChains(driver).send_keys(Keys.ARROW_RIGHT).perform()
+
+
+def _watched_seconds(driver, target: str, timeout: float) -> float:
     deadline = time.time() + timeout
     while time.time() < deadline:
         change = driver.execute_script("return window.__dlsrChange;")
         if change["done"] is not None:
             return (change["done"] - change["start"]) / 1000.0
         time.sleep(0.1)
-    raise AssertionError(f"the Score page did not re-score at t={int(before) + 1} within {timeout} s")
+    raise AssertionError(f"{target!r} did not appear within {timeout} s after the change")
+
+
+def _change_timestep(driver, step: int = 1, timeout: float = 60) -> float:
+    """Move the Score page's timestep slider one step (→ for +1, ← for -1) and time until the page shows the
+    re-scored result."""
+    from selenium.webdriver.common.by import By
+
+    slider = driver.find_elements(By.CSS_SELECTOR, MAIN_SLIDERS)[0]
+    target = f"at t={int(slider.get_attribute('value')) + step},"
+    key = "ARROW_RIGHT" if step > 0 else "ARROW_LEFT"
+    return _press_on_slider(driver, 0, target, '[data-testid="stAlert"]', timeout, key)
+
+
+def _choose_option(driver, label: str, option: str, timeout: float = 30) -> None:
+    """Open the selectbox labelled `label` and click `option` (Streamlit renders the options in a popover)."""
+    from selenium.webdriver.common.by import By
+
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        boxes = [b for b in driver.find_elements(By.CSS_SELECTOR, '[data-testid="stSelectbox"]') if label in b.text]
+        if boxes:
+            boxes[0].find_element(By.CSS_SELECTOR, '[aria-haspopup="listbox"]').click()  # the "Open" arrow
+            for _ in range(50):
+                for item in driver.find_elements(By.CSS_SELECTOR, '[role="option"]'):
+                    if item.text.strip() == option:
+                        item.click()
+                        return
+                time.sleep(0.1)
+        time.sleep(0.3)
+    raise AssertionError(f"could not choose {option!r} in the selectbox {label!r}")
+
+
+def _count_reruns(driver, seconds: float) -> int:
+    """How many times the app's script starts running during `seconds` of doing nothing (an idle page: 0)."""
+    driver.execute_script(
+        """
+        window.__dlsrReruns = 0;
+        const app = document.querySelector('[data-testid="stApp"]');
+        new MutationObserver(() => {
+          if (app.getAttribute('data-test-script-state') === 'running') window.__dlsrReruns += 1;
+        }).observe(app, {attributes: true, attributeFilter: ['data-test-script-state']});
+        """
+    )
+    time.sleep(seconds)
+    return int(driver.execute_script("return window.__dlsrReruns;"))
+
+
+def _choose_radio(driver, option: str, expect: str, timeout: float = 120) -> float:
+    """Click the radio option labelled `option`; seconds until `expect` is on the page."""
+    from selenium.webdriver.common.by import By
+
+    _watch_for(driver, expect, "body")
+    labels = [label for label in driver.find_elements(By.CSS_SELECTOR, '[data-testid="stRadio"] label')]
+    next(label for label in labels if label.text.strip() == option).click()
+    return _watched_seconds(driver, expect, timeout)
+
+
+def _screenshot(driver, path: Path, scroll_to_radio: str | None = None) -> None:
+    """Save the visible window (mouse parked on the title, charts given a second to draw), scrolled so that the
+    radio group containing `scroll_to_radio` is at the top when given."""
+    from selenium.webdriver.common.action_chains import ActionChains
+    from selenium.webdriver.common.by import By
+
+    ActionChains(driver).move_to_element(driver.find_element(By.TAG_NAME, "h1")).perform()
+    if scroll_to_radio:
+        group = next(
+            r for r in driver.find_elements(By.CSS_SELECTOR, '[data-testid="stRadio"]') if scroll_to_radio in r.text
+        )
+        driver.execute_script("arguments[0].scrollIntoView({block: 'start'});", group)
+    time.sleep(1.0)
+    path.write_bytes(small_png(driver.get_screenshot_as_png()))
+    if scroll_to_radio:
+        driver.execute_script("document.querySelector('h1').scrollIntoView({block: 'start'});")
+
+
+def _interactions(driver, page: PageCheck, timings: dict[str, float], extra_shots: Path) -> None:
+    """Time the interactions a user makes on `page`, each from the input to the page's new answer, then undo each
+    (also timed: the setting was seen before, so its answer is cached) — the settings persist across pages, and the
+    next pages are meant to open on the defaults (the Feature map's stored projection is for those)."""
+    if page.name == "score":
+        timings["score_timestep_change"] = _change_timestep(driver, +1)
+        _wait_idle(driver, page.timeout)
+        timings["score_timestep_back_cached"] = _change_timestep(driver, -1)
+    elif page.name == "distributions":
+        # The steps slider is the second one; 1 -> 2 DDIM steps re-scores every set (then kept per setting).
+        timings["distributions_steps_change"] = _press_on_slider(driver, 1, ", 2 DDIM step(s)")
+        _wait_idle(driver, page.timeout)
+        timings["distributions_steps_back_cached"] = _press_on_slider(driver, 1, ", 1 DDIM step(s)", key="ARROW_LEFT")
+        _wait_idle(driver, page.timeout)
+        timings["distributions_fig3_view"] = _choose_radio(driver, "First vs last epoch (paper Fig. 3)", "Medians")
+        _wait_idle(driver, page.timeout)
+        _screenshot(driver, extra_shots / "distributions_fig3.png", scroll_to_radio="paper Fig. 3")
+        timings["distributions_fig4_view"] = _choose_radio(driver, "Timestep sweep (paper Fig. 4)", "Run sweep")
+        _wait_idle(driver, page.timeout)
+        click_button(driver, "Run sweep", page.timeout)
+        _watch_for(driver, "Averaged over the OOD sets", "body")
+        timings["distributions_fig4_sweep"] = _watched_seconds(driver, "Averaged over the OOD sets", 180)
+        _wait_idle(driver, page.timeout)
+        _screenshot(driver, extra_shots / "distributions_fig4.png", scroll_to_radio="paper Fig. 4")
+        _choose_radio(driver, "ID vs each OOD set", "Histogram method")
+    elif page.name == "feature_map":
+        for score, name in (("MSE", "feature_map_score_change"), ("MFsim", "feature_map_score_back")):
+            _wait_idle(driver, page.timeout)
+            _watch_for(driver, f"hover: {score}", "body")
+            _choose_option(driver, "Score", score)
+            timings[name] = _watched_seconds(driver, f"hover: {score}", 120)
+    elif page.name == "train":
+        timings["train_page_reruns_in_5s_after_the_run"] = _count_reruns(driver, 5.0)
 
 
 def _upload_duplicates(driver, timeout: float = 120) -> float:
@@ -326,7 +457,10 @@ def _upload_duplicates(driver, timeout: float = 120) -> float:
 def visit_all(server: StreamlitServer, screenshot_dir: Path, pages=PAGES) -> dict[str, float]:
     """Load each page, press its button, wait for its text, check for exceptions, save a screenshot.
 
-    Returns seconds per page; 'first_page_from_start' is the time from launching the server to a usable Home page.
+    Returns seconds per page (until its text is shown and its script is idle, the map's hover check included);
+    'feature_map_iframe_shown' is when the map's UMAP was on screen (on a first visit with the default settings: the
+    stored projection); 'first_page_from_start' is the time from launching the server to a usable Home page; and the
+    timed interactions of `_interactions` (train_page_reruns_in_5s_after_the_run is a count, not seconds).
     """
     from selenium.webdriver.common.action_chains import ActionChains
     from selenium.webdriver.common.by import By
@@ -345,17 +479,18 @@ def visit_all(server: StreamlitServer, screenshot_dir: Path, pages=PAGES) -> dic
                 if page.click:
                     _wait_text(driver, page.click, page.timeout)
                     _wait_idle(driver, page.timeout)
+                    for label, option in page.choose:
+                        _choose_option(driver, label, option)
                     click_button(driver, page.click, page.timeout)
                 _wait_text(driver, page.expect, page.timeout)
                 if page.name == "home":
                     timings["first_page_from_start"] = time.perf_counter() - server.started_at
                 _wait_idle(driver, page.timeout)
                 if page.in_iframe:
-                    _wait_iframe_text(driver, page.in_iframe, 60)
+                    timings[f"{page.name}_iframe_shown"] = _wait_iframe_text(driver, page.in_iframe, 60) - started
                 timings[page.name] = time.perf_counter() - started
-                if page.name == "score":
-                    timings["score_timestep_change"] = _change_timestep(driver)
-                    _wait_idle(driver, page.timeout)
+                _interactions(driver, page, timings, screenshot_dir)
+                _wait_idle(driver, page.timeout)
                 # Park the mouse on the title (no tooltip in the picture) and let charts finish drawing.
                 ActionChains(driver).move_to_element(driver.find_element(By.TAG_NAME, "h1")).perform()
                 time.sleep(1.0)

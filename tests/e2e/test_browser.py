@@ -1,4 +1,5 @@
-"""End to end: the real `streamlit run app.py` server, every page loaded in headless Chromium, screenshots saved.
+"""End to end: the real `streamlit run app.py` server, every page loaded in headless Chromium, screenshots saved,
+interactions timed (printed with -s; tests/e2e/take_screenshots.py also writes them to docs/screenshots/timings.json).
 
 Skips (with the reason) when chromium, chromedriver or selenium are missing, or the shipped model is absent.
 Set DLSR_SCREENSHOTS_DIR to keep the screenshots (tests/e2e/take_screenshots.py writes docs/screenshots/).
@@ -27,7 +28,17 @@ def test_every_page_renders_in_a_real_browser(tmp_path):
             timings = visit_all(server, out)
         except AssertionError as error:
             raise AssertionError(f"{error}\n--- server log ---\n{server.output()}") from error
-    print("\n" + "\n".join(f"{name}: {seconds:.1f} s" for name, seconds in timings.items()))
+    print("\n" + "\n".join(f"{name}: {value:.2f}" for name, value in timings.items()))
+    measured = (
+        "score_timestep_change",
+        "distributions_steps_change",
+        "feature_map_score_change",
+        "feature_map_iframe_shown",
+    )
+    for name in measured:
+        assert name in timings, f"{name} was not measured"
+    # A finished training run must not keep the Train page re-running (it used to refresh every second).
+    assert timings["train_page_reruns_in_5s_after_the_run"] == 0
     for page in PAGES:
         shot = out / f"{page.name}.png"
         assert shot.is_file() and 0 < shot.stat().st_size < MAX_SCREENSHOT_BYTES

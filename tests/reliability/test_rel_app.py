@@ -102,7 +102,7 @@ def test_train_page_refuses_run_names_outside_the_checkpoints_folder(name, tmp_p
     root.mkdir()
     monkeypatch.setenv("DLSR_CHECKPOINTS_DIR", str(root))
     app = _open("pages/train.py")
-    app.text_input[2].set_value(name)
+    next(box for box in app.text_input if box.label == "Run name").set_value(name)
     next(b for b in app.button if b.label == "Start training").click().run()
     assert not app.exception
     assert "Cannot start" in _texts(app, "error")
