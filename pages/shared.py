@@ -30,7 +30,7 @@ RUN_KEY = "run_dir"
 # value is kept under a plain key, written by the widget's on_change, and assigned to the widget's key by the page
 # itself just before the widget renders (_restore), which works in both.
 KEPT_PREFIX = "_kept_"
-DEFAULT_TIMESTEP = 5
+DEFAULT_TIMESTEP = 5  # the shipped model's; pages open at the loaded model's own (detector.scoring.timestep)
 MAX_TIMESTEP = 50
 # DDIM steps offered in the app: one per timestep up to t = 10 covers the paper's range (t = 3-10), and re-scoring the
 # 2,000 ID reference images stays near 3 s at 10 steps on one CPU thread (the CLI takes any number).
@@ -193,7 +193,8 @@ def sampling_controls(detector: Detector, container=None, with_score: bool = Tru
     """Timestep, DDIM steps and score widgets shared by the pages (their values hold across pages)."""
     container = container or st
     top = min(MAX_TIMESTEP, detector.info.config.num_timesteps)
-    timestep = int(_restore("timestep", DEFAULT_TIMESTEP))
+    # Default: the timestep the checkpoint's preset scores at (paper 5; official 4, where its sampler starts).
+    timestep = int(_restore("timestep", detector.scoring.timestep))
     if not 1 <= timestep <= top:
         _keep("timestep", timestep := min(max(timestep, 1), top))
     # Never more steps than the timestep allows: at t = 1 the (disabled) slider shows the 1 step actually used, and
