@@ -18,7 +18,8 @@ import platform
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+# Run as a script: make both this folder (streamlit_browser) and the repository (dlsr_core) importable.
+sys.path[:0] = [str(Path(__file__).resolve().parent), str(Path(__file__).resolve().parents[2])]
 
 from streamlit_browser import REPO, StreamlitServer, missing_requirements, visit_all  # noqa: E402
 
@@ -29,6 +30,8 @@ TIMING_ROWS = (
     ("first_page_from_start", "Home page usable after `streamlit run` starts"),
     ("score_timestep_change", "Score page: timestep 5 → 6 (sample images re-scored)"),
     ("score_timestep_back_cached", "Score page: back to t = 5 (a setting seen before)"),
+    ("score_duplicate_upload", "Score page: upload one image twice (both scored, shown as one score)"),
+    ("how_dlsr_works", "How DLSR works: first visit (the walkthrough and the horizontal-flip panel)"),
     ("distributions", "Score distributions: first visit (every set, 5 methods, LR included)"),
     ("distributions_steps_change", "Score distributions: DDIM steps 1 → 2"),
     ("distributions_steps_back_cached", "Score distributions: back to 1 step (kept per setting)"),
@@ -37,6 +40,7 @@ TIMING_ROWS = (
     ("feature_map_iframe_shown", "Feature map: first visit until the UMAP is on screen (stored projection)"),
     ("feature_map_score_change", "Feature map: score MFsim → MSE (same positions, recoloured)"),
     ("failure_cases", "Failure cases: first visit"),
+    ("feature_vs_pixel", "Feature vs pixel: first visit (6 images through the pixel DDPM and DLSR)"),
     ("train_page_reruns_in_5s_after_the_run", "Train page: script reruns in 5 s after the run ended (count)"),
 )
 
