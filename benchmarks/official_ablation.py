@@ -28,6 +28,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from benchmarks.ablation_default_model import Subset as BalancedSubset  # first count // 10 of each class
 from dlsr_core.backbones import create_feature_extractor
 from dlsr_core.data import open_dataset
 from dlsr_core.diffusion import LFDNConfig
@@ -106,22 +107,6 @@ def variants(epochs: int) -> list[Variant]:
             official_training,
         ),
     ]
-
-
-class BalancedSubset:
-    """The first `count // 10` images of each class of a labelled dataset, in dataset order."""
-
-    def __init__(self, dataset, count: int) -> None:
-        labels = np.asarray(dataset.labels)
-        self.positions = np.concatenate([np.flatnonzero(labels == c)[: count // 10] for c in range(10)])
-        self.dataset = dataset
-        self.name = f"{dataset.name}[balanced {len(self.positions)}]"
-
-    def __len__(self) -> int:
-        return len(self.positions)
-
-    def __getitem__(self, index: int):
-        return self.dataset[int(self.positions[index])]
 
 
 class FeatureStore:

@@ -284,23 +284,9 @@ def reference_set(
     work = f"t={timestep}, {steps or timestep} DDIM step(s), {draws} noise draw(s)"
     work += ", LR: two models" if score == "lr" else ""
     with st.spinner(f"Scoring all {len(id_features):,} ID reference images at {work} (once per setting)…"):
-        return _reference_set(
+        return _set_scores(
             detector, fingerprint(run_dir), id_features.dataset, id_features, timestep, steps, score == "lr", draws
         )
-
-
-@st.cache_data(max_entries=64, show_spinner=False)
-def _reference_set(
-    _detector: Detector,
-    run_fingerprint: str,
-    spec: str,
-    _features: FeatureSet,
-    timestep: int,
-    steps: int | None,
-    with_lr: bool,
-    draws: int,
-) -> dict[str, np.ndarray]:
-    return explorer.score_matrix(_detector, _features.features, timestep, steps, with_lr=with_lr, draws=draws)
 
 
 def reference_scores(
