@@ -33,15 +33,10 @@ def _labels(spec: str, indices: tuple[int, ...]):
     return explorer.set_labels(spec, indices)
 
 
-@st.cache_data(max_entries=64, show_spinner="Scoring the demo sets…")
-def _scores(_detector, run_fingerprint: str, spec: str, _features, timestep, steps, draws, with_lr) -> dict:
-    return explorer.score_matrix(_detector, _features.features, timestep, steps, with_lr=with_lr, draws=draws)
-
-
 sets = {}
 for spec in specs:
     features = shared.features_or_stop(detector, spec)
-    result = _scores(detector, fingerprint, spec, features, timestep, steps, draws, score == "lr")
+    result = shared.set_scores(detector, fingerprint, spec, features, timestep, steps, score == "lr")
     indices = tuple(int(i) for i in features.indices.tolist())
     labels, class_names = _labels(spec, indices)
     sets[spec] = explorer.SetData(
@@ -190,7 +185,7 @@ st.download_button(
         analysis.cases,
         score,
         threshold,
-        {"model_id": explorer.model_id(detector), "t": timestep, "steps": steps, "draws": draws},
+        {"model_id": shared.model_id(detector, run_dir), "t": timestep, "steps": steps, "draws": draws},
     ),
     file_name=f"dlsr_failures_{score}_t{timestep}_steps{steps}_draws{draws}.csv",
     mime="text/csv",

@@ -72,11 +72,6 @@ def _projector() -> embedding.BackgroundProjector:
     return embedding.BackgroundProjector()
 
 
-@st.cache_resource(max_entries=4)
-def _model_id(run_fingerprint: str) -> str:
-    return explorer.model_id(detector)
-
-
 @st.cache_resource(max_entries=64)
 def _shipped(setting: explorer.MapSetting) -> np.ndarray | None:
     return explorer.load_shipped_projection(setting)
@@ -89,7 +84,7 @@ def _pca(run_fingerprint, timestep, steps, draws, per_set, with_reconstructions)
 
 points = _points(fingerprint, timestep, steps, draws, per_set, with_reconstructions)
 setting = explorer.map_setting(
-    _model_id(fingerprint),
+    shared.model_id(detector, run_dir),
     {spec: len(feature_sets[spec]) for spec in specs},
     per_set,
     with_reconstructions,

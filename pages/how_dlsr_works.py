@@ -96,7 +96,12 @@ else:
         st.stop()
     files = [(upload.name, upload.getvalue())]
     batch = shared.prepared_uploads(
-        detector.backbone, detector.backbone_weights(), detector.input_size, shared.digest_files(files), tuple(files)
+        detector.backbone,
+        detector.backbone_weights(),
+        detector.input_size,
+        shared.digest_files(files),
+        tuple(files),
+        detector.feature_options,
     )
     if not batch.names:
         st.error(f"**{upload.name}** cannot be traced: {batch.errors[0][1]}")

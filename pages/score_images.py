@@ -58,8 +58,9 @@ st.caption(shown + hidden)
 id_features = shared.features_or_stop(detector, explorer.DEMO_ID_SET)
 reference = shared.reference_set(detector, run_dir, id_features, timestep, steps, score)
 weights = detector.backbone_weights()
+digests = shared.digest_files(files)
 batch = shared.prepared_uploads(
-    detector.backbone, weights, detector.input_size, shared.digest_files(files), tuple(files), detector.feature_options
+    detector.backbone, weights, detector.input_size, digests, tuple(files), detector.feature_options
 )
 for name, reason in batch.errors:
     st.error(f"**{name}** was not scored: {reason}")
@@ -83,7 +84,7 @@ if ood_count + id_count < len(results):  # a NaN/Inf score or threshold never be
 
 # The same content always gets the same score (the noise belongs to the feature vector): say so for duplicates.
 by_digest: dict[str, list[str]] = {}
-for name, digest in shared.digest_files(files):
+for name, digest in digests:
     by_digest.setdefault(digest, []).append(name)
 scored = {result.name: result for result in results}
 for names in by_digest.values():

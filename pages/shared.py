@@ -18,8 +18,9 @@ import streamlit as st
 
 from dlsr_core import explorer
 from dlsr_core.checkpoint import CheckpointError
+from dlsr_core.diffusion import OFFICIAL_MIN_TIMESTEP
 from dlsr_core.features import FeatureSet
-from dlsr_core.presets import DEFAULT_FEATURES, FeatureOptions
+from dlsr_core.presets import FeatureOptions
 from dlsr_core.scoring import DEFAULT_DRAWS, DEFAULT_STEPS, Detector
 
 RUN_KEY = "run_dir"
@@ -62,6 +63,16 @@ def comparison_baselines():
     return explorer.load_baselines()
 
 
+@st.cache_resource(max_entries=4)
+def _model_id(run_fingerprint: str, _detector: Detector) -> str:
+    return explorer.model_id(_detector)
+
+
+def model_id(detector: Detector, run_dir: Path) -> str:
+    """The loaded model's content id for exports and stored maps (explorer.model_id), computed once per run."""
+    return _model_id(fingerprint(run_dir), detector)
+
+
 def detector_or_stop() -> tuple[Detector, Path]:
     """The current detector, or an explanation and st.stop() when it cannot be loaded."""
     run_dir = current_run_dir()
@@ -79,7 +90,7 @@ def fingerprint(run_dir: Path) -> str:
 
 
 @st.cache_resource(show_spinner="Loading the backbone…", max_entries=2)
-def get_extractor(backbone: str, weights: str, options: FeatureOptions = DEFAULT_FEATURES):
+def get_extractor(backbone: str, weights: str, options: FeatureOptions):
     from dlsr_core.backbones import create_feature_extractor
 
     return create_feature_extractor(backbone, weights=weights, options=options)
@@ -193,10 +204,11 @@ def sampling_controls(detector: Detector, container=None, with_score: bool = Tru
     """Timestep, DDIM steps and score widgets shared by the pages (their values hold across pages)."""
     container = container or st
     top = min(MAX_TIMESTEP, detector.info.config.num_timesteps)
+    low = OFFICIAL_MIN_TIMESTEP if detector.scoring.sampler == "official" else 1  # below it: no network step
     # Default: the timestep the checkpoint's preset scores at (paper 5; official 4, where its sampler starts).
     timestep = int(_restore("timestep", detector.scoring.timestep))
-    if not 1 <= timestep <= top:
-        _keep("timestep", timestep := min(max(timestep, 1), top))
+    if not low <= timestep <= top:
+        _keep("timestep", timestep := min(max(timestep, low), top))
     # Never more steps than the timestep allows: at t = 1 the (disabled) slider shows the 1 step actually used, and
     # that is the value kept afterwards, not a number nobody chose.
     steps = int(_restore("steps", DEFAULT_STEPS))
@@ -205,7 +217,7 @@ def sampling_controls(detector: Detector, container=None, with_score: bool = Tru
     columns = container.columns(3 if with_score else 2)
     timestep = columns[0].slider(
         "Sampling timestep t",
-        1,
+        low,
         top,
         key="timestep",
         on_change=_keep,
@@ -252,7 +264,7 @@ def prepared_uploads(
     input_size: int,
     digests: tuple[tuple[str, str], ...],
     _files: tuple[tuple[str, bytes], ...],
-    options: FeatureOptions = DEFAULT_FEATURES,
+    options: FeatureOptions,
 ) -> explorer.UploadBatch:
     """Decode + embed uploads once per file content; a timestep change re-uses the features."""
     del digests  # cache key: (name, sha256) of every file
