@@ -7,7 +7,7 @@ import io
 import json
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 
 import numpy as np
 from torch import Tensor
@@ -23,7 +23,9 @@ BASELINE_NAMES = ("knn", "mahalanobis")
 class EvaluationSettings:
     """How DLSR scores are computed. Paper: small t (3-10); `steps` None means one DDIM step per timestep."""
 
-    timestep: int = 5
+    timestep: int | None = (
+        None  # None: the model's own scoring timestep (detector.scoring.timestep: paper 5, official 4)
+    )
     steps: int | None = DEFAULT_STEPS
     eta: float = 1.0
     seed: int = 0
@@ -180,6 +182,8 @@ def evaluate(
     """
     if not ood_features:
         raise ValueError("evaluate needs at least one OOD set")
+    if settings.timestep is None:  # the report states the timestep actually used
+        settings = replace(settings, timestep=detector.scoring.timestep)
     all_features = {id_name: id_features, **ood_features}
     for matrix in all_features.values():
         detector.check_features(matrix)

@@ -60,7 +60,7 @@ class DLSR(FeaturesDetector):
         encoder=None,
         detector: Detector | None = None,
         score: str = "mfsim",
-        timestep: int = 5,
+        timestep: int | None = None,  # None: the model's own scoring timestep
         steps: int | None = DEFAULT_STEPS,
         seed: int = 0,
         draws: int = DEFAULT_DRAWS,
@@ -104,7 +104,9 @@ class DLSR(FeaturesDetector):
         if with_encoder:
             from dlsr_core.backbones import create_feature_extractor
 
-            encoder = create_feature_extractor(detector.backbone, weights=detector.backbone_weights(), device="cpu")
+            encoder = create_feature_extractor(
+                detector.backbone, weights=detector.backbone_weights(), device="cpu", options=detector.feature_options
+            )
         return cls(encoder=encoder, detector=detector, weights=detector.backbone_weights(), **options)
 
     def transform(self, image: Image.Image) -> Tensor:

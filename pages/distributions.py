@@ -12,6 +12,7 @@ import plotly.graph_objects as go
 import streamlit as st
 
 from dlsr_core import explorer
+from dlsr_core.backbones import WeightsUnavailableError
 from dlsr_core.metrics import ood_metrics
 from pages import shared
 
@@ -67,16 +68,13 @@ def _memoised(key: tuple, label: str, compute):
     memo = _memo()
     if key not in memo:
         bar = st.progress(0.0, text=label)
-        memo[key] = compute(lambda done, total, what: bar.progress(done / max(total, 1), text=f"{label} {what}"))
-        bar.empty()
+        try:
+            memo[key] = compute(lambda done, total, what: bar.progress(done / max(total, 1), text=f"{label} {what}"))
+        finally:  # no progress bar left standing beside an error
+            bar.empty()
         while len(memo) > 96:
             memo.pop(next(iter(memo)))
     return memo[key]
-
-
-@st.cache_resource(max_entries=4)
-def _model_id(run_fingerprint: str) -> str:
-    return explorer.model_id(detector)
 
 
 @st.cache_data(show_spinner=False)
@@ -113,7 +111,11 @@ if any(name in chosen for name in BASELINES):
         ("baselines", fingerprint, train is not None),
         "Fitting k-NN and Mahalanobis:",
         lambda progress: explorer.baseline_methods(
-            explorer.DEMO_ID_SET, all_features, train.features if train is not None else None, progress=progress
+            explorer.DEMO_ID_SET,
+            all_features,
+            tuple(detector.stage_dims),
+            train.features if train is not None else None,
+            progress=progress,
         ),
     )
 
@@ -133,7 +135,7 @@ for name in added:
                 progress=lambda what: progress(0, 1, what),
             ),
         )
-    except (explorer.MissingInputError, ValueError, OSError) as error:
+    except (ValueError, OSError, WeightsUnavailableError) as error:  # MissingInputError is a ValueError
         st.error(f"{explorer.METHOD_LABELS.get(name, name)} could not be scored: {error}")
         continue
     compared += comparison.method_scores()
@@ -142,9 +144,12 @@ evaluation = explorer.evaluate_methods(
     explorer.DEMO_ID_SET,
     explorer.DEMO_OOD_SETS,
     [method for method in dlsr + baselines if method.name in chosen] + compared,
-    {"model_id": _model_id(fingerprint), "t": timestep, "steps": steps, "draws": draws, "seed": 0},
+    {"model_id": shared.model_id(detector, run_dir), "t": timestep, "steps": steps, "draws": draws, "seed": 0},
 )
 methods = [name for name in [*chosen, *added] if name in evaluation.methods]
+if not methods:
+    st.warning("None of the chosen methods could be scored (see the messages above); choose another method.")
+    st.stop()
 st.caption(
     f"ID: {explorer.DEMO_ID_SET} · model {evaluation.settings['model_id']} · t={timestep}, {steps} DDIM step(s), "
     f"{draws} noise draw(s)"
@@ -255,7 +260,7 @@ elif view == "First vs last epoch (paper Fig. 3)":
             columns[2].caption(f"Saved epochs: {', '.join(str(c.epoch) for c in checkpoints)}.")
         final_scores = next(m for m in dlsr if m.name == fig3_score).scores
         early_scores = _memoised(
-            ("epoch", *setting, str(before.path), fig3_score, rows is None),
+            ("epoch", *setting, str(before.path), fig3_score, with_lr, rows is None),  # the same rows as `dlsr`
             f"Scoring with the epoch-{before.epoch} model:",
             lambda progress: explorer.epoch_scores(
                 explorer.detector_at(detector, before), all_features, fig3_score, timestep, steps, draws, rows
@@ -325,7 +330,7 @@ else:
         )
         st.session_state["sweep_key"] = sweep_key
     shown = st.session_state.get("sweep_key")
-    if shown is not None and ("sweep", *shown) in _memo():
+    if shown == sweep_key and ("sweep", *shown) in _memo():  # never a sweep of another model, steps or draws
         curves = _memo()[("sweep", *shown)]
         figure = go.Figure()
         for name, values in curves.items():

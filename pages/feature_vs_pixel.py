@@ -43,14 +43,18 @@ extractor = shared.get_extractor(detector.backbone, detector.backbone_weights(),
 
 
 @st.cache_data(max_entries=32, show_spinner="Scoring with both methods…")
-def _compare(run_fingerprint: str, spec: str, indices: tuple[int, ...], timestep: int, steps: int):
+def _compare(
+    run_fingerprint: str, pixel_fingerprint: str, spec: str, indices: tuple[int, ...], timestep: int, steps: int, draws
+):
     images = [image for image in explorer.dataset_images(spec, indices) if image is not None]
     return explorer.feature_vs_pixel(
-        detector, pixel_model, extractor, images, timestep, steps, id_features=id_features.features
+        detector, pixel_model, extractor, images, timestep, steps, id_features=id_features.features, draws=draws
     )
 
 
-result = _compare(shared.fingerprint(run_dir), spec, indices, timestep, steps)
+result = _compare(
+    shared.fingerprint(run_dir), explorer.run_fingerprint(path), spec, indices, timestep, steps, shared.current_draws()
+)
 n = len(result.dlsr_scores)
 timing = st.columns(3)
 timing[0].metric("Pixel DDPM", f"{result.pixel_seconds:.2f} s", help=pixel_model.setting.label())

@@ -201,3 +201,22 @@ def test_feature_vs_pixel_page_explains_a_missing_pixel_model(tmp_path, monkeypa
     app.switch_page("pages/feature_vs_pixel.py").run()
     assert not app.exception
     assert "python -m dlsr_core.baselines.train --only pixel_ddpm" in app.error[0].value
+
+
+def test_baselines_are_offered_only_to_models_whose_inputs_they_were_trained_on(detector, tmp_path):
+    from dataclasses import asdict
+
+    from dlsr_core.presets import PRESETS
+
+    shipped = Baselines.load()
+    assert {"feature_ae", "msp", "vim", "pixel_ddpm"} <= set(shipped.available(detector))
+    shipped.feature_ae.info = {**shipped.feature_ae.info, "feature_options": asdict(PRESETS["official"].features)}
+    shipped.classifier.info = {**shipped.classifier.info, "input_size": detector.input_size * 2}
+    offered = shipped.available(detector)
+    assert "feature_ae" not in offered and "msp" not in offered and "pixel_ddpm" in offered
+
+    # A damaged file of any kind is listed in `problems`, never raised.
+    for kind in ("pixel_ddpm", "feature_ae", "classifier"):
+        (tmp_path / f"{kind}.safetensors").write_bytes(b"\x08\x00\x00\x00\x00\x00\x00\x00{}      ")
+    damaged = Baselines.load(tmp_path)
+    assert set(damaged.problems) == {"pixel_ddpm", "feature_ae", "classifier"} and damaged.pixel_ddpm is None

@@ -85,11 +85,13 @@ def test_baselines_without_training_features_use_halves_of_the_id_set_and_say_so
     features = {"id": torch.tensor(rng.normal(size=(40, 6)), dtype=torch.float32)}
     features["far"] = features["id"][:10] + 5.0
     seen = []
-    knn, mahalanobis = explorer.baseline_methods("id", features, None, knn_k=3, progress=lambda *a: seen.append(a))
+    knn, mahalanobis = explorer.baseline_methods(
+        "id", features, None, None, knn_k=3, progress=lambda *a: seen.append(a)
+    )
     assert seen[0] == (0, 6, "fitting k-NN on 20 features") and seen[-1] == (6, 6, "")
     assert len(knn.scores["id"]) == 20 and len(knn.scores["far"]) == 10
     assert "even rows" in knn.note and "differ" in knn.note
-    fitted = explorer.baseline_methods("id", features, features["id"], knn_k=3)[0]
+    fitted = explorer.baseline_methods("id", features, None, features["id"], knn_k=3)[0]
     assert len(fitted.scores["id"]) == 40 and "all 40" in fitted.note
     assert mahalanobis.scores["far"].min() > np.median(mahalanobis.scores["id"])
 
@@ -118,3 +120,16 @@ def test_sweep_summary_reads_the_measured_curve():
     assert "still rising at the largest t tried" in rising and "t = 20 (90.0 %)" in rising
     flat = explorer.sweep_summary([1, 5, 20], {"x": [0.990, 0.991, 0.989]}, "MFsim")
     assert "nearly flat here: between 98.9 % and 99.1 % for t = 1–20 (highest at t = 5)" in flat
+
+
+def test_page_mahalanobis_drops_the_redundant_stage_channels_like_the_evaluation(detector):
+    """Per-stage-standardized features have a singular covariance; the page's Mahalanobis must use the stage dims."""
+    from dlsr_core.baselines import MahalanobisBaseline
+
+    id_features = explorer.load_features(detector, explorer.DEMO_ID_SET).features
+    rotated = explorer.load_features(detector, "demo:fashion_mnist_rotated").features
+    features = {"id": id_features, "rotated": rotated}
+    page = explorer.baseline_methods("id", features, tuple(detector.stage_dims))[1]
+    reference = MahalanobisBaseline(detector.stage_dims).fit(id_features[0::2])
+    np.testing.assert_allclose(page.scores["rotated"], reference.score(rotated), rtol=1e-5)
+    np.testing.assert_allclose(page.scores["id"], reference.score(id_features[1::2]), rtol=1e-5)

@@ -84,10 +84,16 @@ def load_inputs(
     built = dict(extractors or {})
     weights, size = detector.backbone_weights(), detector.input_size
 
+    # DLSR features are made the way the checkpoint's training features were; pre-logits always the default way
+    # (the classifier head was trained on those).
+    options = {"options": detector.feature_options}
+
     def extractor(kind: str):
         if kind not in built:
-            create = create_feature_extractor if kind == "features" else create_prelogit_extractor
-            built[kind] = create(detector.backbone, weights)
+            if kind == "features":
+                built[kind] = create_feature_extractor(detector.backbone, weights, **options)
+            else:
+                built[kind] = create_prelogit_extractor(detector.backbone, weights)
         return built[kind]
 
     def load(cache: Callable, kind: str, spec: str, dataset, positions) -> tuple[Tensor, Tensor]:
@@ -100,6 +106,7 @@ def load_inputs(
                 cache_dir=cache_dir,
                 cache_only=only,
                 extractor=None if only else extractor(kind),
+                **(options if kind == "features" else {}),
             )
 
         return _features_of(spec, dataset, positions, cached, lambda: extractor(kind), size)

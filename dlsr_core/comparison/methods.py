@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -20,6 +20,7 @@ from torch import Tensor
 from dlsr_core.baselines.store import baselines_dir
 from dlsr_core.checkpoint import CheckpointError
 from dlsr_core.evaluation import EvaluationSettings, score_all
+from dlsr_core.presets import DEFAULT_FEATURES
 from dlsr_core.scoring import Detector
 
 
@@ -101,21 +102,34 @@ class Baselines:
         ):
             try:
                 loaded[kind] = loader(folder / f"{kind}.safetensors")
-            except CheckpointError as error:
-                problems[kind] = str(error)
+            except Exception as error:  # noqa: BLE001 - any damage (checksum, metadata, weights) is listed, not raised
+                problems[kind] = (
+                    f"{type(error).__name__}: {error}" if not isinstance(error, CheckpointError) else str(error)
+                )
         return cls(**loaded, distance_train=distance_train, problems=problems)
 
     def available(self, detector: Detector) -> list[str]:
         """Method names that can be scored with these baselines and `detector`, in METHODS order. The feature
-        autoencoder and the classifier head count only when they were trained on `detector`'s backbone."""
+        autoencoder and the classifier head count only when they were trained on inputs made like `detector`'s: the
+        same backbone, weights and input size, and for the autoencoder the same feature options (a baseline that
+        records none was trained on the default ones)."""
 
         def same_backbone(model: object | None) -> bool:
-            return model is not None and model.info.get("backbone", detector.backbone) == detector.backbone
+            if model is None:
+                return False
+            made = {"backbone": detector.backbone, "weights": detector.info.weights, "input_size": detector.input_size}
+            return all(model.info.get(key, value) == value for key, value in made.items())
+
+        def same_features(model: object) -> bool:
+            recorded = model.info.get("feature_options", asdict(DEFAULT_FEATURES))
+            return (
+                recorded == asdict(detector.feature_options) and model.feature_dim == detector.info.config.feature_dim
+            )
 
         names = [name for name in DLSR_METHODS if name != "lr" or detector.has_early]
         if self.pixel_ddpm is not None:
             names.append("pixel_ddpm")
-        if same_backbone(self.feature_ae) and self.feature_ae.feature_dim == detector.info.config.feature_dim:
+        if same_backbone(self.feature_ae) and same_features(self.feature_ae):
             names.append("feature_ae")
         if same_backbone(self.classifier):
             names.extend(CLASSIFIER_METHODS)

@@ -80,7 +80,7 @@ def end_to_end_images_per_second(
     extractors = dict(extractors or {})
     weights = detector.backbone_weights()
     if "features" not in extractors:
-        extractors["features"] = create_feature_extractor(detector.backbone, weights)
+        extractors["features"] = create_feature_extractor(detector.backbone, weights, options=detector.feature_options)
     if "prelogits" not in extractors and any(name in CLASSIFIER_METHODS for name in methods):
         extractors["prelogits"] = create_prelogit_extractor(detector.backbone, weights)
     runs = pipelines(methods, detector, baselines, settings, extractors)

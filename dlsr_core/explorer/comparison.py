@@ -95,7 +95,7 @@ def compare_methods(
     methods: Sequence[str],
     id_set: str,
     features: dict[str, FeatureSet],
-    timestep: int = 5,
+    timestep: int | None = None,
     steps: int | None = DEFAULT_STEPS,
     *,
     baselines: Baselines | None = None,

@@ -171,12 +171,16 @@ def dlsr_methods(
 def baseline_methods(
     id_set: str,
     features: dict[str, Tensor],
+    stage_dims: tuple[int, ...] | None,
     train_features: Tensor | None = None,
     train_name: str = BASELINE_TRAIN_SET,
     knn_k: int = 50,
     progress: ProgressCallback | None = None,
 ) -> list[MethodScores]:
     """k-NN and Mahalanobis on every set, fitted on `train_features` (N_train, D).
+
+    `stage_dims` (the detector's) lets Mahalanobis drop each per-stage-standardized stage's redundant channel, without
+    which its covariance is singular (None: features that are not standardized per stage).
 
     Without training features they are fitted on the even rows of the ID set and score only its odd rows as ID
     (the note says so: their numbers then differ from a table fitted on the training split). `progress(done, total,
@@ -203,7 +207,7 @@ def baseline_methods(
             progress(done, total, what)
         done += 1
 
-    for name, baseline in (("knn", KNNBaseline(knn_k)), ("mahalanobis", MahalanobisBaseline())):
+    for name, baseline in (("knn", KNNBaseline(knn_k)), ("mahalanobis", MahalanobisBaseline(stage_dims))):
         report(f"fitting {SCORE_LABELS[name]} on {len(fit):,} features")
         baseline.fit(fit)
         scores = {}

@@ -12,7 +12,8 @@ import numpy as np
 import torch
 from PIL import Image
 
-from dlsr_core.scoring import DEFAULT_STEPS, Detector
+from dlsr_core.explorer.scores import id_threshold95
+from dlsr_core.scoring import DEFAULT_DRAWS, DEFAULT_STEPS, Detector
 
 
 @dataclass(frozen=True)
@@ -64,11 +65,13 @@ def feature_vs_pixel(
     steps: int | None = DEFAULT_STEPS,
     seed: int = 0,
     id_features: torch.Tensor | None = None,
+    draws: int = DEFAULT_DRAWS,
 ) -> FeatureVsPixel:
     """Score `images` (PIL) with the pixel DDPM (a baselines.pixel_ddpm.PixelDDPM) and with DLSR (MFsim), timing both.
 
     `extractor` is the detector's backbone (backbones.FeatureExtractor). `id_features` (M, D), e.g. the demo ID
-    set's cached features, give DLSR's 95%-TPR threshold as the reference for its scores.
+    set's cached features, give DLSR's 95%-TPR threshold as the reference for its scores; `draws` noise draws are
+    averaged per DLSR score (for images and reference alike).
     """
     from dlsr_core.baselines.pixel_ddpm import images_to_pixels
 
@@ -86,12 +89,12 @@ def feature_vs_pixel(
         features = extractor(extractor.preprocess(list(images), detector.input_size))
         backbone_seconds = time.perf_counter() - started
         started = time.perf_counter()
-        result = detector.score_features(features, timestep, steps, seed=seed, with_lr=False)
+        result = detector.score_features(features, timestep, steps, seed=seed, with_lr=False, draws=draws)
         diffusion_seconds = time.perf_counter() - started
         threshold = float("nan")
         if id_features is not None and len(id_features):
-            id_scores = detector.score_features(id_features, timestep, steps, seed=seed, with_lr=False).mfsim
-            threshold = float(np.quantile(id_scores, 0.95, method="inverted_cdf"))
+            id_scores = detector.score_features(id_features, timestep, steps, seed=seed, with_lr=False, draws=draws)
+            threshold = id_threshold95(id_scores.mfsim)
     return FeatureVsPixel(
         originals=_to_uint8(pixels),
         reconstructions=_to_uint8(reconstructions),
