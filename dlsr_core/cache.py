@@ -153,6 +153,13 @@ def load_feature_set(path: Path, key: dict[str, str], memory_map: bool = False) 
     if set(tensors) != {"features", "indices"} or metadata.get("checksum") != _payload_checksum(tensors):
         logger.warning("ignoring feature cache %s: checksum mismatch", path)
         return None
+    return _feature_set(path, tensors["features"], tensors["indices"], metadata, key)
+
+
+def _feature_set(
+    path: Path, features: torch.Tensor, indices: torch.Tensor, metadata: dict, key: dict[str, str]
+) -> FeatureSet | None:
+    """The FeatureSet of a verified cache file, or None (with a warning) when its descriptive metadata is damaged."""
     try:
         stage_dims = tuple(int(size) for size in json.loads(metadata["stage_dims"]))
         skipped, dataset = int(metadata["skipped"]), str(metadata["dataset_name"])
@@ -160,9 +167,9 @@ def load_feature_set(path: Path, key: dict[str, str], memory_map: bool = False) 
         logger.warning("ignoring feature cache %s: damaged metadata (%s)", path, error)
         return None
     return FeatureSet(
-        features=tensors["features"],
+        features=features,
         stage_dims=stage_dims,
-        indices=tensors["indices"],
+        indices=indices,
         skipped=skipped,
         dataset=dataset,
         backbone=key["backbone"],
@@ -177,6 +184,8 @@ def _load_mapped(path: Path, key: dict[str, str]) -> FeatureSet | None:
     try:
         header, data_start = read_safetensors_header(path)
         metadata = header.get("__metadata__") or {}
+        if not isinstance(metadata, dict):
+            raise ValueError("metadata is not a mapping")
         if any(metadata.get(name) != value for name, value in key.items()):
             logger.warning("ignoring feature cache %s: made under a different key", path)
             return None
@@ -191,18 +200,10 @@ def _load_mapped(path: Path, key: dict[str, str]) -> FeatureSet | None:
             return None
         features = map_tensor(path, header, data_start, "features")
         indices = map_tensor(path, header, data_start, "indices").clone()
-    except (OSError, ValueError, KeyError, TypeError) as error:  # any parse failure means the file cannot be trusted
+    except Exception as error:  # any parse failure means the file cannot be trusted (as in load_feature_set)
         logger.warning("ignoring damaged feature cache %s: %s", path, error)
         return None
-    return FeatureSet(
-        features=features,
-        stage_dims=tuple(json.loads(metadata["stage_dims"])),
-        indices=indices,
-        skipped=int(metadata["skipped"]),
-        dataset=metadata["dataset_name"],
-        backbone=key["backbone"],
-        seconds=0.0,
-    )
+    return _feature_set(path, features, indices, metadata, key)
 
 
 def cached_features(
@@ -318,7 +319,6 @@ def _extract_sharded(
     Batches are fixed blocks of dataset positions (features.extract_features), so every row is computed in exactly the
     batch a single process would use and the joined entry equals a single-process extraction bit for bit.
     """
-    import torch.distributed as dist
 
     rank, world_size = _distributed_rank()
     started = time.perf_counter()
@@ -326,19 +326,23 @@ def _extract_sharded(
     blocks_per_rank = -(-math.ceil(len(images) / batch_size) // world_size)
     begin = min(rank * blocks_per_rank * batch_size, len(images))
     end = min((rank + 1) * blocks_per_rank * batch_size, len(images))
-    shard = extract_features(
-        extractor,
-        images,
-        input_size,
-        batch_size=batch_size,
-        progress=progress if rank == 0 else None,
-        dataset_name=images.name,
-        positions=range(begin, end),
-    )
-    part_key = {**key, "shard": f"{rank}/{world_size}"}
-    save_feature_set(_part_path(path, rank, world_size), shard, part_key)
-    dist.barrier()
     problem = ""
+    try:
+        shard = extract_features(
+            extractor,
+            images,
+            input_size,
+            batch_size=batch_size,
+            progress=progress if rank == 0 else None,
+            dataset_name=images.name,
+            positions=range(begin, end),
+        )
+        save_feature_set(_part_path(path, rank, world_size), shard, {**key, "shard": f"{rank}/{world_size}"})
+    except Exception as error:  # as below: a rank that failed alone would leave the others waiting forever
+        problem = f"rank {rank} could not extract or store its part of {path.name}: {type(error).__name__}: {error}"
+    if not _all_ranks(not problem):
+        _part_path(path, rank, world_size).unlink(missing_ok=True)
+        raise RuntimeError(problem or f"another rank failed to extract its part of {path.name}; see its error")
     if rank == 0:
         try:
             problem = _join_parts(path, key, world_size, images.name)

@@ -29,7 +29,7 @@ from tqdm import tqdm
 
 from dlsr_core import options
 from dlsr_core.checkpoint import DEFAULT_RUN_DIR, CheckpointError
-from dlsr_core.diffusion import ConfigError, LFDNConfig
+from dlsr_core.diffusion import OFFICIAL_MIN_TIMESTEP, ConfigError, LFDNConfig
 from dlsr_core.metrics import MetricInputError
 from dlsr_core.presets import (
     DEFAULT_PRESET,
@@ -572,6 +572,12 @@ def _check_timestep(detector) -> None:
     top, timestep = detector.info.config.num_timesteps, detector.scoring.timestep
     if timestep > top:
         raise ConfigError(f"--timestep must be in 1..{top} for this checkpoint (T = {top}), got {timestep}")
+    if detector.scoring.sampler == "official" and timestep < OFFICIAL_MIN_TIMESTEP:
+        # Below this the released sampler takes no network step: the "reconstruction" would be the noised input.
+        raise ConfigError(
+            f"--timestep must be at least {OFFICIAL_MIN_TIMESTEP} with --sampler official, got {timestep}; "
+            "use --sampler ddim for smaller timesteps"
+        )
 
 
 def _image_files_features(args, detector) -> tuple[torch.Tensor, list[str]]:
@@ -787,7 +793,8 @@ def main(argv: list[str] | None = None) -> int:
     previous_handler = signal.signal(signal.SIGTERM, _raise_terminated) if in_main_thread else None
     kept = ""
     if args.command == "train":
-        kept = f"; {args.out} keeps its last saved checkpoint, run the same command to continue"
+        again = "the same command without --restart" if args.restart else "the same command"
+        kept = f"; {args.out} keeps any checkpoint it saved, and {again} continues from it"
     try:
         runners[args.command](args)
     except TrainingDivergedError as error:

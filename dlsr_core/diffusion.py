@@ -265,6 +265,8 @@ def official_reconstruct(
 
 
 SAMPLERS = ("ddim", "official")
+# The official sampler's first network step is at level start - 1 >= 2: from t = 1 or 2 it returns the noised input.
+OFFICIAL_MIN_TIMESTEP = 3
 
 
 def reconstruct(

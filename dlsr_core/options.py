@@ -145,4 +145,4 @@ def time_mlp_width(text: str) -> str:
     return str(int_in(1, MAX_WIDTH, "--time-mlp-width (width, features or a number)")(text))
 
 
-std_eps = float_in(0.0, 1.0, "--std-eps", low_inclusive=False)
+std_eps = float_in(0.0, 1.0, "--std-eps", low_inclusive=False, high_inclusive=False)  # as presets.validate_options

@@ -358,8 +358,9 @@ def _kept_checkpoint_message(run_dir: Path) -> str:
 
 # Settings a resumed run may change (they only steer the rest of the run) and those it must keep; the CLI options
 # named in messages.
-_RESUMABLE_CHANGES = ("epochs", "learning_rate", "weight_decay", "ema_decay", "checkpoint_every")
-_FIXED_SETTINGS = {"batch_size": "--train-batch-size", "seed": "--seed"}
+_RESUMABLE_CHANGES = ("epochs", "learning_rate", "weight_decay", "ema_decay", "checkpoint_every", "amp")
+# drop_last changes the steps per epoch, so a run keeps it.
+_FIXED_SETTINGS = {"batch_size": "--train-batch-size", "seed": "--seed", "drop_last": "--drop-last"}
 _FIXED_ARCHITECTURE = {"feature_dim": "the feature size", "width": "--width", "depth": "--depth"}
 _FIXED_PROVENANCE = {
     "backbone": "--backbone",

@@ -4,6 +4,8 @@ import os
 import subprocess
 import sys
 
+import pytest
+import safetensors
 import safetensors.torch
 import torch
 
@@ -127,3 +129,20 @@ def test_memory_mapped_training_gives_the_same_loss_curve(tmp_path):
     assert losses["mapped"] == losses["in_memory"]
     weights = [safetensors.torch.load_file(tmp_path / name / "last.safetensors") for name in losses]
     assert all(torch.equal(weights[0][key], weights[1][key]) for key in weights[0])
+
+
+@pytest.mark.parametrize("damage", ["no skipped", "stage_dims not JSON", "dataset name missing"])
+def test_a_cache_file_with_damaged_metadata_is_recomputed_by_both_loaders(tmp_path, damage):
+    path, key, _ = _cached_set(tmp_path)
+    tensors = safetensors.torch.load_file(path)
+    with safetensors.safe_open(str(path), framework="pt") as handle:
+        metadata = dict(handle.metadata())
+    if damage == "no skipped":
+        del metadata["skipped"]
+    elif damage == "stage_dims not JSON":
+        metadata["stage_dims"] = "[4, 8"
+    else:
+        del metadata["dataset_name"]
+    safetensors.torch.save_file(tensors, path, metadata=metadata)  # checksum intact: only the description is bad
+    assert load_feature_set(path, key) is None
+    assert load_feature_set(path, key, memory_map=True) is None

@@ -48,6 +48,7 @@ PARSE_CASES = [
     ("eta-inf", [*SCORE, "--eta", "inf"], "eta must be a finite number"),
     ("eta-negative", [*SCORE, "--eta", "-0.5"], "eta must be a finite number"),
     ("timestep-0", [*SCORE, "-t", "0"], "timestep must be in 1.."),
+    ("std-eps-1", ["extract", "-d", ID_SET, "--std-eps", "1"], "--std-eps must be a finite number in (0, 1)"),
     ("steps-negative", [*SCORE, "--steps", "-1"], "steps must be in 0.."),
     ("draws-0", [*SCORE, "--draws", "0"], "draws must be in 1.."),
     ("output-is-a-folder", [*SCORE, "-o", "<folder>"], "is a folder"),
@@ -90,6 +91,12 @@ def test_knn_k_above_the_fit_set_is_refused_before_extraction(sandbox, cli, mode
 def test_timestep_above_the_models_schedule_is_refused_before_extraction(sandbox, cli, model_args, no_backbone):
     outcome = cli("score", "-d", "demo:textures", "-t", "500", *model_args)
     assert_clean_error(outcome, 2, "1..100 for this checkpoint")
+
+
+@pytest.mark.parametrize("timestep", ["1", "2"])
+def test_official_sampler_below_its_first_network_step_is_refused(sandbox, cli, model_args, no_backbone, timestep):
+    outcome = cli("score", "-d", "demo:textures", "-t", timestep, "--sampler", "official", *model_args)
+    assert_clean_error(outcome, 2, f"at least 3 with --sampler official, got {timestep}")
 
 
 def test_missing_training_set_is_found_before_any_extraction(sandbox, cli, tiny_run, no_backbone):

@@ -184,7 +184,8 @@ def test_interrupting_cli_training_exits_cleanly_and_keeps_the_run(name, code, c
     lines = err.strip().splitlines()
     assert "Traceback" not in err and len(lines) == 1, err
     word = "interrupted" if name == "SIGINT" else "terminated"
-    assert lines[0].startswith(f"error: {word}; {run} keeps its last saved checkpoint"), lines
+    expected = f"error: {word}; {run} keeps any checkpoint it saved, and the same command continues from it"
+    assert lines[0].startswith(expected), lines
     assert load_checkpoint(run / LAST_NAME).info.epoch >= 1
     assert not list(Path(run).glob("*.partial")), "an interrupted write must remove its temporary file"
     assert read_resume_state(run / RESUME_NAME).epoch >= 1
