@@ -204,7 +204,8 @@ def sampling_controls(detector: Detector, container=None, with_score: bool = Tru
     """Timestep, DDIM steps and score widgets shared by the pages (their values hold across pages)."""
     container = container or st
     top = min(MAX_TIMESTEP, detector.info.config.num_timesteps)
-    low = OFFICIAL_MIN_TIMESTEP if detector.scoring.sampler == "official" else 1  # below it: no network step
+    official = detector.scoring.sampler == "official"  # takes no steps setting, and no network step below t = 3
+    low = OFFICIAL_MIN_TIMESTEP if official else 1
     # Default: the timestep the checkpoint's preset scores at (paper 5; official 4, where its sampler starts).
     timestep = int(_restore("timestep", detector.scoring.timestep))
     if not low <= timestep <= top:
@@ -232,8 +233,11 @@ def sampling_controls(detector: Detector, container=None, with_score: bool = Tru
         on_change=_keep,
         args=("steps",),
         help=f"DDIM steps from t back to 0, at most t and at most {MAX_STEPS} here (default {DEFAULT_STEPS}: measured "
-        "as accurate as one per timestep, and t times cheaper).",
-        disabled=timestep == 1,
+        "as accurate as one per timestep, and t times cheaper)."
+        + (
+            " This model scores with the official sampler, which visits every level and ignores it." if official else ""
+        ),
+        disabled=timestep == 1 or official,
     )
     steps = min(steps, timestep)
     score = score_control(detector, columns[2]) if with_score else "mfsim"

@@ -2,6 +2,7 @@
 
 import csv
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -184,7 +185,7 @@ def _read_scores(path) -> dict[str, np.ndarray]:
     return {name: np.array([float(row[name]) for row in rows]) for name in rows[0] if name != "item"}
 
 
-def test_cli_trains_and_scores_under_the_official_preset(tmp_path, capsys):
+def test_cli_trains_and_scores_under_the_official_preset(tmp_path, capsys, monkeypatch):
     from dlsr_core.cli import main
     from dlsr_core.scoring import Detector
 
@@ -224,3 +225,16 @@ def test_cli_trains_and_scores_under_the_official_preset(tmp_path, capsys):
         official["mfsim"], -np.mean([official[f"cos_stage{i}"] for i in range(2, 6)], axis=0), atol=1e-4
     )
     assert len(paper) == len(official)
+    assert main([*score, "-t", "2"]) == 2 and "at least 3 with --sampler official" in capsys.readouterr().err
+
+    # The app opens such a model at its own timestep (4), never below the sampler's first network step, with the
+    # steps control (which this sampler ignores) disabled.
+    from streamlit.testing.v1 import AppTest
+
+    monkeypatch.setenv("DLSR_RUN_DIR", str(run))
+    app = AppTest.from_file(str(Path(__file__).resolve().parents[1] / "app.py"), default_timeout=240)
+    app.run()
+    app.switch_page("pages/score_images.py").run()
+    assert not app.exception, [e.value for e in app.exception]
+    timestep, steps = app.slider(key="timestep"), app.slider(key="steps")
+    assert (timestep.value, timestep.min, steps.disabled) == (4, 3, True)
