@@ -36,10 +36,10 @@ from dlsr_core.comparison import (
     end_to_end_images_per_second,
     load_inputs,
     score_methods,
-    subset_rows,
 )
 from dlsr_core.data import DatasetError, load_fashion_mnist, open_dataset
 from dlsr_core.evaluation import EvaluationSettings
+from dlsr_core.features import subsample_rows
 from dlsr_core.metrics import ood_metrics
 from dlsr_core.scoring import Detector
 
@@ -102,7 +102,7 @@ def pixel_ablation(
         candidate = model.with_setting(setting, calibration, seed)
         started, scores, count = time.perf_counter(), {}, 0
         for name, set_inputs in inputs.items():
-            rows_used = torch.as_tensor(subset_rows(len(set_inputs), per_set, seed))
+            rows_used = torch.as_tensor(subsample_rows(len(set_inputs), per_set, seed))
             scores[name] = candidate.score_pixels(set_inputs.pixels[rows_used], seed)
             count += len(rows_used)
         seconds = time.perf_counter() - started

@@ -6,6 +6,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 from PIL import Image
 from torch import Tensor
@@ -84,3 +85,11 @@ def extract_features(
         backbone=extractor.name,
         seconds=time.perf_counter() - started,
     )
+
+
+def subsample_rows(count: int, limit: int | None, seed: int = 0) -> np.ndarray:
+    """Sorted row positions of a set of `count` rows: all of them, or `limit` drawn without replacement (fixed by
+    `seed`, so the same subset comes back every time)."""
+    if limit is None or count <= limit:
+        return np.arange(count)
+    return np.sort(np.random.default_rng(seed).choice(count, size=limit, replace=False))

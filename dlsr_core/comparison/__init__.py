@@ -5,7 +5,7 @@ distance-based detectors, scored on the same images, with metrics (ID = positive
 `speed` (end-to-end images/s from decoded images), `report` (tables as Markdown/CSV/JSON).
 """
 
-from dlsr_core.comparison.inputs import load_inputs, subset_rows
+from dlsr_core.comparison.inputs import load_inputs
 from dlsr_core.comparison.methods import (
     CLASSIFIER_METHODS,
     DISTANCE_METHODS,
@@ -36,5 +36,4 @@ __all__ = [
     "end_to_end_images_per_second",
     "load_inputs",
     "score_methods",
-    "subset_rows",
 ]

@@ -14,15 +14,8 @@ import torch
 from torch import Tensor
 
 from dlsr_core.comparison.methods import SetInputs
-from dlsr_core.features import extract_features
+from dlsr_core.features import extract_features, subsample_rows
 from dlsr_core.scoring import Detector
-
-
-def subset_rows(count: int, limit: int | None, seed: int = 0) -> np.ndarray:
-    """Sorted row positions: all of them, or `limit` of them drawn without replacement."""
-    if limit is None or count <= limit:
-        return np.arange(count)
-    return np.sort(np.random.default_rng(seed).choice(count, size=limit, replace=False))
 
 
 class _Subset:
@@ -114,7 +107,7 @@ def load_inputs(
     result: dict[str, SetInputs] = {}
     for spec in specs:
         dataset = open_dataset(spec)
-        positions = None if limit is None else subset_rows(len(dataset), limit, seed)
+        positions = None if limit is None else subsample_rows(len(dataset), limit, seed)
         features, indices = load(cached_features, "features", spec, dataset, positions)
         detector.check_features(features)
         logits_input = None

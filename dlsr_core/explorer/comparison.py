@@ -11,10 +11,10 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from dlsr_core.comparison import METHODS, Baselines, SetInputs, score_methods, subset_rows
+from dlsr_core.comparison import METHODS, Baselines, SetInputs, score_methods
 from dlsr_core.evaluation import EvaluationSettings
 from dlsr_core.explorer.distributions import MethodScores
-from dlsr_core.features import FeatureSet
+from dlsr_core.features import FeatureSet, subsample_rows
 from dlsr_core.metrics import OODMetrics, ood_metrics
 from dlsr_core.scoring import DEFAULT_STEPS, Detector
 
@@ -145,7 +145,7 @@ def compare_methods(
         subset: dict[str, SetInputs] = {}
         rows["pixel_ddpm"] = {}
         for spec, inputs in full.items():
-            chosen = subset_rows(len(inputs), pixel_images_per_set, seed)
+            chosen = subsample_rows(len(inputs), pixel_images_per_set, seed)
             dataset = open_dataset(spec)
             pixels = images_to_pixels([dataset[int(inputs.indices[i])] for i in chosen])
             subset[spec] = SetInputs(inputs.features[torch.as_tensor(chosen)], inputs.indices[chosen], None, pixels)

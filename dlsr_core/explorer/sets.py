@@ -5,11 +5,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
-import numpy as np
 from PIL import Image
 
 from dlsr_core.checkpoint import CheckpointError
-from dlsr_core.features import FeatureSet, ProgressCallback
+from dlsr_core.features import FeatureSet, ProgressCallback, subsample_rows  # noqa: F401 - re-exported
 from dlsr_core.scoring import Detector
 
 DEMO_ID_SET = "demo:fashion_mnist_test"
@@ -74,10 +73,3 @@ def dataset_images(spec: str, indices: Sequence[int]) -> list[Image.Image | None
 
     dataset = open_dataset(spec)
     return [dataset[int(i)] for i in indices]
-
-
-def subsample_rows(count: int, limit: int | None, seed: int = 0) -> np.ndarray:
-    """Sorted row positions: all of them, or `limit` drawn without replacement."""
-    if limit is None or count <= limit:
-        return np.arange(count)
-    return np.sort(np.random.default_rng(seed).choice(count, size=limit, replace=False))
