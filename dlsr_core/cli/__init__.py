@@ -9,11 +9,11 @@ first one is extracted, so a mistake is reported in seconds, not after minutes o
 
 `--preset paper|official` picks every option of dlsr_core.presets at once; an explicit option flag overrides it.
 
-Layout: ``main`` (parser, dispatch, exit codes), one module per command (``extract``, ``train``, ``score``,
+Layout: ``dispatch`` (parser, dispatch, exit codes), one module per command (``extract``, ``train``, ``score``,
 ``evaluate``: each ``add_parser`` + ``run``) over the shared option groups (``arguments``, checks in
 dlsr_core.options), the dataset/feature steps (``datasets``) and the scored detector (``sampling``).
 """
 
-from dlsr_core.cli.main import build_parser, main
+from dlsr_core.cli.dispatch import build_parser, main
 
 __all__ = ["build_parser", "main"]

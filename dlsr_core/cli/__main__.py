@@ -2,7 +2,7 @@
 
 import sys
 
-from dlsr_core.cli.main import main
+from dlsr_core.cli.dispatch import main
 
 if __name__ == "__main__":
     sys.exit(main())
