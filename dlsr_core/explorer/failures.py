@@ -262,6 +262,14 @@ def analyse_errors(id_set: str, sets: dict[str, SetData], threshold: float) -> E
         cases.append(replace(case, rank=rank))
         tags_by_kind[OOD_KIND].append(case.categories)
 
+    counts = _category_counts(tags_by_kind, base)
+    return ErrorAnalysis(threshold, id_set, len(id_rows), len(id_data.scores), ood_errors, ood_totals, cases, counts)
+
+
+def _category_counts(
+    tags_by_kind: dict[str, list[tuple[str, ...]]], base: dict[tuple[str, str], float]
+) -> list[CategoryCount]:
+    """Errors per category and kind, with each category's base rate where it is measurable (not without labels)."""
     counts = []
     for kind, categories in (
         (ID_KIND, (LOW_CONTENT, ATYPICAL, UNEXPLAINED)),
@@ -277,7 +285,7 @@ def analyse_errors(id_set: str, sets: dict[str, SetData], threshold: float) -> E
                     kind, category, errors, errors / len(tagged) if tagged else 0.0, base.get((kind, category))
                 )
             )
-    return ErrorAnalysis(threshold, id_set, len(id_rows), len(id_data.scores), ood_errors, ood_totals, cases, counts)
+    return counts
 
 
 def failure_csv(
