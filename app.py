@@ -5,7 +5,8 @@ import os
 import streamlit as st
 import torch
 
-from pages import shared
+from dlsr_core import explorer
+from pages import shared, widgets
 
 # Half the cores (at most 4) for torch, overridable with DLSR_TORCH_THREADS. On a shared 2-core machine two torch
 # threads competing with other processes made scoring 5x slower than one (measured), and the browser needs a core.
@@ -28,10 +29,10 @@ page = st.navigation(PAGES)
 with st.sidebar:
     run_dir = shared.current_run_dir()
     try:
-        st.markdown(shared.model_caption(shared.load_detector(run_dir), run_dir))
+        st.markdown(explorer.model_caption(shared.load_detector(run_dir), run_dir))
     except Exception as error:  # the page itself explains; the sidebar only must not crash
         st.warning(f"No usable model at `{run_dir}` ({type(error).__name__}).")
-    shared.draws_control()  # every page scores with this many noise draws per image
+    widgets.draws_control()  # every page scores with this many noise draws per image
     st.caption(
         "DLSR: diffusion-based layer-wise semantic reconstruction for unsupervised OOD detection "
         "(NeurIPS 2024). All scores: higher = more OOD."

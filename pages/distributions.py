@@ -14,15 +14,15 @@ import streamlit as st
 from dlsr_core import explorer
 from dlsr_core.backbones import WeightsUnavailableError
 from dlsr_core.metrics import ood_metrics
-from pages import shared
+from pages import shared, widgets
 
 ID_COLOUR, OOD_COLOUR = "#3b6fb6", "#b83b3b"
 BASELINES = ["knn", "mahalanobis"]
 
 st.title("Score distributions")
 detector, run_dir = shared.detector_or_stop()
-timestep, steps, _ = shared.sampling_controls(detector, with_score=False)
-draws = shared.current_draws()  # the sidebar's noise-draws control
+timestep, steps, _ = widgets.sampling_controls(detector, with_score=False)
+draws = widgets.current_draws()  # the sidebar's noise-draws control
 fingerprint = shared.fingerprint(run_dir)
 dlsr_names = explorer.available_scores(detector)
 options = dlsr_names + BASELINES
@@ -301,7 +301,7 @@ else:
     with st.form("sweep"):
         form_columns = st.columns(3)
         sweep_timesteps = form_columns[0].multiselect(
-            "Timesteps", list(range(1, shared.MAX_TIMESTEP + 1)), default=[1, 2, 3, 5, 8, 10, 15, 20]
+            "Timesteps", list(range(1, widgets.MAX_TIMESTEP + 1)), default=[1, 2, 3, 5, 8, 10, 15, 20]
         )
         sweep_score = form_columns[1].selectbox(
             "Score", dlsr_names, index=dlsr_names.index("mfsim"), format_func=lambda s: explorer.SCORE_LABELS[s]

@@ -5,7 +5,7 @@ import streamlit as st
 
 from dlsr_core import explorer
 from dlsr_core.explorer import failures
-from pages import shared
+from pages import shared, widgets
 
 st.title("Failure cases")
 st.markdown(
@@ -15,8 +15,8 @@ st.markdown(
     "statistics**."
 )
 detector, run_dir = shared.detector_or_stop()
-timestep, steps, score = shared.sampling_controls(detector)
-draws = shared.current_draws()  # the sidebar's noise-draws control
+timestep, steps, score = widgets.sampling_controls(detector)
+draws = widgets.current_draws()  # the sidebar's noise-draws control
 k = st.slider("Images shown per group (most extreme first)", 4, 40, 12, step=4)
 
 specs = [explorer.DEMO_ID_SET, *explorer.DEMO_OOD_SETS]

@@ -13,14 +13,14 @@ import plotly.graph_objects as go
 import streamlit as st
 
 from dlsr_core import embedding, explorer
-from pages import shared
+from pages import shared, widgets
 
 PALETTE = ("#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b")  # one colour per set
 
 st.title("Feature map (UMAP)")
 detector, run_dir = shared.detector_or_stop()
-timestep, steps, score = shared.sampling_controls(detector)
-draws = shared.current_draws()  # the sidebar's noise-draws control
+timestep, steps, score = widgets.sampling_controls(detector)
+draws = widgets.current_draws()  # the sidebar's noise-draws control
 controls = st.columns(4)
 method = controls[0].radio(
     "Projection",

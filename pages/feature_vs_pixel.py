@@ -6,7 +6,7 @@ import streamlit as st
 
 from dlsr_core import explorer
 from dlsr_core.checkpoint import CheckpointError
-from pages import shared
+from pages import shared, widgets
 
 st.title("Feature vs pixel")
 st.markdown(
@@ -30,7 +30,7 @@ except CheckpointError as error:
     st.error(f"The pixel DDPM baseline is not available: {error}")
     st.stop()
 
-timestep, steps, _ = shared.sampling_controls(detector, with_score=False)
+timestep, steps, _ = widgets.sampling_controls(detector, with_score=False)
 sets = [explorer.DEMO_ID_SET, *explorer.DEMO_OOD_SETS]
 columns = st.columns(3)
 spec = columns[0].selectbox("Images from", sets, format_func=lambda s: s.removeprefix("demo:"))
@@ -53,7 +53,13 @@ def _compare(
 
 
 result = _compare(
-    shared.fingerprint(run_dir), explorer.run_fingerprint(path), spec, indices, timestep, steps, shared.current_draws()
+    shared.fingerprint(run_dir),
+    explorer.run_fingerprint(path),
+    spec,
+    indices,
+    timestep,
+    steps,
+    widgets.current_draws(),
 )
 n = len(result.dlsr_scores)
 timing = st.columns(3)

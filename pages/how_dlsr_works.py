@@ -6,7 +6,7 @@ import streamlit as st
 from plotly.subplots import make_subplots
 
 from dlsr_core import explorer
-from pages import shared
+from pages import figures, shared, widgets
 
 SOURCE_KEY = "walk_source"
 SET_KEY = "walk_set"
@@ -65,7 +65,7 @@ st.markdown(
     "(ID) images, so it rebuilds them well and fails on anything else — and it tells us *at which level* it failed."
 )
 detector, run_dir = shared.detector_or_stop()
-draws = shared.current_draws()
+draws = widgets.current_draws()
 
 # 1 · the image ------------------------------------------------------------------------------------------------------
 st.header("1 · The image")
@@ -99,7 +99,7 @@ else:
         detector.backbone,
         detector.backbone_weights(),
         detector.input_size,
-        shared.digest_files(files),
+        explorer.digest_files(files),
         tuple(files),
         detector.feature_options,
     )
@@ -139,7 +139,7 @@ st.markdown(
 
 # 3 · noise -----------------------------------------------------------------------------------------------------------
 st.header("3 · Add noise up to timestep t")
-timestep, steps, score = shared.sampling_controls(detector)
+timestep, steps, score = widgets.sampling_controls(detector)
 id_features = shared.features_or_stop(detector, explorer.DEMO_ID_SET)
 reference = shared.reference_set(detector, run_dir, id_features, timestep, steps, score)
 trace = explorer.trace_image(detector, features, reference, score, timestep, steps, draws)
@@ -217,7 +217,7 @@ band.add_trace(
         x=profile.worse_than,
         y=labels,
         mode="markers+text",
-        marker=dict(size=14, color=[shared.PROFILE_COLOURS[s] for s in profile.status]),
+        marker=dict(size=14, color=[explorer.PROFILE_COLOURS[s] for s in profile.status]),
         text=[f"{explorer.percent_text(p)} %" for p in profile.worse_than],
         textposition=["middle left" if p > 80 else "middle right" for p in profile.worse_than],
         customdata=np.stack([profile.values, profile.band_low, profile.band_high, profile.z_scores], axis=1),
@@ -250,7 +250,7 @@ formulas = {
 }
 st.header("6 · One score, placed among ID images")
 st.plotly_chart(
-    shared.id_histogram(
+    figures.id_histogram(
         trace.id_scores,
         trace.threshold,
         label,

@@ -4,7 +4,7 @@ layer profile: where each stage's reconstruction falls among ID images)."""
 import streamlit as st
 
 from dlsr_core import explorer
-from pages import shared
+from pages import figures, shared, widgets
 
 SOURCE_KEY = "score_source"  # "uploads" | "samples": the latest action wins
 UPLOADER_KEY = "score_file_uploader"
@@ -16,8 +16,8 @@ def _uploads_changed() -> None:
 
 st.title("Score images")
 detector, run_dir = shared.detector_or_stop()
-timestep, steps, score = shared.sampling_controls(detector)
-draws = shared.current_draws()
+timestep, steps, score = widgets.sampling_controls(detector)
+draws = widgets.current_draws()
 
 uploaded = st.file_uploader(
     "Images (PNG, JPEG, WebP, BMP, TIFF, GIF; any mode). They are scored in memory and never stored.",
@@ -58,7 +58,7 @@ st.caption(shown + hidden)
 id_features = shared.features_or_stop(detector, explorer.DEMO_ID_SET)
 reference = shared.reference_set(detector, run_dir, id_features, timestep, steps, score)
 weights = detector.backbone_weights()
-digests = shared.digest_files(files)
+digests = explorer.digest_files(files)
 batch = shared.prepared_uploads(
     detector.backbone, weights, detector.input_size, digests, tuple(files), detector.feature_options
 )
@@ -97,7 +97,7 @@ for names in by_digest.values():
 
 id_scores = reference[score]
 st.plotly_chart(
-    shared.id_histogram(
+    figures.id_histogram(
         id_scores,
         threshold,
         label,
@@ -121,5 +121,5 @@ for start in range(0, len(results), per_row):
                 f"**#{number}** {badge} · {label} = `{result.score:.4g}` · above {result.id_percentile:.1f}% of ID"
             )
             # Plain HTML rows: a dozen Plotly charts would make every timestep change slow to redraw.
-            st.html(shared.profile_html(result.profile))
+            st.html(explorer.profile_html(result.profile))
 st.session_state["score_results"] = results

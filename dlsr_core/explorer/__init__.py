@@ -2,9 +2,10 @@
 
 Pages keep only widgets, caching and plotting; everything that can be tested without a browser lives here, one
 module per concern: `sets` (demo sets, features, images), `runs` (checkpoints), `scores` (scores, thresholds,
-verdicts), `uploads`, `explanation` (layer profiles), `walkthrough` (one image traced step by step), `shifts` (what
-counts as OOD), `distributions` (evaluation, sweep), `failures`, `maps` (feature-map inputs) and `training_job`
-(background training). Every public name is re-exported here, so pages write `explorer.<name>`.
+verdicts), `uploads`, `explanation` (layer profiles), `markup` (their HTML), `walkthrough` (one image traced step
+by step), `shifts` (what counts as OOD), `distributions` (evaluation, sweep), `failures`, `maps` (feature-map
+inputs) and `training_job` (background training). Every public name is re-exported here, so pages write
+`explorer.<name>`.
 """
 
 from dlsr_core.comparison import MissingInputError
@@ -66,12 +67,14 @@ from dlsr_core.explorer.maps import (
     save_projection,
     share_among_id,
 )
+from dlsr_core.explorer.markup import PROFILE_COLOURS, profile_html
 from dlsr_core.explorer.runs import (
     ModelSummary,
     available_scores,
     checkpoints_root,
     default_run_dir,
     list_run_dirs,
+    model_caption,
     model_id,
     run_fingerprint,
     summarize,
@@ -111,6 +114,7 @@ from dlsr_core.explorer.uploads import (
     ImageScore,
     UploadBatch,
     decode_uploads,
+    digest_files,
     embed_images,
     encode_png,
     prepare_uploads,
@@ -131,6 +135,7 @@ __all__ = [
     "METRIC_LABELS",
     "PIXEL_IMAGES_PER_SET",
     "PREVIEW_SIZE",
+    "PROFILE_COLOURS",
     "SCORE_LABELS",
     "SHIFT_LABELS",
     "SHIFT_SAMPLE",
@@ -172,6 +177,7 @@ __all__ = [
     "default_run_dir",
     "default_training_set",
     "detector_at",
+    "digest_files",
     "dlsr_methods",
     "embed_images",
     "encode_png",
@@ -195,12 +201,14 @@ __all__ = [
     "map_setting",
     "marker_rows",
     "metrics_csv",
+    "model_caption",
     "model_id",
     "noised_features",
     "percent_text",
     "pixel_model_path",
     "poll_interval",
     "prepare_uploads",
+    "profile_html",
     "rank_percentiles",
     "reference_percentiles",
     "run_fingerprint",

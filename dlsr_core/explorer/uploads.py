@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import hashlib
 import io
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -213,3 +214,8 @@ def sample_uploads(per_set: int = 2, seed: int = 0) -> list[tuple[str, bytes]]:
         for index in rng.choice(len(dataset), size=per_set, replace=False):
             files.append((f"{spec.removeprefix('demo:')}_{int(index)}.png", encode_png(dataset[int(index)])))
     return files
+
+
+def digest_files(files: list[tuple[str, bytes]]) -> tuple[tuple[str, str], ...]:
+    """(name, sha256 hex) of every upload: what identifies a batch of uploads in caches."""
+    return tuple((name, hashlib.sha256(data).hexdigest()) for name, data in files)
