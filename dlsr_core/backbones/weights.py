@@ -64,8 +64,15 @@ def load_checked(
     spec: BackboneSpec,
     source: str,
 ) -> None:
-    """Load every tensor the features model needs; extra keys (classifier head) are ignored."""
+    """Load every tensor the features model needs; extra keys (classifier head) are ignored.
+
+    BatchNorm's ``num_batches_tracked`` counters may be absent (files saved by older tools): they only matter in
+    training mode, which a frozen backbone never enters, so the model's own are kept."""
     target = model.state_dict()
+    state_dict = {
+        **{k: v for k, v in target.items() if k.endswith(".num_batches_tracked") and k not in state_dict},
+        **state_dict,
+    }
     missing = [k for k in target if k not in state_dict]
     mismatched = [
         f"{k}: {tuple(state_dict[k].shape)} vs {tuple(v.shape)}"

