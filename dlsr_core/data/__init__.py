@@ -3,25 +3,29 @@
 Spec strings (``str(parse_dataset(text))`` is the canonical form)::
 
     fashion_mnist:train | fashion_mnist:test   Debian dataset-fashion-mnist files (or --data-root)
+    fashion_mnist:fit | fashion_mnist:val      the validation protocol's split of train (dlsr_core.validation):
+                                               55,000 images to fit models on, 5,000 (i % 12 == 11) to choose settings
+    fashion_mnist:<split>:classes=0-3,5        only the images of those classes (held-out-class experiments)
     digits                                     scikit-learn digits, 8x8 upscaled to 28x28 like MNIST
     letters                                    notMNIST-style letters A-J rendered from DejaVu fonts
     textures                                   crops of scikit-image's bundled public-domain photos
+    shapes                                     filled geometric silhouettes (the validation far-OOD set)
     demo:<name>                                assets/demo/<name>.npz (see list_demo_sets())
     torchvision:<Class>[:<split>]              any torchvision.datasets class, e.g. torchvision:CIFAR10:test
     folder:<path>                              every image file below <path>, recursively
 
 Any spec may end in shift modifiers for near-OOD experiments, applied left to right:
-``+invert``, ``+rot90``, ``+rot180``, ``+rot270``, ``+hflip``, ``+vflip``, ``+blur``, ``+contrast``
-(e.g. ``fashion_mnist:test+invert``).
+``+invert``, ``+rot90``, ``+rot180``, ``+rot270``, ``+hflip``, ``+vflip``, ``+blur``, ``+contrast``, ``+rollx``,
+``+rolly`` (e.g. ``fashion_mnist:test+invert``).
 
 Every source yields ``PIL.Image.Image`` objects in mode ``"RGB"``; a folder item whose file cannot be
 decoded yields ``None`` so the feature extractor can count it as skipped instead of aborting a long run.
-Generated sources (digits, letters, textures) are light-on-dark 28x28 grayscale images (stored as RGB)
+Generated sources (digits, letters, textures, shapes) are light-on-dark 28x28 grayscale images (stored as RGB)
 so that, like the Fashion-MNIST in-distribution data, they differ by content rather than by format.
 
 Layout: ``spec`` parses spec strings, ``registry`` opens them (one opener per source), one module per source
-(``fashion_mnist``, ``digits``, ``letters``, ``textures``, ``demo``, ``torchvision_sets``, ``folder``), ``shifts``
-for the modifiers, ``images`` for decoding and its limits, ``dataset`` for the :class:`ImageDataset` type.
+(``fashion_mnist``, ``digits``, ``letters``, ``textures``, ``shapes``, ``demo``, ``torchvision_sets``, ``folder``),
+``shifts`` for the modifiers, ``images`` for decoding and its limits, ``dataset`` for the :class:`ImageDataset` type.
 """
 
 from dlsr_core.data.dataset import (
@@ -33,11 +37,18 @@ from dlsr_core.data.dataset import (
 )
 from dlsr_core.data.demo import DEMO_DIR, list_demo_sets
 from dlsr_core.data.digits import digits_images
-from dlsr_core.data.fashion_mnist import FASHION_MNIST_CLASSES, FASHION_MNIST_DIR, load_fashion_mnist, read_idx
+from dlsr_core.data.fashion_mnist import (
+    FASHION_MNIST_CLASSES,
+    FASHION_MNIST_DIR,
+    fashion_mnist_rows,
+    load_fashion_mnist,
+    read_idx,
+)
 from dlsr_core.data.folder import IMAGE_EXTENSIONS
 from dlsr_core.data.images import MAX_DECODED_SIDE, MAX_IMAGE_PIXELS, ImageLoadError, load_image
 from dlsr_core.data.letters import LETTER_FONTS, LETTERS, LETTERS_LENGTH, letter_fonts, render_letter
 from dlsr_core.data.registry import open_dataset
+from dlsr_core.data.shapes import SHAPE_KINDS, SHAPES_LENGTH, render_shape
 from dlsr_core.data.shifts import SHIFTS
 from dlsr_core.data.spec import DatasetSpec, parse_dataset
 from dlsr_core.data.textures import TEXTURE_IMAGES, TEXTURES_LENGTH, render_texture
@@ -47,6 +58,8 @@ __all__ = [
     "GENERATED_SIZE",
     "LETTER_FONTS",
     "LETTERS_LENGTH",
+    "SHAPE_KINDS",
+    "SHAPES_LENGTH",
     "TEXTURES_LENGTH",
     "TORCHVISION_ROOT",
     "DEMO_DIR",
@@ -64,6 +77,7 @@ __all__ = [
     "ImageLoadError",
     "describe_skipped",
     "digits_images",
+    "fashion_mnist_rows",
     "item_name",
     "letter_fonts",
     "list_demo_sets",
@@ -73,5 +87,6 @@ __all__ = [
     "parse_dataset",
     "read_idx",
     "render_letter",
+    "render_shape",
     "render_texture",
 ]

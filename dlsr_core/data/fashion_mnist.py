@@ -98,8 +98,40 @@ def _fashion_mnist_arrays(split: str, root: Path | None) -> tuple[np.ndarray, np
     return _read_fashion_mnist(images_path, labels_path, mtimes)
 
 
+def fashion_mnist_rows(split: str, labels: np.ndarray, classes: tuple[int, ...] | None = None) -> np.ndarray:
+    """Sorted rows (M,) of the official file that a split holds: train/test all of theirs, fit/val the validation
+    protocol's share of the training file (dlsr_core.validation), optionally only the rows whose label is in
+    `classes`."""
+    from dlsr_core.validation import fit_indices, validation_indices
+
+    if split == "fit":
+        rows = fit_indices(len(labels))
+    elif split == "val":
+        rows = validation_indices(len(labels))
+    else:
+        rows = np.arange(len(labels), dtype=np.int64)
+    if classes is not None:
+        rows = rows[np.isin(labels[rows], classes)]
+    return rows
+
+
 def open_fashion_mnist(spec: DatasetSpec, root: Path | None) -> ImageDataset:
-    images, labels, digest = _fashion_mnist_arrays(spec.split or "test", root)
+    split = spec.split or "test"
+    images, labels, digest = _fashion_mnist_arrays("test" if split == "test" else "train", root)
+    if split in ("train", "test") and spec.classes is None:
+        return ImageDataset(
+            str(spec), f"{spec}|{digest}", len(images), array_loader(images), labels.tolist(), FASHION_MNIST_CLASSES
+        )
+    rows = fashion_mnist_rows(split, labels, spec.classes)
+    if len(rows) == 0:
+        raise DatasetError(f"{spec}: no image has one of the classes {list(spec.classes or ())} (labels are 0-9)")
+    # The identity names the rows by rule (split and classes are in the canonical spec), so one more training image
+    # in the file, or another rule, gives another cache entry.
     return ImageDataset(
-        str(spec), f"{spec}|{digest}", len(images), array_loader(images), labels.tolist(), FASHION_MNIST_CLASSES
+        str(spec),
+        f"{spec}|{digest}",
+        len(rows),
+        array_loader(images[rows]),
+        labels[rows].tolist(),
+        FASHION_MNIST_CLASSES,
     )

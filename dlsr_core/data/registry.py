@@ -14,6 +14,7 @@ from dlsr_core.data.digits import open_digits
 from dlsr_core.data.fashion_mnist import open_fashion_mnist
 from dlsr_core.data.folder import open_folder
 from dlsr_core.data.letters import open_letters
+from dlsr_core.data.shapes import open_shapes
 from dlsr_core.data.shifts import apply_shifts
 from dlsr_core.data.spec import DatasetSpec, parse_dataset
 from dlsr_core.data.textures import open_textures
@@ -25,6 +26,7 @@ SOURCES: dict[str, Callable[[DatasetSpec, Path | None, bool], ImageDataset]] = {
     "digits": lambda spec, root, download: open_digits(spec),
     "letters": lambda spec, root, download: open_letters(spec),
     "textures": lambda spec, root, download: open_textures(spec),
+    "shapes": lambda spec, root, download: open_shapes(spec),
     "demo": lambda spec, root, download: open_demo(spec),
     "torchvision": open_torchvision,
     "folder": lambda spec, root, download: open_folder(spec),

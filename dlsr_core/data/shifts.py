@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import numpy as np
 from PIL import Image, ImageEnhance, ImageFilter, ImageOps
 
-SHIFTS = ("invert", "rot90", "rot180", "rot270", "hflip", "vflip", "blur", "contrast")
+SHIFTS = ("invert", "rot90", "rot180", "rot270", "hflip", "vflip", "blur", "contrast", "rollx", "rolly")
 
 
 def apply_shifts(image: Image.Image, shifts: tuple[str, ...]) -> Image.Image:
@@ -26,4 +27,10 @@ def apply_shifts(image: Image.Image, shifts: tuple[str, ...]) -> Image.Image:
             image = image.filter(ImageFilter.GaussianBlur(max(image.size) / 28))
         elif shift == "contrast":
             image = ImageEnhance.Contrast(image).enhance(0.5)  # halfway to the image's mean grey
+        elif shift in ("rollx", "rolly"):
+            # a cyclic shift by half the width (height): the left and right (top and bottom) halves swap places,
+            # so every local pattern is kept and the object's layout is broken
+            axis = 1 if shift == "rollx" else 0
+            array = np.asarray(image)
+            image = Image.fromarray(np.roll(array, array.shape[axis] // 2, axis=axis))
     return image
