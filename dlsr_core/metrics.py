@@ -53,3 +53,67 @@ def ood_metrics(id_scores: ArrayLike, ood_scores: ArrayLike) -> OODMetrics:
         aupr_out=float(average_precision_score(1 - is_id, scores)),
         threshold95=float(-thresholds[first_at_95]),
     )
+
+
+def auroc_from_ranks(id_scores: np.ndarray, ood_scores: np.ndarray) -> np.ndarray:
+    """AUROC (ID positive, higher score = more OOD) of each row pair: id_scores (B, N_id), ood_scores (B, N_ood)
+    -> (B,). The Mann-Whitney form, P(OOD score > ID score) + P(tie) / 2, with average ranks for ties; it equals
+    scikit-learn's roc_auc_score on every row."""
+    from scipy.stats import rankdata
+
+    n_id, n_ood = id_scores.shape[1], ood_scores.shape[1]
+    ranks = rankdata(np.concatenate([id_scores, ood_scores], axis=1), axis=1)
+    return (ranks[:, n_id:].sum(axis=1) - n_ood * (n_ood + 1) / 2) / (n_id * n_ood)
+
+
+@dataclass(frozen=True)
+class BootstrapAUROC:
+    """AUROCs of one ID set against several OOD sets, with their bootstrap distribution.
+
+    names: the OOD sets; point (S,): the AUROC of each on all images; replicates (B, S): the AUROC of each on B
+    resamples. In each replicate the ID images are drawn once (with replacement) and shared by every OOD set, and
+    each OOD set is drawn on its own, so the replicates of an average over sets carry the dependence through the
+    shared ID set.
+    """
+
+    names: tuple[str, ...]
+    point: np.ndarray
+    replicates: np.ndarray
+
+    def interval(self, names: tuple[str, ...] | None = None, level: float = 0.95) -> tuple[float, float, float]:
+        """(estimate, low, high) of the mean AUROC over `names` (default: all sets): the estimate on all images and
+        the percentile interval of the replicates' means (numpy's linear interpolation of percentiles)."""
+        columns = [self.names.index(name) for name in (names or self.names)]
+        means = self.replicates[:, columns].mean(axis=1)
+        tail = 100 * (1 - level) / 2
+        low, high = np.percentile(means, [tail, 100 - tail])
+        return float(self.point[columns].mean()), float(low), float(high)
+
+
+def bootstrap_aurocs(
+    id_scores: ArrayLike, ood_scores: dict[str, ArrayLike], resamples: int = 1000, seed: int = 0
+) -> BootstrapAUROC:
+    """Bootstrap the AUROC of `id_scores` (N_id,) against each of `ood_scores` {name: (N_ood,)}: `resamples` draws
+    with replacement, ID drawn once per draw and shared by every OOD set (see :class:`BootstrapAUROC`). The draws
+    are fixed by `seed`, so the same scores give the same intervals."""
+    if resamples < 1:
+        raise MetricInputError(f"resamples must be >= 1, got {resamples}")
+    id_array = _as_scores(id_scores, "id_scores")
+    rng = np.random.default_rng(seed)
+    id_rows = rng.integers(0, len(id_array), size=(resamples, len(id_array)))
+    id_draws = id_array[id_rows]
+    names, point, replicates = [], [], []
+    for name, values in ood_scores.items():
+        ood_array = _as_scores(values, f"ood_scores[{name!r}]")
+        ood_draws = ood_array[rng.integers(0, len(ood_array), size=(resamples, len(ood_array)))]
+        names.append(name)
+        point.append(auroc_from_ranks(id_array[None], ood_array[None])[0])
+        replicates.append(auroc_from_ranks(id_draws, ood_draws))
+    return BootstrapAUROC(tuple(names), np.asarray(point), np.stack(replicates, axis=1))
+
+
+def mean_std(values: ArrayLike) -> tuple[float, float]:
+    """Mean and sample standard deviation (ddof = 1; 0 for a single value) of per-seed results, as papers report
+    "mean ± std over runs"."""
+    array = _as_scores(values, "values")
+    return float(array.mean()), float(array.std(ddof=1)) if array.size > 1 else 0.0
