@@ -1,0 +1,126 @@
+"""The validation protocol: choices read validation sets only (checked with a source that records every set opened)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import pytest
+import torch
+
+from benchmarks import protocol, sweep
+from benchmarks.protocol import (
+    FIT_SET,
+    TEST_SETS,
+    VALIDATION_ID,
+    VALIDATION_OOD,
+    VALIDATION_SETS,
+    GuardedSource,
+    SelectionLeak,
+    choose,
+    group_aurocs,
+)
+
+
+@dataclass(frozen=True)
+class FakeFeatures:
+    features: torch.Tensor
+    stage_dims: tuple[int, ...] = (4, 4)
+
+
+class RecordingSource:
+    """Fake features for any set and backbone; every name asked for is recorded. OOD sets are shifted features."""
+
+    def __init__(self) -> None:
+        self.opened: list[str] = []
+
+    def __call__(self, name: str, backbone: str = "b", input_size: int = 0) -> FakeFeatures:
+        self.opened.append(name)
+        rng = np.random.default_rng(abs(hash((name, backbone, input_size))) % 2**32)
+        count = 300 if name == FIT_SET else 60
+        shift = 0.0 if name in (FIT_SET, VALIDATION_ID, protocol.TEST_ID) else 1.5
+        return FakeFeatures(torch.as_tensor(rng.normal(shift, 1.0, size=(count, 8)), dtype=torch.float32))
+
+
+def test_guard_refuses_test_sets_and_records_the_rest():
+    source = RecordingSource()
+    guarded = GuardedSource(source)
+    guarded(VALIDATION_ID)
+    guarded(FIT_SET, "backbone", 64)
+    for name in sorted(TEST_SETS):
+        with pytest.raises(SelectionLeak, match="not a validation set"):
+            guarded(name)
+    with pytest.raises(SelectionLeak):
+        guarded("fashion_mnist:test")  # not allowed either: only fit and validation sets
+    assert guarded.opened == source.opened == [VALIDATION_ID, FIT_SET]
+
+
+def test_validation_and_test_sets_are_disjoint_and_not_copies():
+    assert not VALIDATION_SETS & TEST_SETS and FIT_SET not in TEST_SETS
+    # no validation OOD set is a test set's transformation of validation images (rotation, inversion)
+    assert not any(shift in name for name in VALIDATION_OOD for shift in ("+rot", "+invert", "+vflip"))
+
+
+def test_group_aurocs_known_answer():
+    ids = np.array([0.0, 1.0, 2.0, 3.0])
+    result = group_aurocs(ids, {"a": np.array([4.0, 5.0]), "b": np.array([-1.0, 10.0])}, {"a": "far", "b": "near"})
+    assert result["a"] == 1.0 and result["b"] == 0.5
+    assert (result["far"], result["near"], result["objective"]) == (1.0, 0.5, 0.75)
+
+
+def test_choose_takes_the_best_eligible_candidate_first_on_ties():
+    def scores(candidate, guarded):
+        ids = guarded(VALIDATION_ID).features[:, 0].numpy()
+        return ids, {name: guarded(name).features[:, 0].numpy() * candidate for name in VALIDATION_OOD}
+
+    source = RecordingSource()
+    result = choose((0.0, 2.0, 1.0, 2.0), scores, source)
+    assert result.best == 2.0 and result.best_index == 1
+    assert result.validation[1]["objective"] > result.validation[2]["objective"] > result.validation[0]["objective"]
+    assert choose((0.0, 2.0, 1.0), scores, source, eligible=lambda c: c < 2).best == 1.0
+    with pytest.raises(ValueError, match="no candidate"):
+        choose((2.0,), scores, source, eligible=lambda c: False)
+    with pytest.raises(SelectionLeak):
+        choose((1.0,), lambda c, guarded: (guarded(protocol.TEST_ID).features[:, 0].numpy(), {}), source)
+    with pytest.raises(SelectionLeak, match="not validation sets"):
+        choose((1.0,), lambda c, guarded: (np.zeros(3), {"demo:digits": np.ones(3)}), lambda name: None)
+
+
+@pytest.fixture
+def tiny_sweep(tmp_path, monkeypatch):
+    """The sweep's stages on fake features with tiny LFDNs, a fixed speed and a recording source."""
+    monkeypatch.setattr(sweep, "RUNS", tmp_path / "runs")
+    monkeypatch.setattr(sweep, "STAGE1", (sweep.FeatureCandidate("fake_a", 32), sweep.FeatureCandidate("fake_b", 48)))
+    monkeypatch.setattr(sweep, "STAGE1_LFDN", sweep.LFDNCandidate(16, 1, 2))
+    monkeypatch.setattr(sweep, "STAGE2_SHAPES", ((16, 1), (24, 1)))
+    monkeypatch.setattr(sweep, "STAGE2_EPOCHS", (1, 2))
+    monkeypatch.setattr(sweep, "STAGE3", (sweep.ScoringCandidate(3, 1), sweep.ScoringCandidate(5, None)))
+    monkeypatch.setattr(sweep, "KNN_KS", (1, 5))
+    monkeypatch.setattr(sweep, "upload_images_per_second", lambda detector: 300.0)
+    return RecordingSource()
+
+
+def test_the_sweep_never_opens_a_test_set_while_choosing(tiny_sweep):
+    source = tiny_sweep
+    stage1 = sweep.run_stage1(source)
+    stage2 = sweep.run_stage2(sweep.FeatureCandidate(**stage1["chosen"]), source)
+    where, shape = sweep.FeatureCandidate(**stage1["chosen"]), sweep.LFDNCandidate(**stage2["chosen"])
+    stage3 = sweep.run_stage3(where, shape, source)
+    assert source.opened and not set(source.opened) & TEST_SETS
+    assert set(source.opened) == VALIDATION_SETS | {FIT_SET}
+    assert len(stage2["rows"]) == 4 and all(row["eligible"] for row in stage2["rows"])
+    assert stage3["knn_k"] in (1, 5) and len(stage3["rows"]) == 2
+    # The 1-epoch snapshot of a 2-epoch run is kept beside it.
+    assert (sweep.stage2_run(sweep.LFDNCandidate(16, 1, 1)) / "last.safetensors").is_file()
+    # Only the report, after every choice, reads the test table.
+    before = len(source.opened)
+    results = sweep.report({"features": stage1, "lfdn": stage2, "scoring": stage3}, source)
+    assert set(source.opened[before:]) == TEST_SETS
+    assert all("test" in row for stage in ("features", "lfdn", "scoring") for row in results[stage]["rows"])
+    assert "**(chosen)**" in sweep.markdown(results)
+
+
+def test_slow_candidates_cannot_win(tiny_sweep, monkeypatch):
+    monkeypatch.setattr(sweep, "upload_images_per_second", lambda detector: 150.0)
+    with pytest.raises(ValueError, match="no candidate"):
+        sweep.run_stage1(tiny_sweep)
