@@ -4,7 +4,9 @@ The released implementation (github.com/xbyym/DLSR) differs from the paper's equ
 (listed in the README's "paper vs released code" table). Every difference is one field below, so each can be switched
 on alone; a preset is just a complete set of values. Feature options change the cached features (they are part of the
 cache key), architecture options change the LFDN (they live in LFDNConfig), scoring options change how a trained model
-scores (sampler, MFsim stages, default timestep) and training options are the optimiser settings.
+scores (sampler, MFsim stages, default timestep), test-time options how its networks run at scoring time (fp16
+autocast, LR's noise) and training options are the optimiser settings. Test-time options are not stored in checkpoints:
+they follow the preset a checkpoint was trained under, unless `score`/`evaluate` are told otherwise.
 
 All fields are plain str/int/float/bool so they can be stored flat in checkpoint metadata.
 """
@@ -23,6 +25,7 @@ SAME_PADDINGS = ("dynamic", "static-native")
 INPUT_ACTIVATIONS = ("none", "silu")
 TIME_MLP_WIDTHS = ("width", "features")  # or a positive integer
 MFSIM_STAGES = ("all", "without-first")
+LR_NOISES = ("shared", "separate")
 
 
 @dataclass(frozen=True)
@@ -63,6 +66,22 @@ class ScoringOptions:
 
 
 @dataclass(frozen=True)
+class TestTimeOptions:
+    """How the LFDN runs when it scores.
+
+    autocast: run the reconstruction under fp16 autocast (the released test scripts do, on their GPU; on CPU it
+        emulates that rounding, more slowly). lr_noise: "shared" gives the early and the final checkpoint the same
+        noise for LR (their difference is then free of noise-draw variance); "separate" draws it independently for
+        each, as the released LR script does.
+    """
+
+    __test__ = False  # a name pytest would otherwise try to collect as a test class
+
+    autocast: bool = False
+    lr_noise: str = "shared"
+
+
+@dataclass(frozen=True)
 class TrainingOptions:
     """Optimiser settings. amp: fp16 autocast on CUDA (no effect elsewhere); drop_last: drop each epoch's last
     partial batch."""
@@ -85,11 +104,13 @@ class Preset:
     architecture: ArchitectureOptions
     scoring: ScoringOptions
     training: TrainingOptions
+    test_time: TestTimeOptions = TestTimeOptions()
 
 
 # The paper preset's options, as module-level values for use as argument defaults.
 DEFAULT_FEATURES = FeatureOptions()
 DEFAULT_SCORING = ScoringOptions()
+DEFAULT_TEST_TIME = TestTimeOptions()
 
 PRESETS: dict[str, Preset] = {
     "paper": Preset("paper", FeatureOptions(), ArchitectureOptions(), ScoringOptions(), TrainingOptions()),
@@ -105,15 +126,18 @@ PRESETS: dict[str, Preset] = {
         ArchitectureOptions(input_activation="silu", time_mlp_width="features"),
         # Their sampler starts at their level 3, which is our t = 4 (see diffusion.official_reconstruct).
         ScoringOptions(sampler="official", mfsim_stages="without-first", timestep=4),
+        # The released training loop (engine.py) has no autocast; its test scripts have (test_time below).
         TrainingOptions(
             epochs=150,
             batch_size=256,
             learning_rate=1e-5,
             weight_decay=0.02,
             ema_decay=0.9999,
-            amp=True,
+            amp=False,
             drop_last=True,
         ),
+        # test_mse_mfsim.py / test_LR.py run under fp16 autocast; test_LR.py draws each checkpoint's noise anew.
+        TestTimeOptions(autocast=True, lr_noise="separate"),
     ),
 }
 DEFAULT_PRESET = "paper"
@@ -126,7 +150,13 @@ _CHOICES: dict[str, tuple[str, ...]] = {
     "input_activation": INPUT_ACTIVATIONS,
     "sampler": SAMPLERS,
     "mfsim_stages": MFSIM_STAGES,
+    "lr_noise": LR_NOISES,
 }
+
+
+def test_time_for(preset: str) -> TestTimeOptions:
+    """The test-time options of the preset a checkpoint was trained under (the defaults for an unknown name)."""
+    return PRESETS[preset].test_time if preset in PRESETS else DEFAULT_TEST_TIME
 
 
 def get_preset(name: str) -> Preset:
@@ -186,9 +216,8 @@ def feature_options_tag(options: FeatureOptions) -> str | None:
 def differences_from_preset(name: str, *options: Any) -> list[str]:
     """Every field of the given options dataclasses that differs from preset `name`'s value, as "field=value"."""
     preset = get_preset(name)
-    reference = {
-        type(group): group for group in (preset.features, preset.architecture, preset.scoring, preset.training)
-    }
+    groups = (preset.features, preset.architecture, preset.scoring, preset.training, preset.test_time)
+    reference = {type(group): group for group in groups}
     changed = []
     for group in options:
         base = reference[type(group)]

@@ -22,7 +22,14 @@ from torch import Tensor
 
 from dlsr_core.checkpoint import CheckpointError, CheckpointInfo, LoadedCheckpoint, load_checkpoint, resolve_run
 from dlsr_core.diffusion import ConfigError, NoiseSchedule, reconstruct
-from dlsr_core.presets import FeatureOptions, ScoringOptions, options_from, validate_options
+from dlsr_core.presets import (
+    FeatureOptions,
+    ScoringOptions,
+    TestTimeOptions,
+    options_from,
+    test_time_for,
+    validate_options,
+)
 
 SCORE_NAMES = ("mse", "mfsim", "lr")
 # Noise draws averaged per score. On the shipped model (benchmarks/noise_draws.py) one draw already gives the AUROC of
@@ -30,6 +37,9 @@ SCORE_NAMES = ("mse", "mfsim", "lr")
 # seeds there: 8.1 % at K = 1, 4.2 % at 4, 2.6 % at 16) at K times the cost. 1 keeps scoring fast; raise it for stable
 # verdicts on borderline images.
 DEFAULT_DRAWS = 1
+# With TestTimeOptions.lr_noise == "separate", the early checkpoint's noise is drawn as this draw number plus the
+# final one's: a stream no score of the final model uses (draws are at most options.MAX_DRAWS).
+SEPARATE_LR_DRAW_OFFSET = 1 << 20
 # One DDIM step from t straight to the x0 prediction. On the shipped model, 1 step and t steps gave the same AUROC
 # (t=5: MFsim far 99.58 vs 99.61, near 97.54 vs 97.62) at a t-th of the cost; pass steps=None for one per timestep.
 DEFAULT_STEPS = 1
@@ -110,11 +120,16 @@ class ScoreResult:
 class Detector:
     """A trained DLSR detector: final (and, for LR, early) LFDN checkpoints plus how their features were made.
 
-    `scoring` (sampler, MFsim stages, default timestep) defaults to what the checkpoint records for its preset.
+    `scoring` (sampler, MFsim stages, default timestep) defaults to what the checkpoint records for its preset;
+    `test_time` (fp16 autocast, LR's noise) to its preset's test-time options.
     """
 
     def __init__(
-        self, final: LoadedCheckpoint, early: LoadedCheckpoint | None = None, scoring: ScoringOptions | None = None
+        self,
+        final: LoadedCheckpoint,
+        early: LoadedCheckpoint | None = None,
+        scoring: ScoringOptions | None = None,
+        test_time: TestTimeOptions | None = None,
     ) -> None:
         if early is not None and early.info.epoch >= final.info.epoch:
             early = None  # a single saved epoch gives no learning signal for LR
@@ -124,6 +139,8 @@ class Detector:
         self.early = early
         self.scoring = scoring if scoring is not None else recorded_scoring(final.info)
         validate_options(self.scoring)
+        self.test_time = test_time if test_time is not None else test_time_for(final.info.preset)
+        validate_options(self.test_time)
         self.schedule = NoiseSchedule(final.info.config).to(next(final.model.parameters()).device)
 
     @classmethod
@@ -137,9 +154,10 @@ class Detector:
         early = load_checkpoint(early_path, device) if early_path else None
         return cls(final, early, scoring)
 
-    def with_scoring(self, scoring: ScoringOptions) -> Detector:
-        """The same models scored with other options (sampler, MFsim stages, default timestep)."""
-        return Detector(self.final, self.early, scoring)
+    def with_scoring(self, scoring: ScoringOptions, test_time: TestTimeOptions | None = None) -> Detector:
+        """The same models scored with other options (sampler, MFsim stages, default timestep; and test-time
+        options, default: unchanged)."""
+        return Detector(self.final, self.early, scoring, test_time if test_time is not None else self.test_time)
 
     @property
     def preset(self) -> str:
@@ -212,14 +230,16 @@ class Detector:
         """Reconstruction of z0 (N, D) from timestep t (None: the scoring default) with the scoring sampler -> (N, D).
 
         The "ddim" sampler takes `steps` DDIM steps (None: one per timestep); the "official" one ignores `steps`.
-        `early` uses the early checkpoint's model.
+        `early` uses the early checkpoint's model. With test_time.autocast the networks run under fp16 autocast.
         """
         self.check_features(z0)
         model = self.early.model if early else self.final.model
         t = self.scoring.timestep if t is None else t
-        return reconstruct(
-            model, self.schedule, z0.to(self.device), t, steps, eta, seed, draw=draw, sampler=self.scoring.sampler
-        )
+        with torch.autocast(self.device.type, dtype=torch.float16, enabled=self.test_time.autocast):
+            reconstruction = reconstruct(
+                model, self.schedule, z0.to(self.device), t, steps, eta, seed, draw=draw, sampler=self.scoring.sampler
+            )
+        return reconstruction.float()
 
     def score_features(
         self,
@@ -234,7 +254,8 @@ class Detector:
         """All scores for features z0 (N, D), each averaged over `draws` noise draws (t None: the scoring default).
 
         A row's noise depends only on its values, `seed` and the draw (dlsr_core.noise), so a vector's score does not
-        depend on the rest of the batch. The early model, when present, uses the same noise as the final one.
+        depend on the rest of the batch. The early model, when present, uses the same noise as the final one, or
+        noise of its own when test_time.lr_noise is "separate".
         """
         if draws < 1:
             raise ConfigError(f"draws must be >= 1, got {draws}")
@@ -249,7 +270,8 @@ class Detector:
                 "stage_cos": stage_cosine_similarity(z0, reconstruction, self.stage_dims),
             }
             if with_lr:
-                early = self.reconstruct(z0, t, steps, eta, seed, draw, early=True)
+                early_draw = draw + (SEPARATE_LR_DRAW_OFFSET if self.test_time.lr_noise == "separate" else 0)
+                early = self.reconstruct(z0, t, steps, eta, seed, early_draw, early=True)
                 parts["lr"] = mse_score(z0, early) - parts["stage_sq_error"].sum(dim=1)
                 parts["stage_lr"] = stage_squared_error(z0, early, self.stage_dims) - parts["stage_sq_error"]
             for name, value in parts.items():

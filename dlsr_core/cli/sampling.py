@@ -8,19 +8,21 @@ from dlsr_core import options
 from dlsr_core.checkpoint import DEFAULT_RUN_DIR
 from dlsr_core.cli.arguments import add_preset_option, add_scoring_preset_options
 from dlsr_core.diffusion import OFFICIAL_MIN_TIMESTEP, ConfigError
-from dlsr_core.presets import ScoringOptions, get_preset, with_overrides
+from dlsr_core.presets import LR_NOISES, ScoringOptions, TestTimeOptions, get_preset, with_overrides
 from dlsr_core.scoring import DEFAULT_DRAWS, DEFAULT_STEPS
 
 
 def load_detector(args):
-    """The checkpoint's detector, scored with the chosen preset's scoring options (default: the checkpoint's own)
-    and the explicit --sampler / --mfsim-stages / --timestep flags."""
+    """The checkpoint's detector, scored with the chosen preset's scoring and test-time options (default: the
+    checkpoint's own) and the explicit --sampler / --mfsim-stages / --timestep / --test-autocast / --lr-noise flags."""
     from dlsr_core.scoring import Detector
 
     detector = Detector.load(args.checkpoint)
     base: ScoringOptions = get_preset(args.preset).scoring if args.preset else detector.scoring
     scoring = with_overrides(base, sampler=args.sampler, mfsim_stages=args.mfsim_stages, timestep=args.timestep)
-    return detector.with_scoring(scoring)
+    test_time: TestTimeOptions = get_preset(args.preset).test_time if args.preset else detector.test_time
+    test_time = with_overrides(test_time, autocast=args.test_autocast, lr_noise=args.lr_noise)
+    return detector.with_scoring(scoring, test_time)
 
 
 def check_timestep(detector) -> None:
@@ -47,6 +49,19 @@ def add_sampling_options(parser: argparse.ArgumentParser) -> None:
         "the checkpoint's own",
     )
     add_scoring_preset_options(parser)
+    group = parser.add_argument_group("test-time options (default: the preset's)")
+    group.add_argument(
+        "--test-autocast",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="run the LFDN under fp16 autocast when scoring (official: on, as the released test scripts)",
+    )
+    group.add_argument(
+        "--lr-noise",
+        choices=LR_NOISES,
+        default=None,
+        help="LR: the same noise for both checkpoints (paper preset) or separate draws (official, as released)",
+    )
     parser.add_argument(
         "--timestep",
         "-t",
