@@ -23,6 +23,7 @@ from dlsr_core.cache import cached_features
 from dlsr_core.checkpoint import DEFAULT_RUN_DIR
 from dlsr_core.data import open_dataset
 from dlsr_core.evaluation import EvaluationReport, EvaluationSettings, evaluate
+from dlsr_core.metrics import FPR95_CONVENTION
 from dlsr_core.scoring import DEFAULT_STEPS, Detector
 
 ID_SET = "demo:fashion_mnist_test"
@@ -97,6 +98,7 @@ def main() -> None:
     )
     print(header)
     print(table)
+    print(FPR95_CONVENTION)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     summary = report.to_dict()
@@ -108,7 +110,7 @@ def main() -> None:
     summary["machine"] = machine
     (out / "default_model.json").write_text(json.dumps(summary, indent=2))
     (out / "default_model.csv").write_text(report.to_csv())
-    (out / "default_model.md").write_text(header + "\n\n" + table + "\n")
+    (out / "default_model.md").write_text(header + "\n\n" + table + "\n\n" + FPR95_CONVENTION + "\n")
 
 
 if __name__ == "__main__":

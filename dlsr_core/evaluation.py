@@ -13,7 +13,7 @@ import numpy as np
 from torch import Tensor
 
 from dlsr_core.baselines import KNNBaseline, MahalanobisBaseline
-from dlsr_core.metrics import OODMetrics, ood_metrics
+from dlsr_core.metrics import FPR95_CONVENTION, OODMetrics, ood_metrics
 from dlsr_core.scoring import DEFAULT_DRAWS, DEFAULT_STEPS, Detector
 
 BASELINE_NAMES = ("knn", "mahalanobis")
@@ -99,6 +99,7 @@ class EvaluationReport:
                 f"{'end-to-end img/s':<28}"
                 + "".join(f"{self.end_to_end_images_per_second(name):>20.1f}" for name in names)
             )
+        lines.append(FPR95_CONVENTION)
         return "\n".join(lines)
 
     def to_dict(self) -> dict:

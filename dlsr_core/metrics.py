@@ -8,6 +8,13 @@ import numpy as np
 from numpy.typing import ArrayLike
 from sklearn.metrics import average_precision_score, roc_auc_score, roc_curve
 
+# Printed under every table that shows FPR95 (CLI, benchmarks, app, README).
+FPR95_CONVENTION = (
+    "FPR95: the share of OOD images accepted as ID at the threshold that accepts 95% of the ID images, with ID as "
+    "the positive class (the paper's and the DLSR authors' convention); tools that take OOD as positive, such as "
+    "pytorch-ood's OODMetrics, report a different number."
+)
+
 
 class MetricInputError(ValueError):
     """Score arrays that cannot produce a metric (empty, non-finite, wrong shape)."""

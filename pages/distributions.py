@@ -13,7 +13,7 @@ import streamlit as st
 
 from dlsr_core import explorer
 from dlsr_core.backbones import WeightsUnavailableError
-from dlsr_core.metrics import ood_metrics
+from dlsr_core.metrics import FPR95_CONVENTION, ood_metrics
 from pages import shared, widgets
 
 ID_COLOUR, OOD_COLOUR = "#3b6fb6", "#b83b3b"
@@ -367,6 +367,7 @@ if metric_keys:
     labels, columns, values = explorer.wide_table(evaluation, methods, metric_keys)
     table = pd.DataFrame(values, index=labels, columns=pd.MultiIndex.from_tuples(columns)).round(2)
     st.dataframe(table, width="stretch")
+    st.caption(FPR95_CONVENTION)
 notes = {entry.note for entry in (evaluation.methods[m] for m in methods) if entry.note}
 for note in sorted(notes):
     owners = ", ".join(evaluation.methods[m].label for m in methods if evaluation.methods[m].note == note)

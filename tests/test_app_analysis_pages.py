@@ -36,6 +36,7 @@ def test_distributions_wide_table_equals_the_core_and_the_figures_render(detecto
     far = [aurocs[s] for s, g in explorer.DEMO_OOD_SETS.items() if g == "far"]
     assert table.loc["average far", ("MFsim", "AUROC")] == pytest.approx(np.mean(far), abs=0.006)
     assert "k-NN, Mahalanobis:" in texts(app) and "model default@" in texts(app)
+    assert "with ID as the positive class" in texts(app)  # the FPR95 convention under the table
 
     # The paper's Figure 3: the first-epoch model beside the final one, on the same images.
     app.radio(key="distributions_view").set_value("First vs last epoch (paper Fig. 3)").run()

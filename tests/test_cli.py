@@ -75,6 +75,7 @@ def test_evaluate_prints_table_and_writes_json_csv(workspace, capsys):
     out = capsys.readouterr().out
     assert code == 0
     assert "demo:letters" in out and "average" in out and "AUROC / FPR95" in out
+    assert "with ID as the positive class" in out  # the FPR95 convention under the table
     report = json.loads((root / "r.json").read_text())
     scores = {row["score"] for row in report["rows"]}
     assert scores == {"mse", "mfsim", "lr", "knn", "mahalanobis"}
