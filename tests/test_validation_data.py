@@ -15,6 +15,8 @@ from dlsr_core.data import (
     parse_dataset,
     render_shape,
 )
+from dlsr_core.data.dataset import ImageDataset
+from dlsr_core.data.registry import select_classes
 from dlsr_core.data.spec import format_classes
 from dlsr_core.validation import fit_indices, validation_indices
 
@@ -61,6 +63,19 @@ def test_class_selection_keeps_labels_and_order(fake_root):
         open_dataset("fashion_mnist:val:classes=12", data_root=fake_root)
 
 
+def test_demo_sets_select_classes_too():
+    demo = open_dataset("demo:fashion_mnist_test")
+    known = open_dataset("demo:fashion_mnist_test:classes=0-3,5,7")
+    assert len(known) == 1200 and set(known.labels) == {0, 1, 2, 3, 5, 7}
+    first_coat = demo.labels.index(4)
+    coats = open_dataset("demo:fashion_mnist_test:classes=4+invert")
+    assert len(coats) == 200 and coats.name == "demo:fashion_mnist_test:classes=4+invert"
+    np.testing.assert_array_equal(np.asarray(coats[0]), 255 - np.asarray(demo[first_coat]))
+    unlabelled = ImageDataset("x", "x", 2, lambda i: None)
+    with pytest.raises(DatasetError, match="no labels"):
+        select_classes(unlabelled, (1,))
+
+
 @pytest.mark.parametrize(
     ("text", "canonical"),
     [
@@ -69,6 +84,7 @@ def test_class_selection_keeps_labels_and_order(fake_root):
         ("fashion_mnist:val:classes=3-3+rollx", "fashion_mnist:val:classes=3+rollx"),
         ("fashion_mnist:val+rolly", "fashion_mnist:val+rolly"),
         ("shapes+rot90", "shapes+rot90"),
+        ("demo:fashion_mnist_test:classes=8,4", "demo:fashion_mnist_test:classes=4,8"),
     ],
 )
 def test_new_specs_have_one_canonical_form(text, canonical):

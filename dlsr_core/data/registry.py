@@ -8,7 +8,7 @@ from pathlib import Path
 
 from PIL import Image
 
-from dlsr_core.data.dataset import ImageDataset
+from dlsr_core.data.dataset import DatasetError, ImageDataset
 from dlsr_core.data.demo import open_demo
 from dlsr_core.data.digits import open_digits
 from dlsr_core.data.fashion_mnist import open_fashion_mnist
@@ -16,7 +16,7 @@ from dlsr_core.data.folder import open_folder
 from dlsr_core.data.letters import open_letters
 from dlsr_core.data.shapes import open_shapes
 from dlsr_core.data.shifts import apply_shifts
-from dlsr_core.data.spec import DatasetSpec, parse_dataset
+from dlsr_core.data.spec import DatasetSpec, format_classes, parse_dataset
 from dlsr_core.data.textures import open_textures
 from dlsr_core.data.torchvision_sets import open_torchvision
 
@@ -43,8 +43,10 @@ def open_dataset(
     """
     spec = parse_dataset(spec if isinstance(spec, str) else str(spec))
     root = Path(data_root).expanduser() if data_root is not None else None
-    base = replace(spec, shifts=())
+    base = replace(spec, shifts=(), classes=None)
     ds = SOURCES[spec.source](base, root, download)
+    if spec.classes is not None:
+        ds = select_classes(ds, spec.classes)
     if not spec.shifts:
         return ds
     inner = ds._loader
@@ -56,4 +58,25 @@ def open_dataset(
     name = ds.name + "".join(f"+{s}" for s in spec.shifts)
     return ImageDataset(
         name, f"{ds.identity}+{'+'.join(spec.shifts)}", len(ds), shifted, ds.labels, ds.class_names, ds.paths
+    )
+
+
+def select_classes(ds: ImageDataset, classes: tuple[int, ...]) -> ImageDataset:
+    """The items of `ds` whose label is in `classes`, in their order, labels and class names unchanged."""
+    if ds.labels is None:
+        raise DatasetError(f"{ds.name} has no labels, so it cannot be restricted to classes {list(classes)}")
+    wanted = set(classes)
+    rows = [i for i, label in enumerate(ds.labels) if label in wanted]
+    if not rows:
+        raise DatasetError(f"{ds.name}: no image has one of the classes {list(classes)}")
+    inner = ds._loader
+    selection = format_classes(classes)
+    return ImageDataset(
+        f"{ds.name}:classes={selection}",
+        f"{ds.identity}|classes={selection}",
+        len(rows),
+        lambda i: inner(rows[i]),
+        [ds.labels[i] for i in rows],
+        ds.class_names,
+        None if ds.paths is None else tuple(ds.paths[i] for i in rows),
     )

@@ -18,7 +18,7 @@ _SOURCE_ALIASES = {"fashion-mnist": "fashion_mnist", "fmnist": "fashion_mnist"}
 _NAME_RE = re.compile(r"^[A-Za-z0-9_.-]+$")
 _SPEC_HELP = (
     "expected one of: fashion_mnist:train|test|fit|val[:classes=0,2-4], digits, letters, textures, shapes, "
-    "demo:<name>, torchvision:<Class>[:<split>], folder:<path>, optionally followed by "
+    "demo:<name>[:classes=...], torchvision:<Class>[:<split>], folder:<path>, optionally followed by "
     f"shift modifiers {', '.join('+' + s for s in SHIFTS)}"
 )
 
@@ -30,8 +30,8 @@ class DatasetSpec:
     source: "fashion_mnist" | "digits" | "letters" | "textures" | "shapes" | "demo" | "torchvision" | "folder".
     name: demo set name or torchvision class name. split: fashion_mnist/torchvision split.
     path: absolute folder path. shifts: modifiers from SHIFTS, applied left to right.
-    classes: for fashion_mnist, the sorted labels kept (None: all), e.g. the known classes of a held-out-class
-    experiment.
+    classes: for fashion_mnist and demo sets, the sorted labels kept (None: all), e.g. the known classes of a
+    held-out-class experiment.
     """
 
     source: str
@@ -44,8 +44,6 @@ class DatasetSpec:
     def __str__(self) -> str:
         if self.source == "fashion_mnist":
             base = f"fashion_mnist:{self.split}"
-            if self.classes is not None:
-                base += f":{_CLASSES_PREFIX}{format_classes(self.classes)}"
         elif self.source == "demo":
             base = f"demo:{self.name}"
         elif self.source == "torchvision":
@@ -54,6 +52,8 @@ class DatasetSpec:
             base = f"folder:{self.path}"
         else:
             base = self.source
+        if self.classes is not None:
+            base += f":{_CLASSES_PREFIX}{format_classes(self.classes)}"
         return base + "".join(f"+{s}" for s in self.shifts)
 
 
@@ -91,9 +91,11 @@ def parse_dataset(text: str) -> DatasetSpec:
         classes = _parse_classes(selection.strip(), text) if selection.strip() else None
         return DatasetSpec(source, split=split, shifts=shift_tuple, classes=classes)
     if source == "demo":
-        if not _NAME_RE.match(arg):
+        name, _, selection = arg.partition(":")
+        if not _NAME_RE.match(name.strip()):
             raise DatasetError(f"{text!r}: use demo:<name>, one of {list_demo_sets() or '(none found)'}")
-        return DatasetSpec("demo", name=arg, shifts=shift_tuple)
+        classes = _parse_classes(selection.strip(), text) if selection.strip() else None
+        return DatasetSpec("demo", name=name.strip(), shifts=shift_tuple, classes=classes)
     if source == "torchvision":
         name, _, split = arg.partition(":")
         name, split = name.strip(), split.strip()
