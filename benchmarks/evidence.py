@@ -115,27 +115,37 @@ def main_table(detector: Detector, settings: EvaluationSettings, baselines_dir: 
     return {"methods": table, "images_per_second": speed, "notes": notes}
 
 
-def seed_table(run_dirs: list[str], settings: EvaluationSettings, subset: int | None) -> dict:
-    """AUROC per test set and group for each training seed's model, and their mean and std, per DLSR score."""
-    per_seed: dict[str, list[dict]] = {"mse": [], "mfsim": [], "lr": []}
-    for run in run_dirs:
+def seed_table(seeds: dict, settings: EvaluationSettings, subset: int | None) -> dict:
+    """AUROC per test set and group for each training seed's model, and their mean and std: the DLSR scores of each
+    LFDN seed, and the feature autoencoder of each seed (scored on the first seed model's features)."""
+    from dlsr_core.baselines.feature_ae import FeatureAEBaseline
+
+    per_seed: dict[str, list[dict]] = {"mse": [], "mfsim": [], "lr": [], "feature_ae": []}
+    for run in seeds["dlsr"]:
         detector = Detector.load(run, device="cpu")
         inputs = test_inputs(detector, [TEST_ID, *TEST_OOD], subset)
         scores = {
             name: detector.score_features(s.features, settings.timestep, settings.steps) for name, s in inputs.items()
         }
-        for score in per_seed:
-            ood = {name: scores[name].get(score) for name in TEST_OOD}
-            aurocs = {name: ood_metrics(scores[TEST_ID].get(score), values).auroc for name, values in ood.items()}
-            for group in GROUPS:
-                aurocs[group] = float(np.mean([aurocs[n] for n in group_members(TEST_OOD, group)]))
-            per_seed[score].append(aurocs)
+        for score in ("mse", "mfsim", "lr"):
+            per_seed[score].append(group_aurocs_of({name: scores[name].get(score) for name in scores}))
+    for path in seeds.get("feature_ae", []):
+        model = FeatureAEBaseline.load(path)
+        per_seed["feature_ae"].append(group_aurocs_of({name: model.score(s.features) for name, s in inputs.items()}))
     table: dict[str, dict] = {}
     for score, rows in per_seed.items():
-        for key in rows[0]:
+        for key in rows[0] if rows else ():
             mean, std = mean_std([row[key] for row in rows])
             table.setdefault(score, {})[key] = {"mean": mean, "std": std}
-    return {"runs": run_dirs, "per_seed": per_seed, "table": table}
+    return {"runs": seeds, "per_seed": per_seed, "table": table}
+
+
+def group_aurocs_of(scores: dict[str, np.ndarray]) -> dict[str, float]:
+    """AUROC of every test OOD set and the far / near / all averages, from scores of the test table's sets."""
+    aurocs = {name: ood_metrics(scores[TEST_ID], scores[name]).auroc for name in TEST_OOD}
+    for group in GROUPS:
+        aurocs[group] = float(np.mean([aurocs[n] for n in group_members(TEST_OOD, group)]))
+    return aurocs
 
 
 def heldout_table(settings: EvaluationSettings, subset: int | None) -> dict:
@@ -274,20 +284,30 @@ def claims_markdown(main: dict, labels: dict[str, str]) -> list[str]:
 
 
 def seeds_markdown(seeds: dict) -> list[str]:
+    table = seeds["table"]
+    columns = [(key, label) for key, label in SEED_COLUMNS if key in table]
     lines = [
-        f"## Training seeds ({len(seeds['runs'])} LFDN seeds of the chosen setting; mean ± std of AUROC in %)",
+        f"## Training seeds ({len(seeds['runs']['dlsr'])} LFDN seeds of the chosen setting; mean ± std of AUROC in %)",
         "",
-        "| set | DLSR MSE | DLSR MFsim | DLSR LR |",
-        "|---|---|---|---|",
+        "| set | " + " | ".join(label for _, label in columns) + " |",
+        "|---" * (len(columns) + 1) + "|",
     ]
     for key in [*TEST_OOD, *GROUPS]:
         cells = [
-            f"{100 * seeds['table'][score][key]['mean']:.2f} ± {100 * seeds['table'][score][key]['std']:.2f}"
-            for score in ("mse", "mfsim", "lr")
+            f"{100 * table[score][key]['mean']:.2f} ± {100 * table[score][key]['std']:.2f}" for score, _ in columns
         ]
         label = key.removeprefix("demo:") if key in TEST_OOD else f"**average {key}**"
         lines.append(f"| {label} | " + " | ".join(cells) + " |")
-    return lines + ["", "Runs: " + ", ".join(f"`{run}`" for run in seeds["runs"]), ""]
+    runs = ", ".join(f"`{run}`" for run in seeds["runs"]["dlsr"])
+    return lines + [
+        "",
+        f"LFDN runs: {runs}; feature autoencoder seeds trained on the same fit features. k-NN and Mahalanobis have no "
+        "training seed (deterministic fits).",
+        "",
+    ]
+
+
+SEED_COLUMNS = (("mse", "DLSR MSE"), ("mfsim", "DLSR MFsim"), ("lr", "DLSR LR"), ("feature_ae", "Feature AE"))
 
 
 def heldout_markdown(result: dict) -> list[str]:

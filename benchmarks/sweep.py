@@ -292,12 +292,30 @@ def seed_run(shape: LFDNCandidate, seed: int) -> Path:
     )
 
 
-def run_seeds(where: FeatureCandidate, shape: LFDNCandidate, source=feature_source) -> list[str]:
-    """Train the chosen setting with every seed of SEEDS (the fit set only); returns the run folders."""
+def feature_ae_seed_path(seed: int) -> Path:
+    return RUNS / "seeds" / f"feature_ae_seed{seed}.safetensors"
+
+
+def run_seeds(where: FeatureCandidate, shape: LFDNCandidate, source=feature_source) -> dict:
+    """Train the chosen LFDN setting with every seed of SEEDS, and the feature autoencoder (cheap) with the same
+    seeds, all on the fit set; returns the run folders and autoencoder files."""
+    from dlsr_core.baselines import feature_ae
+
     fit = source(FIT_SET, where.backbone, where.input_size)
     for seed in SEEDS[1:]:
         train_lfdn(seed_run(shape, seed), fit.features, fit.stage_dims, shape, where, seed)
-    return [str(seed_run(shape, seed)) for seed in SEEDS]
+    for seed in SEEDS:
+        path = feature_ae_seed_path(seed)
+        if not path.is_file():
+            log(f"training the feature autoencoder, seed {seed}")
+            config = feature_ae.AutoencoderConfig(feature_dim=fit.features.shape[1])
+            model = feature_ae.train_feature_ae(fit.features, config, feature_ae.AutoencoderTrainConfig(seed=seed))
+            path.parent.mkdir(parents=True, exist_ok=True)
+            model.save(path)
+    return {
+        "dlsr": [str(seed_run(shape, seed)) for seed in SEEDS],
+        "feature_ae": [str(feature_ae_seed_path(seed)) for seed in SEEDS],
+    }
 
 
 def test_aurocs(score, where: FeatureCandidate, source=feature_source) -> dict[str, float]:

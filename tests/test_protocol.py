@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -112,6 +113,9 @@ def test_the_sweep_never_opens_a_test_set_while_choosing(tiny_sweep):
     assert stage3["knn_k"] in (1, 5) and len(stage3["rows"]) == 2
     # The 1-epoch snapshot of a 2-epoch run is kept beside it.
     assert (sweep.stage2_run(sweep.LFDNCandidate(16, 1, 1)) / "last.safetensors").is_file()
+    seeds = sweep.run_seeds(where, shape, source)
+    assert len(seeds["dlsr"]) == 3 and all(Path(path).is_file() for path in seeds["feature_ae"])
+    assert not set(source.opened) & TEST_SETS
     # Only the report, after every choice, reads the test table.
     before = len(source.opened)
     results = sweep.report({"features": stage1, "lfdn": stage2, "scoring": stage3}, source)
@@ -124,3 +128,19 @@ def test_slow_candidates_cannot_win(tiny_sweep, monkeypatch):
     monkeypatch.setattr(sweep, "upload_images_per_second", lambda detector: 150.0)
     with pytest.raises(ValueError, match="no candidate"):
         sweep.run_stage1(tiny_sweep)
+
+
+def test_evidence_intervals_and_paired_differences():
+    from benchmarks.evidence import paired_difference, summarize
+
+    rng = np.random.default_rng(0)
+    ids = rng.normal(0, 1, 400)
+    groups = {"a": "far", "b": "near"}
+    strong = summarize(ids, {"a": rng.normal(3, 1, 200), "b": rng.normal(2, 1, 200)}, groups, seed=0)
+    weak = summarize(ids, {"a": rng.normal(1, 1, 200), "b": rng.normal(2, 1, 200)}, groups, seed=0)
+    assert strong["a"]["low"] < strong["a"]["auroc"] < strong["a"]["high"]
+    assert strong["all"]["auroc"] == pytest.approx((strong["a"]["auroc"] + strong["b"]["auroc"]) / 2)
+    difference, low, high = paired_difference(strong, weak, "far")
+    assert difference == pytest.approx(strong["far"]["auroc"] - weak["far"]["auroc"]) and 0 < low < high
+    same, low, high = paired_difference(strong, strong, "near")
+    assert same == 0 and low == high == 0  # the same resamples for both: no spread at all

