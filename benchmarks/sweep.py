@@ -80,7 +80,7 @@ STAGE1 = tuple(
     )
 )
 STAGE1_LFDN = LFDNCandidate(512, 6, 10)
-STAGE2_SHAPES = ((512, 6), (512, 8), (640, 6))
+STAGE2_SHAPES = ((512, 6), (512, 8), (576, 6))  # 23, 29.5 and 29 MB as first + last in float16
 STAGE2_EPOCHS = (10, 20)
 STAGE3 = tuple(ScoringCandidate(t, 1) for t in (2, 3, 5, 8, 10)) + (ScoringCandidate(5, None),)
 KNN_KS = (1, 5, 10, 20, 50, 100, 200)
@@ -407,6 +407,12 @@ def markdown(results: dict) -> str:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--stage", choices=("features", "lfdn", "scoring", "seeds", "report"), required=True)
+    parser.add_argument(
+        "--train-only",
+        metavar="WIDTHxDEPTH",
+        default=None,
+        help="with --stage lfdn: only train that shape's runs (to train several in parallel processes), choose nothing",
+    )
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
     results = load_results()
@@ -416,6 +422,11 @@ def main(argv: list[str] | None = None) -> None:
         if "features" not in results:
             parser.error("run --stage features first")
         where = FeatureCandidate(**results["features"]["chosen"])
+        if args.stage == "lfdn" and args.train_only:
+            width, depth = (int(part) for part in args.train_only.lower().split("x"))
+            fit = feature_source(FIT_SET, where.backbone, where.input_size)
+            train_stage2(where, fit.features, fit.stage_dims, width, depth)
+            return
         if args.stage == "lfdn":
             results["lfdn"] = run_stage2(where)
         elif "lfdn" not in results:
