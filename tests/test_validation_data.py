@@ -147,3 +147,22 @@ def test_roll_shifts_swap_the_halves():
     np.testing.assert_array_equal(
         np.asarray(open_dataset("demo:digits+rolly")[3]), np.concatenate([original[14:], original[:14]], axis=0)
     )
+
+
+def test_the_heldout_experiment_names_sets_that_open():
+    import json
+    from pathlib import Path
+
+    from benchmarks import heldout
+
+    document = json.loads((Path(__file__).parents[1] / "checkpoints/heldout_classes/experiment.json").read_text())
+    assert document["training_set"] == heldout.TRAIN_SET
+    specs = [document["id_set"]["spec"], *(entry["spec"] for entry in document["ood_sets"])]
+    for spec in specs:
+        assert str(parse_dataset(spec)) == spec  # canonical, as stored
+        dataset = open_dataset(spec)  # demo sets: shipped, no download
+        assert len(dataset) > 0
+    held_out = {entry["spec"].rsplit("=", 1)[1] for entry in document["ood_sets"] if "classes=" in entry["spec"]}
+    assert held_out == {str(label) for label in heldout.HELD_OUT_CLASSES}
+    known = open_dataset(document["id_set"]["spec"])
+    assert set(known.labels) == set(heldout.KNOWN_CLASSES) and len(known) == 1200
