@@ -32,6 +32,7 @@ from dlsr_core.metrics import FPR95_CONVENTION, bootstrap_aurocs, mean_std, ood_
 from dlsr_core.scoring import Detector
 
 RESAMPLES = 1000
+SPEED_IMAGES = 256
 GROUPS = ("far", "near", "all")
 
 
@@ -109,7 +110,7 @@ def main_table(detector: Detector, settings: EvaluationSettings, baselines_dir: 
     from dlsr_core.data import open_dataset
 
     dataset = open_dataset(VALIDATION_ID)
-    images = [dataset[i] for i in range(256 if subset is None else min(subset, 64))]
+    images = [dataset[i] for i in range(SPEED_IMAGES if subset is None else min(subset, 64))]
     log("end-to-end speed per method")
     speed = end_to_end_images_per_second(methods, images, detector, baselines, settings)
     return {"methods": table, "images_per_second": speed, "notes": notes}
@@ -212,7 +213,7 @@ def _cell(entry: dict | None) -> str:
 
 
 def settings_markdown(sweep: dict) -> list[str]:
-    lines = ["## Settings chosen on validation data", "", "| what | chosen | candidates |", "|---|---|---|"]
+    lines = ["| what | chosen | candidates |", "|---|---|---|"]
     labels = {"features": "backbone and input size", "lfdn": "LFDN width x depth, epochs", "scoring": "timestep, steps"}
     for stage, what in labels.items():
         if stage in sweep:
@@ -231,7 +232,8 @@ def settings_markdown(sweep: dict) -> list[str]:
 
 def main_markdown(main: dict, labels: dict[str, str]) -> list[str]:
     lines = [
-        f"## Test table (ID `{TEST_ID}`; far: digits, letters, textures; near: inverted, rotated)",
+        f"ID `{TEST_ID}`; far: digits, letters, textures; near: inverted, rotated. AUROC in % with its bootstrap 95% "
+        "interval; FPR95 in % (ID positive); img/s end to end.",
         "",
         "| method | far AUROC [95% CI] | near AUROC [95% CI] | **all AUROC [95% CI]** | FPR95 all | img/s |",
         "|---|---|---|---|---|---|",
@@ -263,8 +265,6 @@ def claims_markdown(main: dict, labels: dict[str, str]) -> list[str]:
     if "mfsim" not in methods:
         return []
     lines = [
-        "## Which differences are inside the noise",
-        "",
         "DLSR MFsim minus each method, average AUROC in points, with the 95% interval of the difference on the same "
         "resamples (paired bootstrap). *Inside the noise* = the interval contains 0.",
         "",
@@ -287,7 +287,8 @@ def seeds_markdown(seeds: dict) -> list[str]:
     table = seeds["table"]
     columns = [(key, label) for key, label in SEED_COLUMNS if key in table]
     lines = [
-        f"## Training seeds ({len(seeds['runs']['dlsr'])} LFDN seeds of the chosen setting; mean ± std of AUROC in %)",
+        f"{len(seeds['runs']['dlsr'])} training seeds of the chosen setting (LFDN and feature autoencoder); mean ± std "
+        "of AUROC in % over the seeds.",
         "",
         "| set | " + " | ".join(label for _, label in columns) + " |",
         "|---" * (len(columns) + 1) + "|",
@@ -317,8 +318,6 @@ def heldout_markdown(result: dict) -> list[str]:
     names = [n for n in groups if groups[n] == "near"]
     heads = [FASHION_MNIST_CLASSES[int(n.rsplit("=", 1)[1])] for n in names]
     lines = [
-        "## Held-out classes (semantic near-OOD)",
-        "",
         f"Trained on `{heldout.TRAIN_SET}` (T-shirt/top, Trouser, Pullover, Dress, Sandal, Sneaker); ID test: "
         f"`{heldout.ID_TEST}`; OOD: each held-out class's test images. AUROC [95% CI] in %.",
         "",
@@ -338,6 +337,67 @@ def public(value):
     return value
 
 
+TITLES = {
+    "settings": "Settings chosen on validation data",
+    "sweep": "The sweep (validation protocol)",
+    "main": "Test table",
+    "claims": "Which differences are inside the noise",
+    "seeds": "Training seeds",
+    "heldout": "Held-out classes (semantic near-OOD)",
+    "notes": "How these numbers were made",
+}
+
+
+def collect(args, sweep: dict, settings: EvaluationSettings) -> tuple[dict[str, list[str]], dict]:
+    """Every block of the evidence (name -> Markdown lines) and the JSON report."""
+    from benchmarks.sweep import markdown as sweep_markdown
+    from dlsr_core.baselines.store import baselines_dir
+    from dlsr_core.comparison import METHODS
+
+    detector = Detector.load(args.checkpoint, device="cpu")
+    labels = {name: method.label for name, method in METHODS.items()}
+    blocks = {"settings": settings_markdown(sweep)}
+    if sweep:
+        blocks["sweep"] = sweep_markdown(sweep).splitlines()[2:]  # without its title
+    report: dict = {"settings": {"timestep": settings.timestep, "steps": settings.steps, "knn_k": settings.knn_k}}
+    report["main"] = main_table(detector, settings, Path(args.baselines or baselines_dir()), args.subset)
+    blocks["main"] = main_markdown(report["main"], labels)
+    blocks["claims"] = claims_markdown(report["main"], labels)
+    if "seeds" in sweep:
+        log("seeds")
+        report["seeds"] = seed_table(sweep["seeds"], settings, args.subset)
+        blocks["seeds"] = seeds_markdown(report["seeds"])
+    if (heldout.RUN_DIR / "last.safetensors").is_file():
+        log("held-out classes")
+        report["heldout"] = heldout_table(settings, args.subset)
+        blocks["heldout"] = heldout_markdown(report["heldout"])
+    machine = f"{platform.machine()} CPU, {os.cpu_count()} cores, {torch.get_num_threads()} torch threads"
+    blocks["notes"] = [
+        f"img/s: end to end from decoded validation images, one method after another; {machine}, torch "
+        f"{torch.__version__}; {args.machine_note}. Bootstrap: {RESAMPLES} resamples, ID and each OOD set drawn with "
+        "replacement, the ID draw shared by the OOD sets of a resample; percentile intervals. " + FPR95_CONVENTION,
+        *([] if args.subset is None else ["", f"**Smoke run: at most {args.subset} images per set.**"]),
+        "",
+    ]
+    return blocks, report
+
+
+def update_readme(path: Path, blocks: dict[str, list[str]]) -> list[str]:
+    """Replace every `<!-- evidence:NAME:start -->` ... `<!-- evidence:NAME:end -->` block of `path` with the
+    generated block NAME; returns the names replaced."""
+    import re
+
+    text, replaced = path.read_text(), []
+    for name, lines in blocks.items():
+        pattern = re.compile(rf"(<!-- evidence:{name}:start -->\n).*?(<!-- evidence:{name}:end -->)", re.S)
+        if pattern.search(text):
+            body = "\n".join(lines).strip() + "\n"
+            text = pattern.sub(lambda match, body=body: match.group(1) + body + match.group(2), text)
+            replaced.append(name)
+    path.write_text(text)
+    return replaced
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--checkpoint", default=str(DEFAULT_RUN_DIR))
@@ -346,42 +406,17 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--subset", type=int, default=None, help="at most N images per set (smoke run)")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     parser.add_argument("--machine-note", default="shared machine: other jobs may have run, speeds are noisy")
+    parser.add_argument("--readme", default=None, help="also rewrite this file's <!-- evidence:NAME --> blocks")
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    from dlsr_core.baselines.store import baselines_dir
-    from dlsr_core.comparison import METHODS
-
     started = time.perf_counter()
     sweep = json.loads(SWEEP_RESULTS.read_text()) if SWEEP_RESULTS.is_file() else {}
-    settings = chosen(sweep)
-    detector = Detector.load(args.checkpoint, device="cpu")
-    labels = {name: method.label for name, method in METHODS.items()}
-    sections = ["# The evidence (python -m benchmarks.evidence)", "", *settings_markdown(sweep)]
-    report: dict = {"settings": {"timestep": settings.timestep, "steps": settings.steps, "knn_k": settings.knn_k}}
-    main_result = main_table(detector, settings, Path(args.baselines or baselines_dir()), args.subset)
-    report["main"] = main_result
-    sections += main_markdown(main_result, labels) + claims_markdown(main_result, labels)
-    if "seeds" in sweep:
-        log("seeds")
-        report["seeds"] = seed_table(sweep["seeds"], settings, args.subset)
-        sections += seeds_markdown(report["seeds"])
-    if (heldout.RUN_DIR / "last.safetensors").is_file():
-        log("held-out classes")
-        report["heldout"] = heldout_table(settings, args.subset)
-        sections += heldout_markdown(report["heldout"])
-    machine = f"{platform.machine()} CPU, {os.cpu_count()} cores, {torch.get_num_threads()} torch threads"
-    sections += [
-        f"img/s: end to end from decoded images (256 validation images, one method after another); {machine}, "
-        f"torch {torch.__version__}; {args.machine_note}.",
-        "",
-        f"Bootstrap: {RESAMPLES} resamples, ID and each OOD set drawn with replacement, the ID draw shared by the OOD "
-        f"sets of a resample; percentile intervals. {FPR95_CONVENTION}",
-        "",
-        f"Run time {(time.perf_counter() - started) / 60:.1f} min"
-        + ("" if args.subset is None else f" (subset: {args.subset} images per set)")
-        + ".",
-    ]
+    blocks, report = collect(args, sweep, chosen(sweep))
+    sections = ["# The evidence (`python -m benchmarks.evidence`)", ""]
+    for name, lines in blocks.items():
+        sections += [f"## {TITLES[name]}", "", *lines]
+    sections.append(f"Run time {(time.perf_counter() - started) / 60:.1f} min.")
     markdown = "\n".join(sections) + "\n"
     print(markdown)
     out = Path(args.out)
@@ -389,6 +424,8 @@ def main(argv: list[str] | None = None) -> None:
     (out / "evidence.md").write_text(markdown)
     (out / "evidence.json").write_text(json.dumps(public(report), indent=2, default=float) + "\n")
     log(f"wrote {out / 'evidence'}.{{md,json}}")
+    if args.readme:
+        log(f"{args.readme}: replaced {', '.join(update_readme(Path(args.readme), blocks)) or 'no'} blocks")
 
 
 if __name__ == "__main__":

@@ -144,3 +144,19 @@ def test_evidence_intervals_and_paired_differences():
     assert difference == pytest.approx(strong["far"]["auroc"] - weak["far"]["auroc"]) and 0 < low < high
     same, low, high = paired_difference(strong, strong, "near")
     assert same == 0 and low == high == 0  # the same resamples for both: no spread at all
+
+
+def test_evidence_rewrites_only_the_marked_readme_blocks(tmp_path):
+    from benchmarks.evidence import update_readme
+
+    readme = tmp_path / "README.md"
+    readme.write_text(
+        "intro\n<!-- evidence:main:start -->\nold table\n<!-- evidence:main:end -->\nmiddle\n"
+        "<!-- evidence:seeds:start -->\nold\n<!-- evidence:seeds:end -->\nend\n"
+    )
+    replaced = update_readme(readme, {"main": ["| new |", "|---|", ""], "heldout": ["not in the file"]})
+    assert replaced == ["main"]
+    assert readme.read_text() == (
+        "intro\n<!-- evidence:main:start -->\n| new |\n|---|\n<!-- evidence:main:end -->\nmiddle\n"
+        "<!-- evidence:seeds:start -->\nold\n<!-- evidence:seeds:end -->\nend\n"
+    )
