@@ -113,7 +113,8 @@ def choose(
     source: Source,
     eligible: Callable[[C], bool] = lambda candidate: True,
 ) -> Choice[C]:
-    """The candidate with the highest validation objective among the eligible ones (the first on a tie).
+    """The candidate with the highest validation objective among the eligible ones (the first on a tie); eligibility
+    is asked after every candidate's validation scores.
 
     validation_scores(candidate, guarded) -> (ID scores (N,), {validation OOD set: scores (M,)}), reading data only
     through `guarded`; higher scores = more OOD. Raises SelectionLeak if it asks for a test set, ValueError when no
@@ -122,14 +123,16 @@ def choose(
     if not candidates:
         raise ValueError("nothing to choose from")
     guarded = GuardedSource(source)
-    rows, allowed = [], []
+    rows = []
     for candidate in candidates:
         id_scores, ood_scores = validation_scores(candidate, guarded)
         unknown = set(ood_scores) - set(VALIDATION_OOD)
         if unknown:
             raise SelectionLeak(f"validation scores were returned for {sorted(unknown)}, which are not validation sets")
         rows.append(group_aurocs(id_scores, ood_scores, VALIDATION_OOD))
-        allowed.append(bool(eligible(candidate)))
+    # Constraints are checked once every candidate has been scored, so a measurement (e.g. speed) can compare them
+    # all side by side.
+    allowed = [bool(eligible(candidate)) for candidate in candidates]
     ranked = [i for i in range(len(candidates)) if allowed[i]]
     if not ranked:
         raise ValueError("no candidate meets the constraints")

@@ -160,3 +160,19 @@ def test_evidence_rewrites_only_the_marked_readme_blocks(tmp_path):
         "intro\n<!-- evidence:main:start -->\n| new |\n|---|\n<!-- evidence:main:end -->\nmiddle\n"
         "<!-- evidence:seeds:start -->\nold\n<!-- evidence:seeds:end -->\nend\n"
     )
+
+
+def test_speed_board_measures_in_interleaved_rounds_and_takes_medians(monkeypatch):
+    calls = []
+    readings = iter([100.0, 300.0, 400.0, 200.0, 250.0, 350.0])  # rounds of (a, b)
+
+    def fake_speed(detector):
+        calls.append(detector)
+        return next(readings)
+
+    monkeypatch.setattr(sweep, "upload_images_per_second", fake_speed)
+    board = sweep.SpeedBoard()
+    board.add("a", "detector a")
+    board.add("b", "detector b")
+    assert board.speeds() == {"a": 250.0, "b": 300.0}
+    assert calls == ["detector a", "detector b"] * 3 and board.speeds() is board.speeds()  # measured once
