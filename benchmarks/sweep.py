@@ -187,11 +187,15 @@ def load_results() -> dict:
     return json.loads(RESULTS.read_text()) if RESULTS.is_file() else {}
 
 
-def save_results(results: dict) -> None:
+def save_results(results: dict, stages: tuple[str, ...]) -> dict:
+    """Write `stages` of `results` into the results file, keeping every other stage as the file has it now (stages
+    run in parallel processes each add their own); returns the merged results."""
     from dlsr_core.atomic import atomic_write_bytes
 
+    merged = {**load_results(), **{stage: results[stage] for stage in stages if stage in results}}
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_bytes(RESULTS, (json.dumps(results, indent=2) + "\n").encode())
+    atomic_write_bytes(RESULTS, (json.dumps(merged, indent=2) + "\n").encode())
+    return merged
 
 
 def stage1_run(where: FeatureCandidate) -> Path:
@@ -313,6 +317,7 @@ def run_stage3(where: FeatureCandidate, shape: LFDNCandidate, source=feature_sou
 
 
 SEEDS = (0, 1, 2)
+STAGE_KEYS = {"features": "features", "lfdn": "lfdn", "scoring": "scoring", "seeds": "seeds"}
 
 
 def seed_run(shape: LFDNCandidate, seed: int) -> Path:
@@ -468,8 +473,8 @@ def main(argv: list[str] | None = None) -> None:
         else:
             results = report(results)
             Path(RESULTS.with_suffix(".md")).write_text(markdown(results) + "\n")
-    save_results(results)
-    print(markdown(results))
+    stages = tuple(results) if args.stage == "report" else (STAGE_KEYS[args.stage],)
+    print(markdown(save_results(results, stages)))
 
 
 if __name__ == "__main__":
