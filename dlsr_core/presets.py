@@ -154,7 +154,7 @@ _CHOICES: dict[str, tuple[str, ...]] = {
 }
 
 
-def test_time_for(preset: str) -> TestTimeOptions:
+def preset_test_time(preset: str) -> TestTimeOptions:
     """The test-time options of the preset a checkpoint was trained under (the defaults for an unknown name)."""
     return PRESETS[preset].test_time if preset in PRESETS else DEFAULT_TEST_TIME
 

@@ -27,7 +27,7 @@ from dlsr_core.presets import (
     ScoringOptions,
     TestTimeOptions,
     options_from,
-    test_time_for,
+    preset_test_time,
     validate_options,
 )
 
@@ -139,7 +139,7 @@ class Detector:
         self.early = early
         self.scoring = scoring if scoring is not None else recorded_scoring(final.info)
         validate_options(self.scoring)
-        self.test_time = test_time if test_time is not None else test_time_for(final.info.preset)
+        self.test_time = test_time if test_time is not None else preset_test_time(final.info.preset)
         validate_options(self.test_time)
         self.schedule = NoiseSchedule(final.info.config).to(next(final.model.parameters()).device)
 
