@@ -23,6 +23,7 @@ from typing import Generic, TypeVar
 
 import numpy as np
 
+from dlsr_core.explorer.sets import DEMO_ID_SET, DEMO_OOD_SETS
 from dlsr_core.metrics import ood_metrics
 
 FIT_SET = "fashion_mnist:fit"
@@ -32,14 +33,9 @@ VALIDATION_OOD: dict[str, str] = {
     "fashion_mnist:val+rollx": "near",
     "fashion_mnist:val+rolly": "near",
 }
-TEST_ID = "demo:fashion_mnist_test"
-TEST_OOD: dict[str, str] = {
-    "demo:digits": "far",
-    "demo:letters": "far",
-    "demo:textures": "far",
-    "demo:fashion_mnist_inverted": "near",
-    "demo:fashion_mnist_rotated": "near",
-}
+# The test table: the shipped demo sets the app shows (ID Fashion-MNIST test images; far and near OOD).
+TEST_ID = DEMO_ID_SET
+TEST_OOD: dict[str, str] = dict(DEMO_OOD_SETS)
 TEST_SETS = frozenset({TEST_ID, *TEST_OOD})
 VALIDATION_SETS = frozenset({VALIDATION_ID, *VALIDATION_OOD})
 
