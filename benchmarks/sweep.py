@@ -237,9 +237,9 @@ def train_stage2(where: FeatureCandidate, features, stage_dims, width: int, dept
     for epochs in sorted(STAGE2_EPOCHS):
         shape = LFDNCandidate(width, depth, epochs)
         snapshot = stage2_run(shape, seed)
-        if (snapshot / LAST_NAME).is_file():
+        if snapshot != final and (snapshot / LAST_NAME).is_file():
             continue
-        train_lfdn(final, features, stage_dims, shape, where, seed)
+        train_lfdn(final, features, stage_dims, shape, where, seed)  # continues the run when it has fewer epochs
         if snapshot != final:
             snapshot.mkdir(parents=True, exist_ok=True)
             for name in (FIRST_NAME, LAST_NAME):

@@ -21,6 +21,7 @@ from benchmarks.protocol import (
     choose,
     group_aurocs,
 )
+from dlsr_core.checkpoint import read_checkpoint_info
 
 
 @dataclass(frozen=True)
@@ -111,8 +112,9 @@ def test_the_sweep_never_opens_a_test_set_while_choosing(tiny_sweep):
     assert set(source.opened) == VALIDATION_SETS | {FIT_SET}
     assert len(stage2["rows"]) == 4 and all(row["eligible"] for row in stage2["rows"])
     assert stage3["knn_k"] in (1, 5) and len(stage3["rows"]) == 2
-    # The 1-epoch snapshot of a 2-epoch run is kept beside it.
-    assert (sweep.stage2_run(sweep.LFDNCandidate(16, 1, 1)) / "last.safetensors").is_file()
+    # The 1-epoch snapshot of a 2-epoch run is kept beside it, and the run itself went on to 2 epochs.
+    assert read_checkpoint_info(sweep.stage2_run(sweep.LFDNCandidate(16, 1, 1)) / "last.safetensors").epoch == 1
+    assert read_checkpoint_info(sweep.stage2_run(sweep.LFDNCandidate(16, 1, 2)) / "last.safetensors").epoch == 2
     seeds = sweep.run_seeds(where, shape, source)
     assert len(seeds["dlsr"]) == 3 and all(Path(path).is_file() for path in seeds["feature_ae"])
     assert not set(source.opened) & TEST_SETS
