@@ -5,6 +5,7 @@
     python -m benchmarks.sweep --stage scoring    # 3: timestep / DDIM steps of the chosen model, and k of k-NN
     python -m benchmarks.sweep --stage seeds      # the chosen setting with training seeds 1 and 2 (seed 0: stage 2)
     python -m benchmarks.sweep --stage report     # test AUROC of every row, after every choice; sweep.{json,md}
+    python -m benchmarks.sweep --stage ship       # copy the chosen model to checkpoints/default
 
 Each stage chooses on validation data only (protocol.choose reads sets through a guard that refuses test sets) and
 stores its rows and choice in benchmarks/results/sweep.json; models go to runs/sweep/ (a finished run is reused).
@@ -380,6 +381,27 @@ def report(results: dict, source=feature_source) -> dict:
     return results
 
 
+SHIPPED = Path("checkpoints/default")
+
+
+def ship(results: dict, out: Path = SHIPPED) -> Path:
+    """Copy the chosen model (stage 2's seed-0 run) to `out`, recording stage 3's timestep as its scoring default
+    (the weights are re-saved unchanged: float16 in, float16 out)."""
+    from dataclasses import replace
+
+    from dlsr_core.checkpoint import load_checkpoint, save_checkpoint
+
+    run = stage2_run(LFDNCandidate(**results["lfdn"]["chosen"]))
+    timestep = results.get("scoring", {}).get("chosen", {}).get("timestep", DEFAULT_SCORING.timestep)
+    out.mkdir(parents=True, exist_ok=True)
+    for name in (FIRST_NAME, LAST_NAME):
+        loaded = load_checkpoint(run / name)
+        info = replace(loaded.info, timestep=timestep)
+        save_checkpoint(out / name, loaded.model, info, loaded.feature_mean, loaded.feature_std, half_precision=True)
+    log(f"shipped {run} to {out} (scoring timestep {timestep})")
+    return out
+
+
 def _percent(value: float | None) -> str:
     return "–" if value is None or np.isnan(value) else f"{100 * value:.2f}"
 
@@ -441,7 +463,7 @@ def markdown(results: dict) -> str:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--stage", choices=("features", "lfdn", "scoring", "seeds", "report"), required=True)
+    parser.add_argument("--stage", choices=("features", "lfdn", "scoring", "seeds", "report", "ship"), required=True)
     parser.add_argument(
         "--train-only",
         metavar="WIDTHxDEPTH",
@@ -470,6 +492,9 @@ def main(argv: list[str] | None = None) -> None:
             results["scoring"] = run_stage3(where, LFDNCandidate(**results["lfdn"]["chosen"]))
         elif args.stage == "seeds":
             results["seeds"] = run_seeds(where, LFDNCandidate(**results["lfdn"]["chosen"]))
+        elif args.stage == "ship":
+            ship(results)
+            return
         else:
             results = report(results)
             Path(RESULTS.with_suffix(".md")).write_text(markdown(results) + "\n")

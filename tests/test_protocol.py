@@ -124,6 +124,10 @@ def test_the_sweep_never_opens_a_test_set_while_choosing(tiny_sweep):
     assert set(source.opened[before:]) == TEST_SETS
     assert all("test" in row for stage in ("features", "lfdn", "scoring") for row in results[stage]["rows"])
     assert "**(chosen)**" in sweep.markdown(results)
+    shipped = sweep.ship(results, sweep.RUNS / "shipped")
+    chosen_t = stage3["chosen"]["timestep"]
+    assert read_checkpoint_info(shipped / "last.safetensors").timestep == chosen_t
+    assert read_checkpoint_info(shipped / "first.safetensors").epoch == 1
 
 
 def test_slow_candidates_cannot_win(tiny_sweep, monkeypatch):
