@@ -158,25 +158,31 @@ SPEED_ROUNDS = 3
 
 class SpeedBoard:
     """Upload speeds of a stage's candidates, measured side by side once all are trained: SPEED_ROUNDS rounds, each
-    measuring every candidate in turn, and the median per candidate (one-off measurements on the shared machine
-    moved by up to 25 %). Run it with none of your other jobs running."""
+    measuring every architecture in turn, and the median per architecture (one-off measurements on the shared
+    machine moved by up to 25 %). Candidates that differ only in training (epochs) share one architecture and one
+    measurement. Run it with none of your other jobs running."""
 
     def __init__(self) -> None:
-        self.detectors: dict[object, Detector] = {}
+        self.detectors: dict[object, Detector] = {}  # architecture -> a detector of it
+        self.architecture: dict[object, object] = {}  # candidate -> architecture
         self._speeds: dict[object, float] | None = None
 
-    def add(self, candidate: object, detector: Detector) -> None:
-        self.detectors[candidate] = detector
+    def add(self, candidate: object, detector: Detector, architecture: object | None = None) -> None:
+        key = candidate if architecture is None else architecture
+        self.architecture[candidate] = key
+        self.detectors.setdefault(key, detector)
         self._speeds = None
 
     def speeds(self) -> dict[object, float]:
+        """Candidate -> median images per CPU-second of its architecture."""
         if self._speeds is None:
-            log(f"measuring upload speed of {len(self.detectors)} candidates, {SPEED_ROUNDS} rounds")
-            measured: dict[object, list[float]] = {candidate: [] for candidate in self.detectors}
+            log(f"measuring upload speed of {len(self.detectors)} architectures, {SPEED_ROUNDS} rounds")
+            measured: dict[object, list[float]] = {key: [] for key in self.detectors}
             for _ in range(SPEED_ROUNDS):
-                for candidate, detector in self.detectors.items():
-                    measured[candidate].append(upload_images_per_second(detector))
-            self._speeds = {candidate: float(np.median(values)) for candidate, values in measured.items()}
+                for key, detector in self.detectors.items():
+                    measured[key].append(upload_images_per_second(detector))
+            medians = {key: float(np.median(values)) for key, values in measured.items()}
+            self._speeds = {candidate: medians[key] for candidate, key in self.architecture.items()}
         return self._speeds
 
 
@@ -259,7 +265,7 @@ def run_stage2(where: FeatureCandidate, source=feature_source) -> dict:
         fit = guarded(FIT_SET, where.backbone, where.input_size)
         train_stage2(where, fit.features, fit.stage_dims, shape.width, shape.depth)
         detector = Detector.load(stage2_run(shape), device="cpu")
-        board.add(shape, detector)
+        board.add(shape, detector, architecture=(shape.width, shape.depth))
         sizes[shape] = checkpoint_mb(stage2_run(shape))
         return set_scores(lambda f: mfsim(detector, f), guarded, where, VALIDATION_ID, VALIDATION_OOD)
 

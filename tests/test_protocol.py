@@ -182,3 +182,8 @@ def test_speed_board_measures_in_interleaved_rounds_and_takes_medians(monkeypatc
     board.add("b", "detector b")
     assert board.speeds() == {"a": 250.0, "b": 300.0}
     assert calls == ["detector a", "detector b"] * 3 and board.speeds() is board.speeds()  # measured once
+    readings = iter([100.0, 300.0, 200.0])
+    shared = sweep.SpeedBoard()
+    shared.add(("w", 10), "first", architecture="w")
+    shared.add(("w", 20), "second", architecture="w")  # same architecture: measured once, same speed
+    assert shared.speeds() == {("w", 10): 200.0, ("w", 20): 200.0} and calls[-3:] == ["first"] * 3
