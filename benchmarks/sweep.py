@@ -154,17 +154,24 @@ def upload_images_per_second(detector: Detector, count: int = 192, batch: int = 
 
 
 SPEED_ROUNDS = 3
+_REFERENCE = "reference"
 
 
 class SpeedBoard:
     """Upload speeds of a stage's candidates, measured side by side once all are trained: SPEED_ROUNDS rounds, each
     measuring every architecture in turn, and the median per architecture (one-off measurements on the shared
     machine moved by up to 25 %). Candidates that differ only in training (epochs) share one architecture and one
-    measurement. Run it with none of your other jobs running."""
+    measurement. Run it with none of your other jobs running.
 
-    def __init__(self) -> None:
+    The machine's load still moves every reading (by about 20 % between stages here), so a later stage measures a
+    `reference` architecture of an earlier stage in the same rounds and scales every median by (the reference's
+    speed in that stage) / (its median now): all stages' speeds are then on the first stage's footing."""
+
+    def __init__(self, reference: tuple[Detector, float] | None = None) -> None:
         self.detectors: dict[object, Detector] = {}  # architecture -> a detector of it
         self.architecture: dict[object, object] = {}  # candidate -> architecture
+        self.reference = reference
+        self.scale = 1.0
         self._speeds: dict[object, float] | None = None
 
     def add(self, candidate: object, detector: Detector, architecture: object | None = None) -> None:
@@ -177,12 +184,18 @@ class SpeedBoard:
         """Candidate -> median images per CPU-second of its architecture."""
         if self._speeds is None:
             log(f"measuring upload speed of {len(self.detectors)} architectures, {SPEED_ROUNDS} rounds")
-            measured: dict[object, list[float]] = {key: [] for key in self.detectors}
+            detectors = dict(self.detectors)
+            if self.reference is not None:
+                detectors[_REFERENCE] = self.reference[0]
+            measured: dict[object, list[float]] = {key: [] for key in detectors}
             for _ in range(SPEED_ROUNDS):
-                for key, detector in self.detectors.items():
+                for key, detector in detectors.items():
                     measured[key].append(upload_images_per_second(detector))
             medians = {key: float(np.median(values)) for key, values in measured.items()}
-            self._speeds = {candidate: medians[key] for candidate, key in self.architecture.items()}
+            if self.reference is not None:
+                self.scale = self.reference[1] / medians[_REFERENCE]
+                log(f"reference measured at {medians[_REFERENCE]:.0f} images/s, {self.reference[1]:.0f} before")
+            self._speeds = {candidate: self.scale * medians[key] for candidate, key in self.architecture.items()}
         return self._speeds
 
 
@@ -255,10 +268,14 @@ def train_stage2(where: FeatureCandidate, features, stage_dims, width: int, dept
                         shutil.copy2(path, snapshot / path.name)
 
 
-def run_stage2(where: FeatureCandidate, source=feature_source) -> dict:
-    """LFDN width x depth x epochs on the full fit set, with stage 1's backbone and input size."""
+def run_stage2(where: FeatureCandidate, source=feature_source, reference_speed: float | None = None) -> dict:
+    """LFDN width x depth x epochs on the full fit set, with stage 1's backbone and input size. `reference_speed`:
+    stage 1's speed of its chosen model, measured again here to put both stages' speeds on one footing."""
     candidates = tuple(LFDNCandidate(w, d, e) for w, d in STAGE2_SHAPES for e in STAGE2_EPOCHS)
-    board = SpeedBoard()
+    reference = None
+    if reference_speed is not None:
+        reference = (Detector.load(stage1_run(where), device="cpu"), reference_speed)
+    board = SpeedBoard(reference)
     sizes: dict[LFDNCandidate, float] = {}
 
     def validation_scores(shape: LFDNCandidate, guarded):
@@ -276,6 +293,7 @@ def run_stage2(where: FeatureCandidate, source=feature_source) -> dict:
     speeds = board.speeds()
     return {
         "features": asdict(where),
+        "speed_scale": board.scale,
         "rows": [
             {
                 "setting": asdict(c),
@@ -491,7 +509,8 @@ def main(argv: list[str] | None = None) -> None:
             train_stage2(where, fit.features, fit.stage_dims, width, depth)
             return
         if args.stage == "lfdn":
-            results["lfdn"] = run_stage2(where)
+            stage1 = next(row for row in results["features"]["rows"] if row["setting"] == results["features"]["chosen"])
+            results["lfdn"] = run_stage2(where, reference_speed=stage1["images_per_second"])
         elif "lfdn" not in results:
             parser.error("run --stage lfdn first")
         elif args.stage == "scoring":

@@ -187,3 +187,8 @@ def test_speed_board_measures_in_interleaved_rounds_and_takes_medians(monkeypatc
     shared.add(("w", 10), "first", architecture="w")
     shared.add(("w", 20), "second", architecture="w")  # same architecture: measured once, same speed
     assert shared.speeds() == {("w", 10): 200.0, ("w", 20): 200.0} and calls[-3:] == ["first"] * 3
+    # A reference measured before at 300 and now at 150: every reading is doubled onto the earlier footing.
+    readings = iter([80.0, 150.0, 90.0, 150.0, 100.0, 150.0])
+    scaled = sweep.SpeedBoard(reference=("ref", 300.0))
+    scaled.add("c", "candidate")
+    assert scaled.speeds() == {"c": 180.0} and scaled.scale == 2.0
