@@ -44,6 +44,12 @@ def backbone_images_per_second(extractor, input_size: int, count: int = 512) -> 
     return count / (time.perf_counter() - started)
 
 
+def chosen_knn_k(default: int = 50) -> int:
+    """k of k-NN as chosen on validation data by benchmarks/sweep.py (its results file), else `default`."""
+    results = Path("benchmarks/results/sweep.json")
+    return json.loads(results.read_text()).get("scoring", {}).get("knn_k", default) if results.is_file() else default
+
+
 def markdown_table(report: EvaluationReport) -> str:
     """Rows = OOD sets and group averages, columns = scores, cells = AUROC / FPR95 / AUPR-Out in percent."""
     names = report.score_names
@@ -64,14 +70,16 @@ def markdown_table(report: EvaluationReport) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--checkpoint", default=str(DEFAULT_RUN_DIR))
-    parser.add_argument("--timestep", "-t", type=int, default=5)
+    parser.add_argument("--timestep", "-t", type=int, default=None, help="default: the model's own scoring timestep")
     parser.add_argument("--steps", type=int, default=DEFAULT_STEPS, help="DDIM steps; 0 = one per timestep")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--knn-k", type=int, default=chosen_knn_k(), help="default: the sweep's validation choice")
     parser.add_argument("--no-baselines", action="store_true")
     parser.add_argument("--out", default="benchmarks/results", help="folder for default_model.{json,csv,md}")
     args = parser.parse_args()
     detector = Detector.load(args.checkpoint, device="cpu")
     info = detector.info
+    timestep = args.timestep or detector.scoring.timestep
     extractor = create_feature_extractor(info.backbone, weights=info.weights)
 
     def features(spec: str):
@@ -85,7 +93,7 @@ def main() -> None:
         ID_SET,
         features(ID_SET),
         {s: features(s) for s in FAR_SETS + NEAR_SETS},
-        EvaluationSettings(timestep=args.timestep, steps=args.steps or None, seed=args.seed),
+        EvaluationSettings(timestep=timestep, steps=args.steps or None, seed=args.seed, knn_k=args.knn_k),
         train_features=train,
         backbone_images_per_second=backbone_images_per_second(extractor, info.input_size),
     )
@@ -93,7 +101,8 @@ def main() -> None:
     machine = f"{platform.machine()} CPU, {torch.get_num_threads()} torch threads, torch {torch.__version__}"
     header = (
         f"Model: {args.checkpoint} ({info.backbone} @ {info.input_size}px, LFDN {info.config.width}x"
-        f"{info.config.depth}, epoch {info.epoch}); t={args.timestep}, {args.steps or args.timestep} DDIM step(s); "
+        f"{info.config.depth}, epoch {info.epoch}); t={timestep}, {args.steps or timestep} DDIM step(s), "
+        f"k-NN k={args.knn_k}; "
         f"cells: AUROC / FPR95 / AUPR-Out (%); machine: {machine}"
     )
     print(header)
