@@ -37,7 +37,7 @@ def main() -> int:
         detector,
         {k: v.features for k, v in feature_sets.items()},
         {k: v.indices.numpy() for k, v in feature_sets.items()},
-        maps.DEFAULT_TIMESTEP,
+        detector.scoring.timestep,  # the pages open at the model's own timestep
         DEFAULT_STEPS,
         maps.DEFAULT_PER_SET,
         True,
@@ -48,7 +48,7 @@ def main() -> int:
         {spec: len(feature_sets[spec]) for spec in specs},
         maps.DEFAULT_PER_SET,
         True,
-        maps.DEFAULT_TIMESTEP,
+        detector.scoring.timestep,  # the pages open at the model's own timestep
         DEFAULT_STEPS,
         DEFAULT_DRAWS,
     )
