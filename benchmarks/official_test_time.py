@@ -12,6 +12,7 @@ effect across draws: with separate noise, LR's spread across seeds grows, its AU
 from __future__ import annotations
 
 import argparse
+import os
 import time
 from pathlib import Path
 
@@ -57,7 +58,8 @@ def main(argv: list[str] | None = None) -> None:
         "separate LR noise": TestTimeOptions(lr_noise="separate"),
     }
     lines = [
-        f"# Test-time items of the official preset, on `{args.checkpoint}` ({base.backbone} @ {base.input_size} px, "
+        f"# Test-time items of the official preset, on `{os.path.relpath(args.checkpoint)}` ({base.backbone} @ "
+        f"{base.input_size} px, "
         f"sampler {base.scoring.sampler}, t = {base.scoring.timestep})",
         "",
         "| variant | MSE | MFsim | LR | largest relative score change |",
