@@ -108,9 +108,12 @@ def choose(
     validation_scores: Callable[[C, GuardedSource], tuple[np.ndarray, dict[str, np.ndarray]]],
     source: Source,
     eligible: Callable[[C], bool] = lambda candidate: True,
+    default: C | None = None,
+    margin: float = 0.0,
 ) -> Choice[C]:
     """The candidate with the highest validation objective among the eligible ones (the first on a tie); eligibility
-    is asked after every candidate's validation scores.
+    is asked after every candidate's validation scores. With a `default` candidate, it is kept unless the best one
+    beats it by more than `margin` (AUROC fraction): a setting users see is not moved for a gain within the noise.
 
     validation_scores(candidate, guarded) -> (ID scores (N,), {validation OOD set: scores (M,)}), reading data only
     through `guarded`; higher scores = more OOD. Raises SelectionLeak if it asks for a test set, ValueError when no
@@ -133,4 +136,8 @@ def choose(
     if not ranked:
         raise ValueError("no candidate meets the constraints")
     best = max(ranked, key=lambda i: (rows[i]["objective"], -i))
+    if default is not None and default in candidates:
+        kept = candidates.index(default)
+        if kept in ranked and rows[best]["objective"] - rows[kept]["objective"] <= margin:
+            best = kept
     return Choice(candidates[best], tuple(candidates), tuple(rows), tuple(allowed), tuple(guarded.opened))

@@ -82,6 +82,11 @@ def test_choose_takes_the_best_eligible_candidate_first_on_ties():
     assert choose((0.0, 2.0, 1.0), scores, source, eligible=lambda c: c < 2).best == 1.0
     with pytest.raises(ValueError, match="no candidate"):
         choose((2.0,), scores, source, eligible=lambda c: False)
+    # A default is kept unless beaten by more than the margin.
+    small = choose((0.0, 1.0, 1.01), scores, source, default=1.0, margin=0.01)
+    gap = small.validation[2]["objective"] - small.validation[1]["objective"]
+    assert 0 < gap <= 0.01 and small.best == 1.0
+    assert choose((0.0, 1.0, 2.0), scores, source, default=1.0, margin=0.0001).best == 2.0
     with pytest.raises(SelectionLeak):
         choose((1.0,), lambda c, guarded: (guarded(protocol.TEST_ID).features[:, 0].numpy(), {}), source)
     with pytest.raises(SelectionLeak, match="not validation sets"):

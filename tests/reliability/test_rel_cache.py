@@ -31,7 +31,16 @@ def two_folders(sandbox):
 
 
 def _extract(cli, folders, *extra):
-    return cli("extract", *(arg for spec in folders for arg in ("-d", spec)), "--weights", "random", "--quiet", *extra)
+    return cli(
+        "extract",
+        *(arg for spec in folders for arg in ("-d", spec)),
+        "--weights",
+        "random",
+        "--input-size",
+        "64",
+        "--quiet",
+        *extra,
+    )
 
 
 def _cache_file_name(sandbox, spec) -> str:

@@ -211,7 +211,15 @@ def test_shipped_default_still_loads_with_its_checksum_files():
     if not (DEFAULT_RUN_DIR / LAST_NAME).is_file():
         pytest.skip("no shipped model")
     info = read_checkpoint_info(DEFAULT_RUN_DIR / LAST_NAME)
-    assert (info.config.width, info.config.depth, info.input_size) == (512, 6, 64)
-    _, metadata = _read(DEFAULT_RUN_DIR / LAST_NAME)
-    assert DIGEST_KEY not in metadata  # written before the embedded digest: verified by its .sha256 file
+    assert (info.config.width, info.config.depth, info.input_size) == (512, 6, 80)
     assert checksum_path(DEFAULT_RUN_DIR / LAST_NAME).is_file()
+
+
+def test_a_checkpoint_written_before_the_embedded_digest_loads_with_its_checksum_file(tmp_path):
+    if not (DEFAULT_RUN_DIR / LAST_NAME).is_file():
+        pytest.skip("no shipped model")
+    tensors, metadata = _read(DEFAULT_RUN_DIR / LAST_NAME)
+    metadata.pop(DIGEST_KEY, None)  # the older format: only the .sha256 file beside it vouches for the content
+    old = tmp_path / LAST_NAME
+    _write(old, tensors, metadata)
+    assert load_checkpoint(old).info == read_checkpoint_info(DEFAULT_RUN_DIR / LAST_NAME)

@@ -139,7 +139,7 @@ def test_extract_defaults_to_the_models_input_size(sandbox, cli, tiny_run, monke
     outcome = cli("extract", "-d", "demo:textures", "--checkpoint", tiny_run, "--quiet")
     assert outcome.code == 0 and "(efficientnet_lite0 @ 32 px)" in outcome.out
     shipped = cli("extract", "-d", "demo:textures", "--quiet", "--weights", "random")
-    assert shipped.code == 0 and "@ 64 px" in shipped.out  # the shipped model's size, not 224
+    assert shipped.code == 0 and "@ 80 px" in shipped.out  # the shipped model's size, not 224
 
 
 def test_a_log_gets_a_few_progress_lines_not_bars(sandbox, cli, tiny_run, seeded_cache, monkeypatch):
