@@ -480,6 +480,11 @@ def markdown(results: dict) -> str:
         lines += stage_markdown("Stage 2: LFDN on all 55,000 fit images", results["lfdn"], ("img/s", "MB"))
     if "scoring" in results:
         lines += stage_markdown("Stage 3: timestep and DDIM steps of the chosen model", results["scoring"])
+        lines += [
+            f"t = 5 with one step (the paper preset's, what the pages open at) is kept unless another setting beats it "
+            f"on validation by more than {100 * SCORING_MARGIN:.1f} point.",
+            "",
+        ]
         knn = " · ".join(
             f"k = {row['k']}: {_percent(row['validation']['objective'])}" for row in results["scoring"]["knn_rows"]
         )
