@@ -43,7 +43,7 @@ def add_feature_options(parser: argparse.ArgumentParser, with_backbone: bool = T
             type=options.input_size,
             default=None if model_defaults else 224,
             help=f"square input size in pixels, {options.MIN_INPUT_SIZE}..{options.MAX_INPUT_SIZE} "
-            + ("(default: the --checkpoint model's, 64 for the shipped one)" if model_defaults else "(paper: 224)"),
+            + ("(default: the --checkpoint model's, 80 for the shipped one)" if model_defaults else "(paper: 224)"),
         )
     parser.add_argument("--cache-dir", default=None, help="feature cache (default $DLSR_CACHE_DIR or ~/.cache/dlsr)")
     parser.add_argument("--data-root", default=None, help="where dataset files live (torchvision, fashion_mnist)")
