@@ -31,10 +31,11 @@ import torch
 
 from dlsr_core.atomic import atomic_write_bytes, sha256_hex
 from dlsr_core.features import FeatureSet, ProgressCallback, extract_features
+from dlsr_core.fixed_batches import EXTRACTION_VERSION
 from dlsr_core.presets import DEFAULT_FEATURES, FeatureOptions, feature_options_tag
 
-# Bump when preprocessing or pooling changes, so old cache files stop matching.
-PREPROCESSING_VERSION = "resize-square-v1+gap-std-v1"
+# Bump when preprocessing, pooling or the backbone's batching changes, so old cache files stop matching.
+PREPROCESSING_VERSION = f"resize-square-v1+gap-std-v1+{EXTRACTION_VERSION}"
 CACHE_FORMAT = "dlsr-features-v1"
 logger = logging.getLogger(__name__)
 _warned_folders: set[str] = set()
