@@ -103,7 +103,10 @@ for spec in specs:
 values = points.scores[score]
 id_mask = points.mask(explorer.DEMO_ID_SET, "original")
 ranks = explorer.rank_percentiles(values)
-id_percentiles = explorer.reference_percentiles(values, values[id_mask])
+# Placed among all ID reference images, against the threshold every other page uses (not the ID points shown).
+id_reference = shared.reference_scores(detector, run_dir, feature_sets[explorer.DEMO_ID_SET], timestep, steps, score)
+threshold = explorer.id_threshold95(id_reference)
+id_percentiles = [explorer.percent_text(p) for p in explorer.percent_below(id_reference, values)]
 
 
 def _html(coordinates: np.ndarray, title: str) -> str:
@@ -116,8 +119,8 @@ def _html(coordinates: np.ndarray, title: str) -> str:
         if not mask.any():
             continue
         custom = [
-            [thumb_of[(spec, int(i))], spec.removeprefix("demo:"), kind, int(i), float(v), float(p)]
-            for i, v, p in zip(points.indices[mask], values[mask], id_percentiles[mask], strict=True)
+            [thumb_of[(spec, int(i))], spec.removeprefix("demo:"), kind, int(i), float(v), id_percentiles[row]]
+            for row, i, v in zip(np.flatnonzero(mask), points.indices[mask], values[mask], strict=True)
         ]
         marker = dict(
             size=6 if kind == "original" else 5,
@@ -153,7 +156,7 @@ def _html(coordinates: np.ndarray, title: str) -> str:
                 name=f"{spec.removeprefix('demo:')} ({'ẑ₀' if kind == 'reconstructed' else 'z₀'})",
                 legendgroup=spec,
                 hovertemplate=f"%{{customdata[1]}} #%{{customdata[3]}} (%{{customdata[2]}})<br>"
-                f"{label} = %{{customdata[4]:.4g}}, above %{{customdata[5]:.0f}} % of the ID points<extra></extra>",
+                f"{label} = %{{customdata[4]:.4g}}, above %{{customdata[5]}} % of ID images<extra></extra>",
             )
         )
     figure.update_layout(
@@ -189,7 +192,7 @@ document.getElementById("map").on("plotly_hover", (event) => {{
   document.getElementById("hover").innerHTML =
     `<img src="${{thumbs[c[0]]}}" width="112" height="112" style="image-rendering:pixelated;border:1px solid #ccc">`
     + `<br><b>${{c[1]}}</b> #${{c[3]}}<br>${{c[2]}}<br>score ${{Number(c[4]).toPrecision(4)}}`
-    + `<br>above ${{Number(c[5]).toFixed(0)}} % of ID`;
+    + `<br>above ${{c[5]}} % of ID`;
 }});
 </script></body></html>"""
 
@@ -241,7 +244,6 @@ st.caption(
     "recolours the same map."
 )
 
-threshold = explorer.id_threshold95(values[id_mask])
 inside = explorer.share_among_id(coordinates, points.sets, points.kinds, explorer.DEMO_ID_SET)
 rows = []
 for spec in specs[1:]:
@@ -265,6 +267,6 @@ st.markdown(
 st.dataframe(rows, hide_index=True)
 st.caption(
     "Inside the ID cluster: the point's nearest ID point on this map is no farther than the ID points' own nearest "
-    f"neighbours (95th percentile). Flagged: score above the 95 %-TPR threshold of the {int(id_mask.sum())} ID points "
-    f"shown ({threshold:.4g})."
+    f"neighbours (95th percentile). Flagged: score above the 95 %-TPR threshold of all {len(id_reference):,} ID "
+    f"reference images ({threshold:.4g}, the threshold of every page)."
 )

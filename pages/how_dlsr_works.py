@@ -271,7 +271,7 @@ st.markdown(
 
 # 7 · verdict ---------------------------------------------------------------------------------------------------------
 st.header("7 · Verdict")
-above = f"above {trace.id_percentile:.1f} % of ID images"
+above = f"above {explorer.percent_text(trace.id_percentile)} % of ID images"
 if trace.verdict == "OOD":
     st.error(f"**OOD** — {label} {trace.score:.4g} > threshold {trace.threshold:.4g} ({above}). {profile.sentence}")
 else:

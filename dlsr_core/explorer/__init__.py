@@ -35,15 +35,19 @@ from dlsr_core.explorer.distributions import (
 )
 from dlsr_core.explorer.epochs import EpochCheckpoint, detector_at, epoch_checkpoints, epoch_scores, keep_snapshot
 from dlsr_core.explorer.explanation import (
+    BAND_PERCENT,
+    PROFILE_DRAWS,
     LayerProfile,
     StageName,
     StageReference,
     explanation_columns,
     layer_profiles,
-    percent_text,
+    profile_arrays,
+    profile_draws,
     stage_names,
     stage_reference,
     stage_values,
+    worse_than_percent,
 )
 from dlsr_core.explorer.failures import (
     ErrorAnalysis,
@@ -63,7 +67,6 @@ from dlsr_core.explorer.maps import (
     map_points,
     map_setting,
     rank_percentiles,
-    reference_percentiles,
     save_projection,
     share_among_id,
 )
@@ -79,7 +82,15 @@ from dlsr_core.explorer.runs import (
     run_fingerprint,
     summarize,
 )
-from dlsr_core.explorer.scores import id_threshold95, marker_rows, score_arrays, score_matrix, verdict
+from dlsr_core.explorer.scores import (
+    id_threshold95,
+    marker_rows,
+    percent_below,
+    percent_text,
+    score_arrays,
+    score_matrix,
+    verdict,
+)
 from dlsr_core.explorer.sets import (
     BASELINE_TRAIN_SET,
     DEMO_ID_SET,
@@ -125,6 +136,8 @@ from dlsr_core.explorer.uploads import (
 from dlsr_core.explorer.walkthrough import Trace, noised_features, trace_image
 
 __all__ = [
+    "BAND_PERCENT",
+    "PROFILE_DRAWS",
     "BASELINE_TRAIN_SET",
     "DEFAULT_MAP_PER_SET",
     "DEMO_ID_SET",
@@ -192,6 +205,8 @@ __all__ = [
     "image_statistics",
     "keep_snapshot",
     "layer_profiles",
+    "profile_arrays",
+    "profile_draws",
     "list_run_dirs",
     "load_baselines",
     "load_features",
@@ -204,13 +219,13 @@ __all__ = [
     "model_caption",
     "model_id",
     "noised_features",
+    "percent_below",
     "percent_text",
     "pixel_model_path",
     "poll_interval",
     "prepare_uploads",
     "profile_html",
     "rank_percentiles",
-    "reference_percentiles",
     "run_fingerprint",
     "sample_uploads",
     "save_projection",
@@ -234,4 +249,5 @@ __all__ = [
     "verdict",
     "wide_table",
     "with_methods",
+    "worse_than_percent",
 ]

@@ -18,11 +18,12 @@ from dlsr_core.explorer.explanation import (
     LayerProfile,
     StageName,
     layer_profiles,
+    profile_arrays,
     stage_names,
     stage_reference,
     stage_values,
 )
-from dlsr_core.explorer.scores import id_threshold95, score_arrays, verdict
+from dlsr_core.explorer.scores import id_threshold95, percent_below, score_arrays, verdict
 from dlsr_core.noise import keyed_standard_normal, row_noise_keys
 from dlsr_core.scoring import DEFAULT_DRAWS, DEFAULT_STEPS, Detector
 
@@ -95,7 +96,8 @@ def trace_image(
     if score not in arrays or score not in reference:
         raise KeyError(f"score {score!r} is not available for this checkpoint")
     names = stage_names(detector.backbone, tuple(detector.stage_dims))
-    profile = layer_profiles(stage_reference(stage_values(reference, score), score, names), stage_values(arrays, score))
+    profiled = stage_values(profile_arrays(detector, z0, score, timestep, steps, draws, seed), score)
+    profile = layer_profiles(stage_reference(stage_values(reference, score), score, names), profiled)
     id_scores = np.asarray(reference[score], dtype=np.float64)
     value = float(arrays[score][0])
     threshold = id_threshold95(id_scores)
@@ -118,6 +120,6 @@ def trace_image(
         id_scores=id_scores,
         threshold=threshold,
         verdict=verdict(value, threshold),
-        id_percentile=100.0 * float(np.mean(id_scores < value)),
+        id_percentile=float(percent_below(id_scores, value)[0]),
         profile=profile[0],
     )
