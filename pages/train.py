@@ -23,33 +23,41 @@ def _default_training_set() -> str:
     return explorer.default_training_set()
 
 
+# Outside the form, so that choosing a source shows only that source's fields (a form reruns only on submit).
+source = st.radio("ID dataset", ["Built-in", "torchvision by name", "Image folder"], horizontal=True)
 with st.form("train"):
-    source = st.radio("ID dataset", ["Built-in", "torchvision by name", "Image folder"], horizontal=True)
     columns = st.columns(3)
-    builtin_sets = [f"demo:{name}" for name in list_demo_sets()] + [
-        "fashion_mnist:train",
-        "digits",
-        "letters",
-        "textures",
-    ]
-    default_set = _default_training_set()
-    builtin = columns[0].selectbox(
-        "Built-in set",
-        builtin_sets,
-        index=builtin_sets.index(default_set) if default_set in builtin_sets else 0,
-        help=f"The app evaluates every model on {explorer.DEMO_ID_SET} as its ID set: train on another set (the "
-        f"default, {explorer.BASELINE_TRAIN_SET}, when installed), or the evaluation will look better than it is.",
-    )
-    torchvision_name = columns[1].text_input(
-        "torchvision dataset", "CIFAR10:train", help="Class[:split]; files must already be on disk unless downloading"
-    )
-    download = columns[1].checkbox("Allow download (needs network)")
-    folder = columns[2].text_input("Image folder path", "", help="All images below this folder, any format")
-    data_root = columns[2].text_input(
-        "Data folder (optional)",
-        "",
-        help="Where Fashion-MNIST or torchvision dataset files already are, if not in their default places",
-    )
+    builtin, torchvision_name, download, folder, data_root = None, "", False, "", ""
+    if source == "Built-in":
+        builtin_sets = [f"demo:{name}" for name in list_demo_sets()] + [
+            "fashion_mnist:train",
+            "digits",
+            "letters",
+            "textures",
+        ]
+        default_set = _default_training_set()
+        builtin = columns[0].selectbox(
+            "Built-in set",
+            builtin_sets,
+            index=builtin_sets.index(default_set) if default_set in builtin_sets else 0,
+            help=f"The app evaluates every model on {explorer.DEMO_ID_SET} as its ID set: train on another set (the "
+            f"default, {explorer.BASELINE_TRAIN_SET}, when installed), or the evaluation will look better than it is.",
+        )
+    elif source == "torchvision by name":
+        torchvision_name = columns[0].text_input(
+            "torchvision dataset",
+            "CIFAR10:train",
+            help="Class[:split]; files must already be on disk unless downloading",
+        )
+        download = columns[1].checkbox("Allow download (needs network)")
+    else:
+        folder = columns[0].text_input("Image folder path", "", help="All images below this folder, any format")
+    if source != "Image folder":
+        data_root = columns[2].text_input(
+            "Data folder (optional)",
+            "",
+            help="Where Fashion-MNIST or torchvision dataset files already are, if not in their default places",
+        )
     columns = st.columns(4)
     backbone = columns[0].selectbox(
         "Backbone",
