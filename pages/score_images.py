@@ -123,4 +123,7 @@ for start in range(0, len(results), per_row):
             )
             # Plain HTML rows: a dozen Plotly charts would make every timestep change slow to redraw.
             st.html(explorer.profile_html(result.profile))
+            note = explorer.verdict_note(result.profile, result.verdict)
+            if note:
+                st.caption(note)
 st.session_state["score_results"] = results

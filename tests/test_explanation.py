@@ -54,6 +54,18 @@ def test_percentiles_on_a_known_reference():
     assert better.worse_than[0] == pytest.approx(0.5) and better.status[:2] == ("better", "normal")
 
 
+def test_a_verdict_the_profile_seems_to_contradict_gets_a_sentence():
+    cosines = np.linspace(0.01, 1.0, 100)
+    reference = explorer.stage_reference(np.stack([cosines] * 3, 1), "mfsim", names())
+    red, calm = explorer.layer_profiles(reference, np.array([[0.001, 0.5, 0.5], [0.5, 0.5, 0.5]]))
+    assert red.status.count("worse") == 1
+    assert explorer.verdict_note(red, "ID").startswith("Still ID: MFsim averages the cosines of all stages")
+    assert explorer.verdict_note(calm, "OOD").startswith("Still OOD: no single stage leaves the ID range")
+    assert explorer.verdict_note(red, "OOD") == explorer.verdict_note(calm, "ID") == ""
+    lr = explorer.layer_profiles(explorer.stage_reference(np.stack([cosines] * 3, 1), "lr", names()), [[9, 0, 0]])[0]
+    assert lr.comparison == "gained more from training than" and "LR adds up" in explorer.verdict_note(lr, "ID")
+
+
 def test_squared_error_and_lr_are_oriented_higher_is_worse():
     errors = np.tile(np.arange(1.0, 101.0)[:, None], (1, 3))
     for score in ("mse", "lr"):

@@ -47,6 +47,7 @@ from dlsr_core.explorer.explanation import (
     stage_names,
     stage_reference,
     stage_values,
+    verdict_note,
     worse_than_percent,
 )
 from dlsr_core.explorer.failures import (
@@ -247,6 +248,7 @@ __all__ = [
     "thumbnail_uri",
     "trace_image",
     "verdict",
+    "verdict_note",
     "wide_table",
     "with_methods",
     "worse_than_percent",

@@ -82,19 +82,35 @@ class _Quantity:
     higher_is_worse: bool
     worse: tuple[str, str]  # verb phrase (one stage, several stages) for "less ID-like than"
     better: tuple[str, str]
+    combined: str  # how the score combines the stages
 
 
 _RECONSTRUCTS_WORSE = ("reconstructs worse than", "reconstruct worse than")
 _RECONSTRUCTS_BETTER = ("reconstructs better than", "reconstruct better than")
 QUANTITIES: dict[str, _Quantity] = {
-    "mfsim": _Quantity("stage_cos", "cosine(z₀, ẑ₀)", False, _RECONSTRUCTS_WORSE, _RECONSTRUCTS_BETTER),
-    "mse": _Quantity("stage_sq_error", "squared error", True, _RECONSTRUCTS_WORSE, _RECONSTRUCTS_BETTER),
+    "mfsim": _Quantity(
+        "stage_cos",
+        "cosine(z₀, ẑ₀)",
+        False,
+        _RECONSTRUCTS_WORSE,
+        _RECONSTRUCTS_BETTER,
+        "MFsim averages the cosines of all stages",
+    ),
+    "mse": _Quantity(
+        "stage_sq_error",
+        "squared error",
+        True,
+        _RECONSTRUCTS_WORSE,
+        _RECONSTRUCTS_BETTER,
+        "MSE adds up the squared errors of all stages, so the stages with most channels weigh most",
+    ),
     "lr": _Quantity(
         "stage_lr",
         "LR (early − final error)",
         True,
         ("gained more from training than",) * 2,
         ("gained less from training than",) * 2,
+        "LR adds up the training gains of all stages",
     ),
 }
 
@@ -185,6 +201,31 @@ class LayerProfile:
     @property
     def quantity(self) -> str:
         return QUANTITIES[self.score].label
+
+    @property
+    def comparison(self) -> str:
+        """What the percentages say, in the words of the sentence: 'reconstructs worse than' (MFsim, MSE) or
+        'gained more from training than' (LR)."""
+        return QUANTITIES[self.score].worse[0]
+
+
+def verdict_note(profile: LayerProfile, verdict: str) -> str:
+    """A sentence for a verdict the profile seems to contradict ('' otherwise): an ID verdict beside stages outside
+    the ID range, or an OOD verdict with every stage inside it. The score combines the stages; no single one decides."""
+    how = QUANTITIES[profile.score].combined
+    unusual = profile.status.count("worse")
+    if verdict == "ID" and unusual:
+        stages = "this stage" if unusual == 1 else f"these {unusual} stages"
+        return (
+            f"Still ID: {how}, and {stages} did not lift the score above the threshold — the other stages came back "
+            "as well as in typical ID images."
+        )
+    if verdict == "OOD" and not unusual:
+        return (
+            f"Still OOD: no single stage leaves the ID range, but {how}, and together their small excesses lift the "
+            "score above the threshold."
+        )
+    return ""
 
 
 def worse_than_percent(reference: StageReference, values: np.ndarray) -> np.ndarray:
@@ -314,13 +355,14 @@ def explanation_columns(
     values = np.asarray(scored[score], dtype=np.float64)
     profiles = layer_profiles(stages, stage_values(profiled, score))
     for profile, value, id_pct in zip(profiles, values, percent_below(reference[score], values), strict=True):
+        call = verdict(float(value), threshold)
         rows.append(
             [
                 *(percent_text(p, 2) for p in profile.worse_than),
                 percent_text(id_pct, 2),
                 f"{threshold:.6g}",
-                verdict(float(value), threshold),
-                profile.sentence,
+                call,
+                " ".join(filter(None, (profile.sentence, verdict_note(profile, call)))),
             ]
         )
     return header, rows

@@ -15,6 +15,7 @@ import torch
 from torch import Tensor
 
 from dlsr_core.explorer.explanation import (
+    BAND_PERCENT,
     LayerProfile,
     StageName,
     layer_profiles,
@@ -37,7 +38,8 @@ class Trace:
     """Every intermediate of one image's DLSR score.
 
     features, noised, reconstruction (D,): z0, z_t and ẑ0 (of the first noise draw); stage_cos, stage_sq_error (S,)
-    averaged over `draws`; id_scores (R,): the ID reference scores the threshold comes from.
+    averaged over `draws`; stage_cos_band (2, S): the ID reference images' 5th and 95th percentile of each stage's
+    cosine; id_scores (R,): the ID reference scores the threshold comes from.
     """
 
     names: tuple[StageName, ...]
@@ -52,6 +54,7 @@ class Trace:
     noise_scale: float  # sqrt(1 - alpha_bar_t): the standard deviation of the added noise
     stage_cos: np.ndarray
     stage_sq_error: np.ndarray
+    stage_cos_band: np.ndarray
     score_name: str
     score: float
     id_scores: np.ndarray
@@ -115,6 +118,7 @@ def trace_image(
         noise_scale=(1.0 - alpha_bar) ** 0.5,
         stage_cos=np.asarray(arrays["stage_cos"][0], dtype=np.float64),
         stage_sq_error=np.asarray(arrays["stage_sq_error"][0], dtype=np.float64),
+        stage_cos_band=np.percentile(np.asarray(reference["stage_cos"], dtype=np.float64), BAND_PERCENT, axis=0),
         score_name=score,
         score=value,
         id_scores=id_scores,
