@@ -21,6 +21,7 @@ import torch
 
 from dlsr_core.backbones import create_feature_extractor
 from dlsr_core.data import open_dataset
+from dlsr_core.fixed_batches import cpu_chunk
 from dlsr_core.scoring import Detector
 
 THREADS = (1, 2)
@@ -78,7 +79,7 @@ def main() -> None:
         for name, features in cases.items():
             print(f"   threads {threads}, {name:20s} bitwise equal to 1 thread alone: {torch.equal(features, alone)}")
 
-    print("3. throughput, images/s (wall / CPU)")
+    print("3. throughput, images/s (wall / CPU); and one image alone, ms (wall / CPU)")
     for size, count in ((64, args.images), (224, args.images_224)):
         images = x64 if size == 64 else extractor.preprocess(pictures[:count], 224)
         batch = extractor.batch_size_for(size)
@@ -86,9 +87,12 @@ def main() -> None:
             torch.set_num_threads(threads)
             before = _timed(lambda x=images, b=batch: _batched(extractor.single_pass, x, b), count)
             now = _timed(lambda x=images: extractor(x), count)
+            alone = _timed(lambda x=images[:1]: extractor(x), 1)
             print(
-                f"   {size} px, {threads} thread(s): before (batch {batch}) {before[0]:6.1f} / {before[1]:6.1f}; "
-                f"fixed chunks of {batch} {now[0]:6.1f} / {now[1]:6.1f}; ratio {now[0] / before[0]:.2f} (wall)"
+                f"   {size} px, {threads} thread(s): one image alone {1000 / alone[0]:.0f} / {1000 / alone[1]:.0f}; "
+                f"before (batch {batch}) {before[0]:6.1f} / {before[1]:6.1f}; "
+                f"fixed chunks of {cpu_chunk(size)} {now[0]:6.1f} / {now[1]:6.1f}; "
+                f"ratio {now[0] / before[0]:.2f} (wall), {now[1] / before[1]:.2f} (CPU)"
             )
     print(f"load average at the end: {' '.join(f'{v:.1f}' for v in os.getloadavg())}")
 

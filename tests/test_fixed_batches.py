@@ -78,3 +78,9 @@ def test_real_backbone_bits_do_not_depend_on_batch_or_threads(lite0):
     assert all(torch.equal(value, reference) for value in features.values()), {
         key: float((value - reference).abs().max()) for key, value in features.items()
     }
+
+
+def test_cpu_chunks_follow_the_measured_optimum():
+    from dlsr_core.fixed_batches import cpu_chunk
+
+    assert [cpu_chunk(size) for size in (28, 64, 96, 224, 380)] == [64, 16, 4, 2, 2]
