@@ -174,14 +174,35 @@ view = st.radio(
 )
 
 
-def _histogram(id_scores, ood_scores, title: str, x_title: str, threshold: float | None, height: int = 300):
+def _histogram(
+    id_scores,
+    ood_scores,
+    title: str,
+    x_title: str,
+    threshold: float | None,
+    height: int = 300,
+    x_range: tuple[float, float] | None = None,
+    y_max: float | None = None,
+):
+    """ID and OOD densities; with `x_range`, that axis and 50 bins across it, with `y_max` that density axis (panels
+    to compare share all three)."""
     figure = go.Figure()
+    bins = None if x_range is None else dict(start=x_range[0], end=x_range[1], size=(x_range[1] - x_range[0]) / 50)
     for values, name, colour in ((id_scores, "ID", ID_COLOUR), (ood_scores, "OOD", OOD_COLOUR)):
         figure.add_trace(
             go.Histogram(
-                x=values, name=name, opacity=0.6, marker_color=colour, nbinsx=50, histnorm="probability density"
+                x=values,
+                name=name,
+                opacity=0.6,
+                marker_color=colour,
+                histnorm="probability density",
+                **({"nbinsx": 50} if bins is None else {"xbins": bins, "autobinx": False}),
             )
         )
+    if x_range is not None:
+        figure.update_xaxes(range=list(x_range))
+    if y_max is not None:
+        figure.update_yaxes(range=[0.0, 1.05 * y_max])
     if threshold is not None:
         figure.add_vline(x=threshold, line_dash="dash", line_color="#444", line_width=1)
     figure.update_layout(
@@ -194,6 +215,39 @@ def _histogram(id_scores, ood_scores, title: str, x_title: str, threshold: float
         xaxis_title=dict(text=x_title, font_size=11),
         yaxis_title=dict(text="density", font_size=11),
     )
+    return figure
+
+
+def _sweep_figure(timesteps: list[int], curves: dict[str, list[float]], score: str) -> go.Figure:
+    """AUROC against t, one small panel per OOD set and one for their average, each with its own y-range: on one
+    axis the far sets' curves, all near 100 %, hid each other."""
+    from plotly.subplots import make_subplots
+
+    series = {name.removeprefix("demo:"): 100 * np.asarray(values) for name, values in curves.items()}
+    series["average"] = np.mean(list(series.values()), axis=0)
+    columns = 3
+    rows = -(-len(series) // columns)
+    figure = make_subplots(rows=rows, cols=columns, subplot_titles=list(series), vertical_spacing=0.16)
+    for position, (name, values) in enumerate(series.items()):
+        row, column = position // columns + 1, position % columns + 1
+        figure.add_trace(
+            go.Scatter(
+                x=timesteps,
+                y=values,
+                mode="lines+markers",
+                name=name,
+                line_color=OOD_COLOUR if name != "average" else "#333",
+                hovertemplate=f"{name}<br>t = %{{x}}: AUROC %{{y:.2f}} %<extra></extra>",
+            ),
+            row=row,
+            col=column,
+        )
+        pad = max(0.5, 0.1 * float(np.ptp(values)))
+        figure.update_yaxes(range=[max(0.0, values.min() - pad), min(100.5, values.max() + pad)], row=row, col=column)
+    figure.update_xaxes(title_text="start timestep t", row=rows)
+    figure.update_yaxes(title_text=f"AUROC % ({explorer.SCORE_LABELS[score]})", col=1)
+    figure.update_annotations(font_size=12)
+    figure.update_layout(height=230 * rows + 40, margin=dict(l=5, r=5, t=30, b=5), showlegend=False)
     return figure
 
 
@@ -228,9 +282,10 @@ if view == "ID vs each OOD set":
 
 elif view == "First vs last epoch (paper Fig. 3)":
     st.markdown(
-        "The paper's Figure 3: the same images scored by the model after its **first** training epoch and after its "
-        "**last**. Training on ID features teaches the model to rebuild them, so ID scores gather at the low end; "
-        "OOD features were never seen, so their scores stay high — the gap between the two is what detects OOD."
+        "The paper's Figure 3: the same images scored by the model after an **earlier** training epoch and after its "
+        "**last**. Training on ID features teaches the model to rebuild them, so ID scores fall. OOD features were "
+        "never trained on: what detects them is whether their scores fall *less* — the sentence under the two "
+        "panels reads what this model did. Both panels share their axes and their bins."
     )
     checkpoints = explorer.epoch_checkpoints(detector)
     if len(checkpoints) < 2:
@@ -267,16 +322,22 @@ elif view == "First vs last epoch (paper Fig. 3)":
             ),
         )
         ood_sets = list(explorer.DEMO_OOD_SETS) if fig3_set == "all OOD sets" else [fig3_set]
-        columns = st.columns(2)
+        panels = [
+            (checkpoint, scores[explorer.DEMO_ID_SET], np.concatenate([scores[name] for name in ood_sets]))
+            for checkpoint, scores in ((before, early_scores), (checkpoints[-1], final_scores))
+        ]
+        every = np.concatenate([np.concatenate([id_scores, ood_scores]) for _, id_scores, ood_scores in panels])
+        shared_range = (float(every.min()), float(every.max()) or 1.0)
+        edges = np.linspace(*shared_range, 51)
+        tallest = max(
+            float(np.histogram(values, bins=edges, density=True)[0].max())
+            for _, id_scores, ood_scores in panels
+            for values in (id_scores, ood_scores)
+        )
         summary = []
-        for column, checkpoint, scores in (
-            (columns[0], before, early_scores),
-            (columns[1], checkpoints[-1], final_scores),
-        ):
-            id_scores = scores[explorer.DEMO_ID_SET]
-            ood_scores = np.concatenate([scores[name] for name in ood_sets])
+        for column, (checkpoint, id_scores, ood_scores) in zip(st.columns(2), panels, strict=True):
             auroc = ood_metrics(id_scores, ood_scores).auroc
-            summary.append((checkpoint.epoch, auroc, np.median(id_scores), np.median(ood_scores)))
+            summary.append(explorer.EpochSummary(checkpoint.epoch, np.median(id_scores), np.median(ood_scores), auroc))
             column.plotly_chart(
                 _histogram(
                     id_scores,
@@ -285,16 +346,17 @@ elif view == "First vs last epoch (paper Fig. 3)":
                     f"{explorer.SCORE_LABELS[fig3_score]} score (higher = more OOD)",
                     explorer.id_threshold95(id_scores),
                     height=340,
+                    x_range=shared_range,
+                    y_max=tallest,
                 ),
                 width="stretch",
                 key=f"fig3-{checkpoint.epoch}",
                 config={"displayModeBar": False},
             )
-        (epoch_a, auroc_a, id_a, ood_a), (epoch_b, auroc_b, id_b, ood_b) = summary
+        st.markdown(explorer.training_effect(explorer.SCORE_LABELS[fig3_score], *summary))
         st.caption(
-            f"Medians — after epoch {epoch_a}: ID {id_a:.4g}, OOD {ood_a:.4g}; after epoch {epoch_b}: ID {id_b:.4g}, "
-            f"OOD {ood_b:.4g}. AUROC {100 * auroc_a:.1f}% → {100 * auroc_b:.1f}%. Same t, steps, draws and images in "
-            "both panels; dashed lines: each model's own 95%-TPR threshold."
+            "Same t, steps, draws and images in both panels; medians over the images shown; dashed lines: each "
+            "model's own 95%-TPR threshold."
         )
 
 else:
@@ -332,20 +394,7 @@ else:
     shown = st.session_state.get("sweep_key")
     if shown == sweep_key and ("sweep", *shown) in _memo():  # never a sweep of another model, steps or draws
         curves = _memo()[("sweep", *shown)]
-        figure = go.Figure()
-        for name, values in curves.items():
-            figure.add_trace(
-                go.Scatter(
-                    x=list(shown[1]), y=[100 * v for v in values], mode="lines+markers", name=name.removeprefix("demo:")
-                )
-            )
-        figure.update_layout(
-            height=340,
-            xaxis_title="start timestep t",
-            margin=dict(l=5, r=5, t=20, b=5),
-            yaxis_title=f"AUROC % ({explorer.SCORE_LABELS[shown[2]]})",
-        )
-        st.plotly_chart(figure, width="stretch", key="sweep-plot")
+        st.plotly_chart(_sweep_figure(list(shown[1]), curves, shown[2]), width="stretch", key="sweep-plot")
         st.markdown(explorer.sweep_summary(list(shown[1]), curves, explorer.SCORE_LABELS[shown[2]]))
         st.caption(
             f"{shown[3]} images per set, {explorer.SCORE_LABELS[shown[2]]} score, {shown[4]} DDIM step(s) (at most t) "
@@ -367,6 +416,19 @@ if metric_keys:
     labels, columns, values = explorer.wide_table(evaluation, methods, metric_keys)
     table = pd.DataFrame(values, index=labels, columns=pd.MultiIndex.from_tuples(columns)).round(2)
     st.dataframe(table, width="stretch")
+speeds = explorer.measured_speeds(methods)
+if speeds is not None and speeds.rows:
+    st.markdown("**Speed**, fastest first: images per second from a decoded image to its score, backbone included.")
+    st.dataframe(
+        pd.DataFrame([{"method": label, "images/s end to end": round(rate)} for _, label, rate in speeds.rows]),
+        hide_index=True,
+    )
+    shipped = run_dir.resolve() == explorer.default_run_dir().resolve()
+    st.caption(
+        f"Measured by `python -m benchmarks.compare` on the {'' if shipped else 'shipped model (not this one), '}"
+        f"every method on the same decoded images, one after another ({speeds.machine}). Rates from each method's "
+        "cached input (a feature vector, pre-logits or pixels) measure different work, so they are not shown."
+    )
 notes = {entry.note for entry in (evaluation.methods[m] for m in methods) if entry.note}
 for note in sorted(notes):
     owners = ", ".join(evaluation.methods[m].label for m in methods if evaluation.methods[m].note == note)

@@ -33,7 +33,15 @@ from dlsr_core.explorer.distributions import (
     wide_table,
     with_methods,
 )
-from dlsr_core.explorer.epochs import EpochCheckpoint, detector_at, epoch_checkpoints, epoch_scores, keep_snapshot
+from dlsr_core.explorer.epochs import (
+    EpochCheckpoint,
+    EpochSummary,
+    detector_at,
+    epoch_checkpoints,
+    epoch_scores,
+    keep_snapshot,
+    training_effect,
+)
 from dlsr_core.explorer.explanation import (
     BAND_PERCENT,
     PROFILE_DRAWS,
@@ -110,6 +118,7 @@ from dlsr_core.explorer.shifts import (
     shift_rows,
     shifted_features,
 )
+from dlsr_core.explorer.speeds import MeasuredSpeeds, measured_speeds
 from dlsr_core.explorer.training_job import (
     TrainingJob,
     TrainRequest,
@@ -155,6 +164,7 @@ __all__ = [
     "SHIFT_SAMPLE",
     "UPLOAD_TYPES",
     "EpochCheckpoint",
+    "EpochSummary",
     "ErrorAnalysis",
     "Evaluation",
     "FailureCase",
@@ -164,6 +174,7 @@ __all__ = [
     "MapPoints",
     "MapSetting",
     "MethodComparison",
+    "MeasuredSpeeds",
     "MethodScores",
     "MissingInputError",
     "ModelSummary",
@@ -215,6 +226,7 @@ __all__ = [
     "load_shipped_projection",
     "map_points",
     "map_setting",
+    "measured_speeds",
     "marker_rows",
     "metrics_csv",
     "model_caption",
@@ -246,6 +258,7 @@ __all__ = [
     "sweep",
     "sweep_summary",
     "thumbnail_uri",
+    "training_effect",
     "trace_image",
     "verdict",
     "verdict_note",

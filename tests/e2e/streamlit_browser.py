@@ -417,7 +417,8 @@ def _interactions(driver, page: PageCheck, timings: dict[str, float], extra_shot
         _wait_idle(driver, page.timeout)
         timings["distributions_steps_back_cached"] = _press_on_slider(driver, 1, ", 1 DDIM step(s)", key="ARROW_LEFT")
         _wait_idle(driver, page.timeout)
-        timings["distributions_fig3_view"] = _choose_radio(driver, "First vs last epoch (paper Fig. 3)", "Medians")
+        fig3 = "First vs last epoch (paper Fig. 3)"
+        timings["distributions_fig3_view"] = _choose_radio(driver, fig3, "The separation")
         _wait_idle(driver, page.timeout)
         _screenshot(driver, extra_shots / "distributions_fig3.png", scroll_to_radio="paper Fig. 3")
         timings["distributions_fig4_view"] = _choose_radio(driver, "Timestep sweep (paper Fig. 4)", "Run sweep")
