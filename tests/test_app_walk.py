@@ -96,6 +96,11 @@ def test_lr_profiles_say_gained_more_from_training_everywhere():
     titles = [a["text"] for a in chart(app, "walk-compare")["layout"]["annotations"]]
     assert "gained more from training than … % of ID images" in titles
     assert not any("worse than" in title for title in titles)
+    png = explorer.encode_png(explorer.dataset_images("demo:letters", [0])[0])
+    app = open_page(SCORE_PAGE, score_uploads=[("letter.png", png)])
+    app.selectbox(key="score").set_value("lr").run()
+    cards = [element.proto.body for element in app.get("html")]
+    assert cards and all("gained more from training than … %" in card and "worse than" not in card for card in cards)
 
 
 def test_an_id_verdict_with_red_stages_says_why(detector):

@@ -144,8 +144,10 @@ def test_score_explain_adds_profile_columns(detector, demo_scores, tmp_path):
     stage_names = explorer.stage_names(detector.backbone, detector.stage_dims)
     id_arrays = demo_scores[explorer.DEMO_ID_SET]
     reference = explorer.stage_reference(explorer.stage_values(id_arrays, "mfsim"), "mfsim", stage_names)
-    expected = explorer.layer_profiles(reference, explorer.stage_values(demo_scores["demo:textures"], "mfsim"))
-    for row, profile in zip(rows[:50], expected[:50], strict=True):
+    textures = explorer.load_features(detector, "demo:textures").features[:50]
+    profiled = explorer.profile_arrays(detector, textures, "mfsim", 5)  # 32 draws per image, as in the app
+    expected = explorer.layer_profiles(reference, explorer.stage_values(profiled, "mfsim"))
+    for row, profile in zip(rows[:50], expected, strict=True):
         np.testing.assert_allclose([float(row[c]) for c in stage_columns], profile.worse_than, atol=0.006)
         assert row["explanation"] == profile.sentence
     assert float(rows[0]["threshold95"]) == pytest.approx(explorer.id_threshold95(id_arrays["mfsim"]), rel=1e-5)

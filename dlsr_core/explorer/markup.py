@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import html
 
-from dlsr_core.explorer.explanation import LayerProfile, percent_text
+from dlsr_core.explorer.explanation import LayerProfile
+from dlsr_core.explorer.scores import percent_text
 
 PROFILE_COLOURS = {"worse": "#b83b3b", "better": "#3b6fb6", "normal": "#9a9a9a"}
 
@@ -20,7 +21,8 @@ def profile_html(profile: LayerProfile) -> str:
         position = min(max(float(percent), 0.0), 100.0)
         rows.append(
             f'<div style="display:flex;align-items:center;gap:6px;font-size:12px;line-height:17px" '
-            f'title="{html.escape(name.label)}: worse than {percent:.1f} % of ID images, z = {z_score:+.1f}">'
+            f'title="{html.escape(name.label)}: {profile.comparison} {percent_text(percent)} % of ID images, '
+            f'z = {z_score:+.1f}">'
             f'<span style="width:128px;white-space:nowrap;overflow:hidden;text-overflow:ellipsis">'
             f"{name.number} · {html.escape(name.role)}</span>"
             f'<span style="position:relative;flex:1;height:12px;background:#f1f1f1;min-width:60px">'
@@ -32,7 +34,7 @@ def profile_html(profile: LayerProfile) -> str:
         )
     title = (
         f'<div style="font-size:12px;color:#555">Layer profile ({html.escape(profile.quantity)}): stage · role, '
-        f"worse than … % of {profile.reference_size:,} ID images; grey band = ID 5–95 %</div>"
+        f"{profile.comparison} … % of {profile.reference_size:,} ID images; grey band = ID 5–95 %</div>"
     )
     sentence = f'<div style="font-size:12px;margin-top:4px">{html.escape(profile.sentence)}</div>'
     return title + "".join(rows) + sentence
