@@ -104,17 +104,18 @@ dlsr = _memoised(
 )
 
 # --- Baselines: fitted once per model (they do not depend on t, steps or draws) ---
-baselines = []
+# Stored once per model and data (explorer.stored_scores): the training features are read only to fit them.
+baselines, fitted_on_train = [], True
 if any(name in chosen for name in BASELINES):
-    train = _train_features(fingerprint)
-    baselines = _memoised(
-        ("baselines", fingerprint, train is not None),
+    baselines, fitted_on_train = _memoised(
+        ("baselines", fingerprint),
         "Fitting k-NN and Mahalanobis:",
-        lambda progress: explorer.baseline_methods(
-            explorer.DEMO_ID_SET,
+        lambda progress: explorer.distance_scores(
+            shared.model_id(detector, run_dir),
             all_features,
+            explorer.DEMO_ID_SET,
             tuple(detector.stage_dims),
-            train.features if train is not None else None,
+            lambda: None if (train := _train_features(fingerprint)) is None else train.features,
             progress=progress,
         ),
     )
@@ -433,7 +434,7 @@ notes = {entry.note for entry in (evaluation.methods[m] for m in methods) if ent
 for note in sorted(notes):
     owners = ", ".join(evaluation.methods[m].label for m in methods if evaluation.methods[m].note == note)
     st.caption(f"**{owners}:** {note}.")
-if any(name in methods for name in BASELINES) and _train_features(fingerprint) is None:
+if any(name in methods for name in BASELINES) and not fitted_on_train:
     if _available(explorer.BASELINE_TRAIN_SET):
         st.warning(
             f"The README's table fits k-NN and Mahalanobis on {explorer.BASELINE_TRAIN_SET}; these are fitted on half "
@@ -453,6 +454,7 @@ if any(name in methods for name in BASELINES) and _train_features(fingerprint) i
                 progress=lambda done, total: bar.progress(done / max(total, 1), text=f"{label} {done:,}/{total:,}"),
             )
             _train_features.clear()
+            _memo().pop(("baselines", fingerprint), None)  # refit on them now
             st.rerun()
     else:
         st.warning(

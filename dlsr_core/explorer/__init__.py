@@ -119,6 +119,7 @@ from dlsr_core.explorer.shifts import (
     shifted_features,
 )
 from dlsr_core.explorer.speeds import MeasuredSpeeds, measured_speeds
+from dlsr_core.explorer.stored_scores import SHIPPED_DISTANCE_SCORES, distance_scores
 from dlsr_core.explorer.training_job import (
     TrainingJob,
     TrainRequest,
@@ -148,6 +149,7 @@ from dlsr_core.explorer.walkthrough import Trace, noised_features, trace_image
 __all__ = [
     "BAND_PERCENT",
     "PROFILE_DRAWS",
+    "SHIPPED_DISTANCE_SCORES",
     "BASELINE_TRAIN_SET",
     "DEFAULT_MAP_PER_SET",
     "DEMO_ID_SET",
@@ -203,6 +205,7 @@ __all__ = [
     "default_training_set",
     "detector_at",
     "digest_files",
+    "distance_scores",
     "dlsr_methods",
     "embed_images",
     "encode_png",
