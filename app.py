@@ -26,10 +26,12 @@ PAGES = [
 ]
 page = st.navigation(PAGES)
 
+detector = None
 with st.sidebar:
     run_dir = shared.current_run_dir()
     try:
-        st.markdown(explorer.model_caption(shared.load_detector(run_dir), run_dir))
+        detector = shared.load_detector(run_dir)
+        st.markdown(explorer.model_caption(detector, run_dir))
     except Exception as error:  # the page itself explains; the sidebar only must not crash
         st.warning(f"No usable model at `{run_dir}` ({type(error).__name__}).")
     widgets.draws_control()  # every page scores with this many noise draws per image
@@ -38,4 +40,8 @@ with st.sidebar:
         "(NeurIPS 2024). All scores: higher = more OOD."
     )
 
-page.run()
+try:
+    page.run()
+finally:  # also after st.stop(): once the first page is up, load what the next ones need (see shared.warm_up)
+    if detector is not None:
+        shared.warm_up(detector, run_dir)

@@ -12,7 +12,6 @@ import plotly.graph_objects as go
 import streamlit as st
 
 from dlsr_core import explorer
-from dlsr_core.backbones import WeightsUnavailableError
 from dlsr_core.metrics import ood_metrics
 from pages import shared, widgets
 
@@ -95,13 +94,27 @@ passes = steps * draws * (2 if with_lr and detector.has_early else 1)
 setting = (fingerprint, timestep, steps, draws)
 score_all = st.session_state.get("distributions_all_rows") == setting
 rows = None if score_all else explorer.budget_rows(sizes, passes)
-dlsr = _memoised(
-    ("dlsr", *setting, with_lr, rows is None),
-    "Scoring the demo sets:",
-    lambda progress: explorer.dlsr_methods(
-        detector, all_features, timestep, steps, draws, with_lr=with_lr, rows=rows, progress=progress
-    ),
-)
+if rows is None:  # every image: the scores every page shares (shared.set_scores; warm_up has the default's)
+    with_lr = with_lr and detector.has_early
+    feature_sets = {explorer.DEMO_ID_SET: id_features, **ood_features}
+    ready = all(shared.set_scores_ready(fingerprint, s, timestep, steps, with_lr, draws) for s in feature_sets)
+    bar = None if ready else st.progress(0.0, text="Scoring the demo sets:")
+    per_set = {}
+    for position, (spec, features) in enumerate(feature_sets.items()):
+        if bar is not None:
+            bar.progress(position / len(feature_sets), text=f"Scoring the demo sets: {spec}")
+        per_set[spec] = shared.set_scores(detector, fingerprint, spec, features, timestep, steps, with_lr, draws)
+    if bar is not None:
+        bar.empty()
+    dlsr = explorer.dlsr_method_scores(per_set, with_lr)
+else:
+    dlsr = _memoised(
+        ("dlsr", *setting, with_lr),
+        "Scoring the demo sets:",
+        lambda progress: explorer.dlsr_methods(
+            detector, all_features, timestep, steps, draws, with_lr=with_lr, rows=rows, progress=progress
+        ),
+    )
 
 # --- Baselines: fitted once per model (they do not depend on t, steps or draws) ---
 # Stored once per model and data (explorer.stored_scores): the training features are read only to fit them.
@@ -136,7 +149,9 @@ for name in added:
                 progress=lambda what: progress(0, 1, what),
             ),
         )
-    except (ValueError, OSError, WeightsUnavailableError) as error:  # MissingInputError is a ValueError
+    except (ValueError, OSError, RuntimeError) as error:  # MissingInputError is a ValueError
+        if isinstance(error, RuntimeError) and not shared.weights_unavailable(error):
+            raise
         st.error(f"{explorer.METHOD_LABELS.get(name, name)} could not be scored: {error}")
         continue
     compared += comparison.method_scores()

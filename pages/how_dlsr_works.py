@@ -246,26 +246,12 @@ shift = st.pills(
 )
 
 
-@st.cache_data(max_entries=16, show_spinner=False)
-def _shifted_features(
-    backbone: str, weights: str, options, input_size: int, spec: str, positions: tuple[int, ...], shift: str
-):
-    extractor = shared.get_extractor(backbone, weights, options)
-    return explorer.shifted_features(extractor, input_size, spec, np.asarray(positions), shift)
-
-
 rows = explorer.shift_rows(len(id_features))
 positions = tuple(int(p) for p in id_features.indices.numpy()[rows])
-with st.spinner(f"Extracting features of {len(rows)} shifted ID images (once per shift)…"):
-    shifted = _shifted_features(
-        detector.backbone,
-        detector.backbone_weights(),
-        detector.feature_options,
-        detector.input_size,
-        explorer.DEMO_ID_SET,
-        positions,
-        shift,
-    )
+# The whole shifted set is extracted once and cached on disk like any demo set; the panel uses its `rows`.
+shifted_set = shared.features_or_stop(detector, f"{explorer.DEMO_ID_SET}+{shift}")
+row_of = {int(index): row for row, index in enumerate(shifted_set.indices.tolist())}
+shifted = shifted_set.features[[row_of[position] for position in positions]]
 comparison = explorer.compare_shift(detector, id_features.features[rows], shifted, shift, score, timestep, steps, draws)
 st.session_state["walkthrough_shift"] = comparison
 columns = st.columns([1, 3])

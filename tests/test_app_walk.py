@@ -4,6 +4,7 @@ import json
 from pathlib import Path
 
 import numpy as np
+import pytest
 import torch
 from streamlit.testing.v1 import AppTest
 from test_app_explain import values
@@ -183,3 +184,23 @@ def test_training_effect_reads_known_numbers():
         "MFsim", explorer.EpochSummary(1, -0.99, -0.90, 0.9), explorer.EpochSummary(5, -0.99, -0.95, 0.7)
     )
     assert "ID scores stayed about the same" in worse and "shrank: AUROC 90.0 % → 70.0 %" in worse
+
+
+def test_after_home_the_next_pages_needs_are_loaded_in_the_background(detector, monkeypatch):
+    import time
+
+    from pages import shared
+
+    app = open_page()
+    once = shared._once()
+    run_dir = shared.current_run_dir()
+    extractor = ("extractor", detector.backbone, detector.backbone_weights(), detector.feature_options)
+    scores = ("scores", shared.fingerprint(run_dir), explorer.DEMO_ID_SET, 5, 1, 1, True)
+    deadline = time.time() + 240
+    while not all(once.ready(key) for key in ("baselines", extractor, scores)) and time.time() < deadline:
+        time.sleep(0.5)
+    assert once.ready("baselines") and once.ready(extractor) and once.ready(scores)
+    # Score distributions opens on the demo sets' scores at the model's own setting: already there, not recomputed.
+    monkeypatch.setattr(explorer, "score_matrix", lambda *a, **k: pytest.fail("recomputed"))
+    app.switch_page("pages/distributions.py").run()
+    assert not app.exception, [e.value for e in app.exception]

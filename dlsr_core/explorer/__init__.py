@@ -24,6 +24,7 @@ from dlsr_core.explorer.distributions import (
     MethodScores,
     baseline_methods,
     budget_rows,
+    dlsr_method_scores,
     dlsr_methods,
     evaluate_methods,
     metrics_csv,
@@ -80,6 +81,7 @@ from dlsr_core.explorer.maps import (
     share_among_id,
 )
 from dlsr_core.explorer.markup import PROFILE_COLOURS, profile_html
+from dlsr_core.explorer.once import ComputedOnce
 from dlsr_core.explorer.runs import (
     ModelSummary,
     available_scores,
@@ -119,7 +121,7 @@ from dlsr_core.explorer.shifts import (
     shifted_features,
 )
 from dlsr_core.explorer.speeds import MeasuredSpeeds, measured_speeds
-from dlsr_core.explorer.stored_scores import SHIPPED_DISTANCE_SCORES, distance_scores
+from dlsr_core.explorer.stored_scores import SHIPPED_DISTANCE_SCORES, dataset_identity, distance_scores
 from dlsr_core.explorer.training_job import (
     TrainingJob,
     TrainRequest,
@@ -148,6 +150,7 @@ from dlsr_core.explorer.walkthrough import Trace, noised_features, trace_image
 
 __all__ = [
     "BAND_PERCENT",
+    "ComputedOnce",
     "PROFILE_DRAWS",
     "SHIPPED_DISTANCE_SCORES",
     "BASELINE_TRAIN_SET",
@@ -205,7 +208,9 @@ __all__ = [
     "default_training_set",
     "detector_at",
     "digest_files",
+    "dataset_identity",
     "distance_scores",
+    "dlsr_method_scores",
     "dlsr_methods",
     "embed_images",
     "encode_png",

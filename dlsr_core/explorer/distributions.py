@@ -150,22 +150,28 @@ def dlsr_methods(
     With `rows`, only those rows of each set are scored (and the note says how many).
     """
     with_lr = with_lr and detector.has_early
-    collected: dict[str, dict[str, np.ndarray]] = {"mse": {}, "mfsim": {}, **({"lr": {}} if with_lr else {})}
+    per_set: dict[str, dict[str, np.ndarray]] = {}
     for position, (name, matrix) in enumerate(features.items()):
         if progress is not None:
             progress(position, len(features), name)
         chosen = matrix if rows is None else matrix[torch.as_tensor(rows[name])]
         with torch.inference_mode():
             result = detector.score_features(chosen, timestep, steps, 1.0, seed, with_lr=with_lr, draws=draws)
-        for score in collected:
-            collected[score][name] = result.get(score)
+        per_set[name] = {score: result.get(score) for score in ("mse", "mfsim", *(("lr",) if with_lr else ()))}
     if progress is not None:
         progress(len(features), len(features), "")
     note = ""
     if rows is not None:
         counts = ", ".join(f"{name.removeprefix('demo:')} {len(r)}/{len(features[name])}" for name, r in rows.items())
         note = f"a fixed random subset of each set is scored at this setting ({counts})"
-    return [MethodScores(score, SCORE_LABELS[score], "DLSR", values, note) for score, values in collected.items()]
+    return dlsr_method_scores(per_set, with_lr, note)
+
+
+def dlsr_method_scores(per_set: dict[str, dict[str, np.ndarray]], with_lr: bool, note: str = "") -> list[MethodScores]:
+    """MSE, MFsim and (with `with_lr`) LR as MethodScores from each set's score arrays (explorer.score_matrix)."""
+    names = ("mse", "mfsim", *(("lr",) if with_lr else ()))
+    by_score = {score: {spec: arrays[score] for spec, arrays in per_set.items()} for score in names}
+    return [MethodScores(score, SCORE_LABELS[score], "DLSR", values, note) for score, values in by_score.items()]
 
 
 def baseline_methods(
