@@ -40,8 +40,10 @@ with st.sidebar:
         "(NeurIPS 2024). All scores: higher = more OOD."
     )
 
+shared.page_started()
 try:
     page.run()
 finally:  # also after st.stop(): once the first page is up, load what the next ones need (see shared.warm_up)
+    shared.page_finished()
     if detector is not None:
         shared.warm_up(detector, run_dir)

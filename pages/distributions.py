@@ -32,22 +32,28 @@ chosen = st.multiselect(
     format_func=lambda name: explorer.SCORE_LABELS.get(name, name),
     help="LR runs a second model (the first-epoch checkpoint), so it doubles the scoring time.",
 )
-comparison_baselines = shared.comparison_baselines()
-addable = explorer.addable_methods(detector, comparison_baselines)
-added = st.multiselect(
-    "Add methods from the paper's comparison",
-    addable,
-    default=[],
-    format_func=lambda name: explorer.METHOD_LABELS.get(name, name),
-    help="Pixel-level diffusion, a feature autoencoder and classifier-based detectors (pytorch-ood), as in "
-    "`python -m benchmarks.compare`. Each is computed once per model when first added; they do not depend on t, "
-    "steps or draws. Classifier-based methods need the ID class labels; DLSR does not.",
-)
-if comparison_baselines.problems:
-    st.caption(
-        "Not offered (their files could not be loaded): "
-        + "; ".join(f"{kind}: {reason}" for kind, reason in comparison_baselines.problems.items())
+# The comparison's models (the pixel DDPM needs diffusers: about 2 s to import) are loaded only when asked for.
+added, comparison_baselines = [], None
+if st.toggle(
+    "Compare with the paper's other methods",
+    key="distributions_compare",
+    help="Pixel DDPM, feature autoencoder, MSP, energy, DICE, ASH-S, ReAct, ViM. Their models load once per app.",
+):
+    comparison_baselines = shared.comparison_baselines()
+    added = st.multiselect(
+        "Add methods from the paper's comparison",
+        explorer.addable_methods(detector, comparison_baselines),
+        default=[],
+        format_func=lambda name: explorer.METHOD_LABELS.get(name, name),
+        help="Pixel-level diffusion, a feature autoencoder and classifier-based detectors (pytorch-ood), as in "
+        "`python -m benchmarks.compare`. Each is computed once per model when first added; they do not depend on "
+        "t, steps or draws. Classifier-based methods need the ID class labels; DLSR does not.",
     )
+    if comparison_baselines.problems:
+        st.caption(
+            "Not offered (their files could not be loaded): "
+            + "; ".join(f"{kind}: {reason}" for kind, reason in comparison_baselines.problems.items())
+        )
 if not chosen and not added:
     st.info("Choose at least one method.")
     st.stop()

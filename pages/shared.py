@@ -11,6 +11,7 @@ streamlit belongs in dlsr_core.explorer.
 from __future__ import annotations
 
 import threading
+import time
 from pathlib import Path
 
 import numpy as np
@@ -110,11 +111,37 @@ def weights_unavailable(error: BaseException) -> bool:
     return isinstance(error, WeightsUnavailableError)
 
 
+@st.cache_resource
+def _running_pages() -> list:
+    """[number of page scripts running now, its lock]: the warm-up steps aside while a user waits for a page."""
+    return [0, threading.Lock()]
+
+
+def page_started() -> None:
+    running = _running_pages()
+    with running[1]:
+        running[0] += 1
+
+
+def page_finished() -> None:
+    running = _running_pages()
+    with running[1]:
+        running[0] -= 1
+
+
+def _wait_for_idle_pages(longest: float = 30.0) -> None:
+    """Sleep while a page script runs (at most `longest` seconds): background work would slow it down."""
+    deadline = time.monotonic() + longest
+    while _running_pages()[0] > 0 and time.monotonic() < deadline:
+        time.sleep(0.05)
+
+
 def warm_up(detector: Detector, run_dir: Path) -> None:
-    """Once per process, after the first page has rendered: load in a low-key background thread what the other pages
-    need first — the demo features already on disk, the backbone (timm), the training set's identity (the stored
-    k-NN and Mahalanobis scores are keyed by it), the comparison baselines (diffusers) — so that their first visit
-    does not wait for it. Nothing is extracted or fitted here, and a failure is left for the page to report."""
+    """Once per process, after the first page has rendered: load in a background thread, one step at a time and only
+    while no page script runs, what the other pages need first — the demo features already on disk, the backbone
+    (timm), the demo sets' scores at the model's own setting, the training set's identity (the stored k-NN and
+    Mahalanobis scores are keyed by it), the comparison baselines (diffusers) — so that their first visit does not
+    wait for it. Nothing is extracted or fitted here, and a failure is left for the page to report."""
     once = _once()
     store, lock = _feature_store()
 
@@ -128,6 +155,7 @@ def warm_up(detector: Detector, run_dir: Path) -> None:
             lambda: once.get("baselines", explorer.load_baselines),
         ]
         for task in tasks:
+            _wait_for_idle_pages()
             try:
                 task()
             except Exception:  # noqa: BLE001 - the page that needs it shows the error
@@ -144,7 +172,8 @@ def warm_up(detector: Detector, run_dir: Path) -> None:
         key = ("extractor", detector.backbone, weights, detector.feature_options)
         return once.get(key, lambda: _build_extractor(detector.backbone, weights, detector.feature_options))
 
-    once.get("warm_up", lambda: threading.Thread(target=run, name="dlsr-warm-up", daemon=True).start())
+    # Not a daemon: the interpreter lets it finish its step (seconds) instead of killing it inside torch at exit.
+    once.get("warm_up", lambda: threading.Thread(target=run, name="dlsr-warm-up").start())
 
 
 def _load_cached(detector: Detector, spec: str, store: dict, lock: threading.Lock) -> None:

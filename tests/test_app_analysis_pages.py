@@ -75,6 +75,8 @@ def test_distributions_costly_settings_score_a_stated_subset(detector):
 
 def test_distributions_adds_a_comparison_method_to_the_table_and_histograms(detector, demo_features):
     app = open_page("pages/distributions.py")
+    assert not any(m.label == "Add methods from the paper's comparison" for m in app.multiselect)  # not loaded yet
+    app.toggle(key="distributions_compare").set_value(True).run()
     adder = by_label(app.multiselect, "Add methods from the paper's comparison")
     assert {"Pixel DDPM", "Feature AE", "MSP", "EBO (energy)", "ViM"} <= set(adder.options)
     by_label(app.multiselect, "Methods in the table and histograms").set_value(["mfsim"])

@@ -36,6 +36,13 @@ def test_stage_names_follow_the_backbone_pyramid():
     assert [n.role for n in unknown] == ["edges/colour", "textures/patterns", "high-level semantics"]
 
 
+def test_stage_levels_are_those_of_the_backbone_registry():
+    from dlsr_core.backbones import BACKBONES
+    from dlsr_core.explorer.explanation import STAGE_LEVELS
+
+    assert STAGE_LEVELS == {name: tuple(spec.out_indices) for name, spec in BACKBONES.items()}
+
+
 def test_percentiles_on_a_known_reference():
     # Stage 1 of the reference holds the cosines 0.01 .. 1.00, stage 2 the same reversed, stage 3 is constant.
     cosines = np.linspace(0.01, 1.0, 100)

@@ -52,13 +52,16 @@ class StageName:
         return f"stage {self.number} ({self.role})"
 
 
+# The stages (timm out_indices) each registered backbone keeps: backbones.BACKBONES[name].out_indices, written out
+# here because importing the backbones package imports timm (about 2 s); tests/test_explanation.py checks they agree.
+STAGE_LEVELS = {"efficientnet_b4": (0, 1, 2, 3, 4), "resnet50": (1, 2, 3), "efficientnet_lite0": (0, 1, 2, 3, 4)}
+
+
 def _feature_levels(backbone: str, count: int) -> tuple[int, ...]:
     """Pyramid level (0 = 1/2 resolution ... 4 = 1/32) of each of `count` stages of `backbone`."""
-    from dlsr_core.backbones import BACKBONES  # lazy: it imports timm, which only this lookup needs here
-
-    spec = BACKBONES.get(backbone)
-    if spec is not None and len(spec.out_indices) == count:
-        return tuple(min(int(level), len(LEVEL_ROLES) - 1) for level in spec.out_indices)
+    levels = STAGE_LEVELS.get(backbone)
+    if levels is not None and len(levels) == count:
+        return tuple(min(int(level), len(LEVEL_ROLES) - 1) for level in levels)
     if count == 1:
         return (len(LEVEL_ROLES) - 1,)
     # An unregistered backbone: assume its stages span the pyramid from the first level to the last.
