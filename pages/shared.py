@@ -173,7 +173,7 @@ def warm_up(detector: Detector, run_dir: Path) -> None:
         return once.get(key, lambda: _build_extractor(detector.backbone, weights, detector.feature_options))
 
     # Not a daemon: the interpreter lets it finish its step (seconds) instead of killing it inside torch at exit.
-    once.get("warm_up", lambda: threading.Thread(target=run, name="dlsr-warm-up").start())
+    once.get("warm_up", lambda: threading.Thread(target=run, name="dlsr-warm-up", daemon=False).start())
 
 
 def _load_cached(detector: Detector, spec: str, store: dict, lock: threading.Lock) -> None:

@@ -84,3 +84,15 @@ def test_the_shipped_scores_are_those_of_a_fresh_fit(detector, demo):
             # k-NN distances come from 1 - cosine near 1: float32 matrix products on other thread counts move
             # them by ~1e-5
             np.testing.assert_allclose(got.scores[spec], want.scores[spec], rtol=1e-3, atol=1e-4)
+
+
+@pytest.mark.parametrize("spec", ["fashion_mnist:train", "demo:letters"])
+def test_dataset_identity_is_the_feature_cache_s(spec):
+    from dlsr_core.data import DatasetError, open_dataset
+
+    try:
+        expected = open_dataset(spec).identity
+    except DatasetError:
+        pytest.skip(f"{spec} is not installed here")
+    assert stored_scores.dataset_identity(spec) == expected
+    assert stored_scores.dataset_identity("folder:/no/such/folder") is None
