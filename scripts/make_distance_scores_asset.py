@@ -39,13 +39,8 @@ def main() -> int:
     methods = explorer.baseline_methods(
         explorer.DEMO_ID_SET, features, tuple(detector.stage_dims), train, knn_k=stored_scores.KNN_K
     )
-    identities = {spec: stored_scores.dataset_identity(spec) for spec in specs}
-    key = stored_scores.distance_key(
-        explorer.model_id(detector),
-        identities,
-        {spec: len(matrix) for spec, matrix in features.items()},
-        stored_scores.dataset_identity(explorer.BASELINE_TRAIN_SET),
-    )
+    train_identity = stored_scores.dataset_identity(explorer.BASELINE_TRAIN_SET)
+    key = stored_scores.scores_key(explorer.model_id(detector), features, train_identity)
     stored_scores.save_method_scores(Path(args.out), key, methods)
     print(
         f"k-NN and Mahalanobis on {sum(len(f) for f in features.values()):,} demo images, fitted on {len(train):,} "

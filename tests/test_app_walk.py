@@ -8,25 +8,13 @@ import pytest
 import torch
 from streamlit.testing.v1 import AppTest
 from test_app_explain import values
+from test_app_pages import open_page
 
 from dlsr_core import explorer
 
 torch.set_num_threads(1)
-APP = str(Path(__file__).resolve().parent.parent / "app.py")
-TIMEOUT = 240
 WALK_PAGE, SCORE_PAGE = "pages/how_dlsr_works.py", "pages/score_images.py"
 STILL_ID = 124  # a demo ID image with an ID verdict and three stages outside the ID range (MFsim, t = 5)
-
-
-def open_page(page: str | None = None, **state) -> AppTest:
-    app = AppTest.from_file(APP, default_timeout=TIMEOUT)
-    for key, value in state.items():
-        app.session_state[key] = value
-    app.run()
-    if page is not None:
-        app.switch_page(page).run()
-    assert not app.exception, [e.value for e in app.exception]
-    return app
 
 
 def test_home_sends_a_teacher_to_how_dlsr_works_first():

@@ -69,13 +69,8 @@ def test_the_shipped_scores_are_those_of_a_fresh_fit(detector, demo):
     train = explorer.cached_features_only(detector, explorer.BASELINE_TRAIN_SET)
     if train is None:
         pytest.skip("fashion_mnist:train features are not cached here")
-    identities = {spec: stored_scores.dataset_identity(spec) for spec in SPECS}
-    key = stored_scores.distance_key(
-        explorer.model_id(detector),
-        identities,
-        {spec: len(matrix) for spec, matrix in demo.items()},
-        stored_scores.dataset_identity(explorer.BASELINE_TRAIN_SET),
-    )
+    train_identity = stored_scores.dataset_identity(explorer.BASELINE_TRAIN_SET)
+    key = stored_scores.scores_key(explorer.model_id(detector), demo, train_identity)
     shipped = stored_scores.load_method_scores(explorer.SHIPPED_DISTANCE_SCORES, key)
     assert shipped is not None, "re-run python scripts/make_distance_scores_asset.py"
     fresh = explorer.baseline_methods(explorer.DEMO_ID_SET, demo, tuple(detector.stage_dims), train.features)

@@ -52,6 +52,12 @@ def distance_key(
     )
 
 
+def scores_key(model_id: str, features: Mapping[str, Tensor], train_identity: str | None) -> str:
+    """distance_key for the sets `features` (spec -> (N, D)): their content identities and rows looked up here."""
+    identities = {spec: dataset_identity(spec) or f"{spec}|unknown" for spec in features}
+    return distance_key(model_id, identities, {spec: len(matrix) for spec, matrix in features.items()}, train_identity)
+
+
 def user_store_path(key: str) -> Path:
     """Where the user's cache keeps the scores of `key` (beside the feature cache)."""
     from dlsr_core.cache import default_cache_dir
@@ -132,18 +138,16 @@ def distance_scores(
     the training set: read from the user's store or the shipped one when they hold this model and data, else fitted
     and stored in the user's cache. `train_features()` (the cached BASELINE_TRAIN_SET features, or None) is called
     only when nothing is stored; without them the baselines are fitted on half of the ID set (stored too)."""
-    identities = {spec: dataset_identity(spec) or f"{spec}|unknown" for spec in features}
-    rows = {spec: len(matrix) for spec, matrix in features.items()}
     train_identity = dataset_identity(BASELINE_TRAIN_SET)
     train = None
     if train_identity is not None:
-        key = distance_key(model_id, identities, rows, train_identity)
+        key = scores_key(model_id, features, train_identity)
         stored = _stored(key, shipped)
         if stored is not None:
             return stored, True
         train = train_features()
     if train is None:
-        key = distance_key(model_id, identities, rows, None)
+        key = scores_key(model_id, features, None)
         stored = _stored(key, shipped)
         if stored is not None:
             return stored, False
