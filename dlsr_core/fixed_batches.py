@@ -28,19 +28,19 @@ from torch import Tensor
 
 # Part of the feature cache key (cache.PREPROCESSING_VERSION): features made before fixed chunks differ in their last
 # bits, and so draw other noise. Bump it when `cpu_chunk` or the pinning change.
-EXTRACTION_VERSION = "fixed-chunks-v2"
+EXTRACTION_VERSION = "fixed-chunks-v3"
 _PIN_LOCK = threading.Lock()
 
 
 def cpu_chunk(input_size: int) -> int:
-    """Images per backbone pass on CPU for (input_size x input_size) inputs: 16 at 64 px, scaled by the pixel count,
-    a power of two in 2..64 (96 px -> 4, 224 px -> 2).
+    """Images per backbone pass on CPU for (input_size x input_size) inputs: 32 at 64 px, scaled by the pixel count,
+    a power of two in 2..64 (96 px -> 8, 224 px -> 2).
 
-    Measured on the project's 2-core CPU, one thread, efficientnet_lite0 (CPU time, images/s; one pass):
-    64 px: chunk 8 529 (14 ms), 16 612 (26 ms), 32 533 (58 ms); 224 px: chunk 1 53 (19 ms), 2 55 (35 ms), 4 46
-    (85 ms). 16 and 2 are the fastest, and a single upload pays for one padded pass of that size.
+    Measured on the project's 2-core CPU, one thread, efficientnet_lite0, interleaved runs, best of 10 (CPU time,
+    images/s): 64 px chunk 8 547, 16 599, 32 677, 64 534; 224 px chunk 1 52, 2 60, 4 58, 8 53. A single upload
+    pays for one padded pass: 58 ms of CPU at 64 px.
     """
-    scaled = 16 * (64 / max(int(input_size), 1)) ** 2
+    scaled = 32 * (64 / max(int(input_size), 1)) ** 2
     return max(2, min(64, 1 << max(0, int(scaled).bit_length() - 1)))
 
 

@@ -260,12 +260,14 @@ def _sweep_figure(timesteps: list[int], curves: dict[str, list[float]], score: s
                 name=name,
                 line_color=OOD_COLOUR if name != "average" else "#333",
                 hovertemplate=f"{name}<br>t = %{{x}}: AUROC %{{y:.2f}} %<extra></extra>",
+                cliponaxis=False,  # points at 100 % sit on the top edge, which no axis label passes
             ),
             row=row,
             col=column,
         )
         pad = max(0.5, 0.1 * float(np.ptp(values)))
-        figure.update_yaxes(range=[max(0.0, values.min() - pad), min(100.5, values.max() + pad)], row=row, col=column)
+        top = min(100.0, float(values.max()) + pad)
+        figure.update_yaxes(range=[max(0.0, min(float(values.min()) - pad, top - 2 * pad)), top], row=row, col=column)
     figure.update_xaxes(title_text="start timestep t", row=rows)
     figure.update_yaxes(title_text=f"AUROC % ({explorer.SCORE_LABELS[score]})", col=1)
     figure.update_annotations(font_size=12)
@@ -416,7 +418,12 @@ else:
     shown = st.session_state.get("sweep_key")
     if shown == sweep_key and ("sweep", *shown) in _memo():  # never a sweep of another model, steps or draws
         curves = _memo()[("sweep", *shown)]
-        st.plotly_chart(_sweep_figure(list(shown[1]), curves, shown[2]), width="stretch", key="sweep-plot")
+        st.plotly_chart(
+            _sweep_figure(list(shown[1]), curves, shown[2]),
+            width="stretch",
+            key="sweep-plot",
+            config={"displayModeBar": False},  # the toolbar covered the panel titles
+        )
         st.markdown(explorer.sweep_summary(list(shown[1]), curves, explorer.SCORE_LABELS[shown[2]]))
         st.caption(
             f"{shown[3]} images per set, {explorer.SCORE_LABELS[shown[2]]} score, {shown[4]} DDIM step(s) (at most t) "

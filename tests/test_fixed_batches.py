@@ -83,4 +83,4 @@ def test_real_backbone_bits_do_not_depend_on_batch_or_threads(lite0):
 def test_cpu_chunks_follow_the_measured_optimum():
     from dlsr_core.fixed_batches import cpu_chunk
 
-    assert [cpu_chunk(size) for size in (28, 64, 96, 224, 380)] == [64, 16, 4, 2, 2]
+    assert [cpu_chunk(size) for size in (28, 64, 96, 224, 380)] == [64, 32, 8, 2, 2]
