@@ -19,6 +19,7 @@ from dlsr_core.cli.arguments import (
     resolve_feature_options,
 )
 from dlsr_core.cli.datasets import dataset_features, open_datasets
+from dlsr_core.cli.experiment import add_experiment_options, build_experiment, wants_experiment, write_experiment
 from dlsr_core.diffusion import LFDNConfig
 from dlsr_core.presets import DEFAULT_PRESET, get_preset, with_overrides
 
@@ -75,6 +76,7 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
         action="store_true",
         help="start from scratch even if --out holds a run (its checkpoints are replaced from the first saved epoch)",
     )
+    add_experiment_options(train)
     add_feature_options(train)
     add_preset_option(train, "default: paper")
     add_feature_preset_options(train)
@@ -126,9 +128,15 @@ def run(args) -> None:
         amp=args.amp,
         drop_last=args.drop_last,
     )
-    if _check_resume_early(args, training.epochs):
+    nothing_to_do = _check_resume_early(args, training.epochs)
+    record = rank == 0 and wants_experiment(args)  # named sets are recorded even when no epoch is left to train
+    if nothing_to_do and not record:
         return
     open_datasets(args, [args.dataset])
+    if record:
+        write_experiment(args, build_experiment(args, args.opened[args.dataset].name))
+    if nothing_to_do:
+        return
     # Memory-mapped: the training set need not fit in RAM, and torchrun ranks share one copy in the page cache.
     features = dataset_features(
         args, args.dataset, args.backbone, args.weights, args.input_size, options=feature_options, memory_map=True
