@@ -64,25 +64,27 @@ def _images(spec: str, index_tuple: tuple[int, ...]):
 
 
 sets, analysed = {}, {}
-for spec, features in ready.items():
-    result = shared.set_scores(detector, fingerprint, spec, features, timestep, steps, score == "lr")
-    rows = np.arange(len(features))
-    if len(features) > explorer.ANALYSED_ROWS:  # a stated subset: every image is decoded to measure it
-        rows = explorer.subsample_rows(len(features), explorer.ANALYSED_ROWS)
-        analysed[spec] = len(features)
-    indices = tuple(int(i) for i in features.indices.numpy()[rows])
+bar = st.empty()
+for position, (spec, all_features) in enumerate(ready.items()):
+    # A large set is analysed on a stated fixed subset: each of its images is decoded (and scored) to measure it.
+    features = explorer.reference_subset(all_features, explorer.ANALYSED_ROWS)
+    if len(features) < len(all_features):
+        analysed[spec] = len(all_features)
+    bar.progress(position / len(ready), text=f"Scoring {len(features):,} images of {experiment.name_of(spec)}…")
+    result = shared.set_scores(detector, fingerprint, features.dataset, features, timestep, steps, score == "lr")
+    indices = tuple(int(i) for i in features.indices.numpy())
     labels, class_names = _labels(spec, indices, experiment.class_names if spec == id_spec else None)
     sets[spec] = explorer.SetData(
-        result[score][rows],
-        result["stage_cos"][rows],
-        features.indices.numpy()[rows],
-        features.features.numpy()[rows],
+        result[score],
+        result["stage_cos"],
+        features.indices.numpy(),
+        features.features.numpy(),
         _statistics(spec, indices),
         labels,
         class_names,
     )
-    if spec == id_spec:
-        threshold = explorer.id_threshold95(result[score])  # from every ID score, as on Score distributions
+bar.empty()
+threshold = explorer.id_threshold95(sets[id_spec].scores)
 
 clusters = None
 if sets[id_spec].labels is None:  # no ID labels: clusters of the ID features stand in for the classes
@@ -101,7 +103,7 @@ if analysed:
         "Large sets are analysed on a fixed random "
         f"{explorer.ANALYSED_ROWS:,} of their images (each image is decoded to measure it): "
         + ", ".join(f"{experiment.name_of(spec)} {explorer.ANALYSED_ROWS:,} of {n:,}" for spec, n in analysed.items())
-        + ". Counts below are of those images; the threshold comes from every ID image's score."
+        + ". Counts below, and the threshold, are of those images."
     )
 columns = st.columns(2)
 columns[0].metric(

@@ -13,7 +13,7 @@ import pytest
 from PIL import Image, ImageDraw
 from test_app_pages import open_page, texts
 
-from dlsr_core import embedding
+from dlsr_core import embedding, explorer
 from dlsr_core.cli import main as cli_main
 from dlsr_core.data import EXPERIMENT_NAME, load_experiment, open_dataset
 
@@ -244,3 +244,23 @@ def test_a_set_added_by_name_is_extracted_in_the_background(own_data, monkeypatc
     Path(run / EXPERIMENT_NAME).write_text("{damaged")
     app.switch_page("pages/experiment.py").run()
     assert not app.exception and "The experiment file cannot be used" in texts(app)
+
+
+def test_large_sets_are_used_through_stated_subsets(own_data, monkeypatch):
+    """The subsets pages take of large sets, exercised on small ones by lowering the limits."""
+    from dlsr_core.explorer import sets
+
+    monkeypatch.setenv("DLSR_RUN_DIR", str(own_data["run"]))
+    monkeypatch.setenv("DLSR_CACHE_DIR", str(own_data["cache"]))
+    monkeypatch.setattr(sets, "REFERENCE_LIMIT", 40)
+    monkeypatch.setattr(explorer, "ANALYSED_ROWS", 30)
+    app = open_page(
+        "pages/score_images.py", score_uploads=[("x.png", (own_data["root"] / "noise" / "1.png").read_bytes())]
+    )
+    title = app.get("plotly_chart")[0].proto.spec
+    assert "a fixed random 40 of the 72 ID reference images (id test)" in title
+    app = open_page("pages/failure_cases.py")
+    assert "analysed on a fixed random 30 of their images: id test 30 of 72, noise 30 of 40, ramps 30 of 40" in texts(
+        app
+    )
+    assert app.metric[0].value.endswith("of 30") and app.metric[1].value.endswith("of 60")

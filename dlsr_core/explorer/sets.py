@@ -56,9 +56,11 @@ def load_features(
     return features
 
 
-def reference_subset(features: FeatureSet, limit: int = REFERENCE_LIMIT) -> FeatureSet:
-    """`features` itself when it has at most `limit` rows, else a fixed random `limit` of them (the same rows every
-    time), named `<set>#reference<limit>` so that caches keyed by the set name keep the two apart."""
+def reference_subset(features: FeatureSet, limit: int | None = None) -> FeatureSet:
+    """`features` itself when it has at most `limit` (default REFERENCE_LIMIT) rows, else a fixed random `limit` of
+    them (the same rows every time), named `<set>#reference<limit>` so that caches keyed by the set name keep the two
+    apart."""
+    limit = REFERENCE_LIMIT if limit is None else limit
     if len(features) <= limit:
         return features
     rows = torch.as_tensor(subsample_rows(len(features), limit))
