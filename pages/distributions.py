@@ -399,8 +399,8 @@ if any(name in methods for name in BASELINES) and shared.ready_features(detector
     where = f"the model's training set ({training_set})"
     if info.problem is None:
         st.warning(
-            f"k-NN and Mahalanobis belong fitted on {where}, whose features are not extracted yet; these are fitted on "
-            "half of the ID set instead, so their numbers differ from a table fitted on the training set."
+            f"k-NN and Mahalanobis are meant to be fitted on {where}, whose features are not extracted yet; these are "
+            "fitted on half of the ID set instead, so their numbers differ from a table fitted on the training set."
         )
         status = shared.extraction_status(detector, training_set)
         if status is not None and not status.finished:
@@ -414,8 +414,8 @@ if any(name in methods for name in BASELINES) and shared.ready_features(detector
             st.rerun()
     else:
         st.warning(
-            f"k-NN and Mahalanobis belong fitted on {where}, which cannot be opened here ({info.problem}); these are "
-            "fitted on half of the ID set instead, so their numbers differ from a table fitted on the training set."
+            f"k-NN and Mahalanobis are meant to be fitted on {where}, which cannot be opened here ({info.problem}); "
+            "these are fitted on half of the ID set instead, so their numbers differ from a table fitted on it."
         )
 st.download_button(
     "Download metrics CSV",

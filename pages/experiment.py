@@ -90,7 +90,11 @@ running = {
 }
 if running:
     shared.show_extraction(detector, running)
-missing = [s for s in experiment.specs if states[s] == "not extracted yet" and infos[s].problem is None]
+missing = [
+    spec
+    for spec in experiment.specs
+    if states[spec].startswith(("not extracted", "extraction failed")) and infos[spec].problem is None
+]
 if missing and st.button(
     f"Extract the features of {len(missing)} set(s) now",
     help="In the background, one set after another, with progress; other pages stay usable meanwhile.",

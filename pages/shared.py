@@ -254,7 +254,7 @@ def experiment_features(
             pending[spec] = experiment.name_of(spec)
     if unavailable:
         st.caption(
-            "Not shown (cannot be opened here; see **Experiment / data**): "
+            "Not shown (unavailable here; see **Experiment / data**): "
             + "; ".join(f"**{experiment.name_of(spec)}** — {reason[:300]}" for spec, reason in unavailable.items())
         )
     if pending:

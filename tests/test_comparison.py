@@ -34,7 +34,7 @@ def toy_baselines(small_inputs, tmp_path_factory) -> Path:
     ids = small_inputs[shipped.ID_SET]
     labels = torch.as_tensor(open_dataset(shipped.ID_SET).labels)[ids.indices]
     ae = train_feature_ae(ids.features, AutoencoderConfig(ids.features.shape[1], 32, 8), AutoencoderTrainConfig(2))
-    ae.info["train_seconds"] = 1.0
+    ae.info.update(train_seconds=1.0, dataset=shipped.EXPERIMENT.training_set)
     ae.save(folder / "feature_ae.safetensors")
     head, record = train_linear_head(ids.prelogits, labels, 10, HeadTrainConfig(epochs=5))
     ClassifierBaselines.fit(head, ids.prelogits, labels, DetectorSettings(vim_dim=8), record).save(
@@ -43,7 +43,9 @@ def toy_baselines(small_inputs, tmp_path_factory) -> Path:
     config = PixelDDPMConfig(block_out_channels=(8, 8, 8), norm_num_groups=4)
     torch.manual_seed(0)
     PixelDDPM.calibrated(
-        build_unet(config), config, ReconstructionSetting(levels=(100, 300)), ids.pixels[:8], {"train_seconds": 2.0}
+        build_unet(config), config, ReconstructionSetting(levels=(100, 300)),
+        ids.pixels[:8],
+        {"train_seconds": 2.0, "dataset": shipped.EXPERIMENT.training_set},
     ).save(folder / "pixel_ddpm.safetensors")
     return folder
 

@@ -113,7 +113,7 @@ def test_score_explain_uses_the_experiments_id_set(own_data, tmp_path, capsys):
         "--cache-dir",
         str(own_data["cache"]),
     ]
-    assert cli_main(["score", *common, "--explain", "-o", str(tmp_path / "a.csv"), "--quiet"]) == 0
+    assert cli_main(["score", *common, "--explain", "-o", str(tmp_path / "a.csv")]) == 0
     assert f"layer profiles against folder:{root / 'id' / 'test'}" in capsys.readouterr().err
     given = ["--explain", f"folder:{root / 'id' / 'test'}", "-o", str(tmp_path / "b.csv"), "--quiet"]
     assert cli_main(["score", *common, *given]) == 0

@@ -52,7 +52,8 @@ def _evaluation_sets(args, detector) -> tuple[str, list[str]]:
     if args.id is not None and args.ood is not None:
         return args.id, list(args.ood)
     experiment, where = checkpoint_experiment(args, detector)
-    print(f"experiment {where}", file=sys.stderr)
+    if not args.quiet:
+        print(f"experiment {where}", file=sys.stderr)
     id_spec = args.id if args.id is not None else experiment.id_set.spec
     if args.id is None and overlap_warning(experiment):
         print(f"warning: {overlap_warning(experiment)}", file=sys.stderr)

@@ -63,26 +63,22 @@ def _id_set(args, base: Experiment | None, training_set: str) -> NamedSet:
     if base is not None:
         return base.id_set
     spec, how = default_id_set(training_set)
-    print(f"ID evaluation set: {spec} ({how})", file=sys.stderr)
+    args.experiment_notes.append(f"ID evaluation set: {spec} ({how})")
     return NamedSet(spec, default_name(spec))
 
 
 def _ood_sets(args, base: Experiment | None) -> tuple[OODSet, ...]:
     from dlsr_core.data import default_name, parse_dataset
+    from dlsr_core.data.experiment_defaults import unique_name
 
     if not (args.far_ood or args.near_ood):
         return base.ood_sets if base is not None else ()
-    sets, names = [], set()
+    sets: list[OODSet] = []
     for group, texts in (("far", args.far_ood), ("near", args.near_ood)):
         for text in texts:
             name, spec = named_spec(text)
             spec = str(parse_dataset(spec))
-            name = name or default_name(spec)
-            unique, number = name, 2
-            while unique.casefold() in names:
-                unique, number = f"{name[:36]} ({number})", number + 1
-            names.add(unique.casefold())
-            sets.append(OODSet(spec, unique, group))
+            sets.append(OODSet(spec, unique_name(name or default_name(spec), (s.name for s in sets)), group))
     return tuple(sets)
 
 
@@ -93,7 +89,7 @@ def _class_names(spec: str, args, fallback: tuple[str, ...] | None) -> tuple[str
     try:
         dataset = open_dataset(spec, data_root=args.data_root, download=args.download)
     except (DatasetError, OSError) as error:
-        print(f"note: the ID evaluation set {spec} cannot be opened here ({error})", file=sys.stderr)
+        args.experiment_notes.append(f"note: the ID evaluation set {spec} cannot be opened here ({error})")
         return fallback
     if dataset.labels is None or dataset.class_names is None:
         return fallback
@@ -103,12 +99,12 @@ def _class_names(spec: str, args, fallback: tuple[str, ...] | None) -> tuple[str
 def build_experiment(args, training_set: str) -> Experiment:
     """The experiment `train` writes: --experiment's sets (if given) with --id-set / --far-ood / --near-ood
     replacing its ID or OOD sets, the defaults for anything left unnamed, and the ID set's class names."""
+    args.experiment_notes = []
     base = load_experiment(args.experiment, args.sets_root or _user_root()) if args.experiment else None
     if base is not None and base.training_set != training_set:
-        print(
+        args.experiment_notes.append(
             f"note: {args.experiment} names the training set {base.training_set}; this model is trained on "
-            f"{training_set}, which the written experiment records",
-            file=sys.stderr,
+            f"{training_set}, which the written experiment records"
         )
     id_set = _id_set(args, base, training_set)
     keep_names = base.class_names if base is not None and base.id_set.spec == id_set.spec else None
@@ -128,24 +124,52 @@ def _user_root() -> Path:
 
 
 def wants_experiment(args) -> bool:
-    """Whether `train` (re)writes <out>/experiment.json: when sets are named, on --restart, or when there is none."""
+    """Whether `train` (re)writes <out>/experiment.json: when sets are named, on --restart, and for a new run. A
+    continued run keeps its file (or, trained before experiments existed, its stated fallback)."""
+    from dlsr_core.checkpoint import LAST_NAME
+    from dlsr_core.training import RESUME_NAME
+
+    out = Path(args.out)
     named = bool(args.id_set or args.far_ood or args.near_ood or args.experiment)
-    return named or args.restart or not (Path(args.out) / EXPERIMENT_NAME).is_file()
+    new_run = not any((out / name).exists() for name in (EXPERIMENT_NAME, RESUME_NAME, LAST_NAME))
+    return named or args.restart or new_run
 
 
 def write_experiment(args, experiment: Experiment) -> None:
-    """Save `experiment` beside the run and say what it holds; unavailable sets and an overlap are warned about."""
+    """Save `experiment` beside the run."""
+    save_experiment(Path(args.out) / EXPERIMENT_NAME, experiment, _user_root())
+
+
+def with_experiment(args, experiment: Experiment, on_epoch):
+    """`on_epoch` that also writes the experiment when the run saves its first checkpoint of this command."""
+    written = []
+
+    def on_epoch_writing(report) -> None:
+        on_epoch(report)
+        if report.checkpoint_saved and not written:
+            write_experiment(args, experiment)
+            written.append(True)
+
+    return on_epoch_writing
+
+
+def report_experiment(args, experiment: Experiment) -> None:
+    """After training: what the written experiment holds (stdout), sets this machine cannot open yet, and a warning
+    (stderr) when the ID evaluation images are the training images. Nothing with --quiet; nothing when training
+    failed, whose error stays the only line."""
     from dlsr_core.data import DatasetError, open_dataset, overlap_warning
 
-    path = Path(args.out) / EXPERIMENT_NAME
-    save_experiment(path, experiment, _user_root())
+    if args.quiet:
+        return
+    for note in getattr(args, "experiment_notes", []):
+        print(note)
     for spec in experiment.specs:
         try:
             open_dataset(spec, data_root=args.data_root)
         except (DatasetError, OSError) as error:
-            print(f"note: {spec} cannot be opened here yet ({error}); it is listed as unavailable", file=sys.stderr)
+            print(f"note: {spec} cannot be opened here yet ({error}); it is listed as unavailable")
     groups = ", ".join(f"{s.name} ({s.group})" for s in experiment.ood_sets) or "none yet"
-    print(f"experiment: ID {experiment.id_set.spec}; OOD {groups} -> {path}", file=sys.stderr)
+    print(f"experiment: ID {experiment.id_set.spec}; OOD {groups} -> {Path(args.out) / EXPERIMENT_NAME}")
     warning = overlap_warning(experiment)
     if warning:
         print(f"warning: {warning}", file=sys.stderr)

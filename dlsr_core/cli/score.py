@@ -88,10 +88,11 @@ def run(args) -> None:
 
         experiment, where = checkpoint_experiment(args, detector)
         args.explain = experiment.id_set.spec
-        print(
-            f"layer profiles against {args.explain}, the ID evaluation set of the experiment {where}",
-            file=sys.stderr,
-        )
+        if not args.quiet:
+            print(
+                f"layer profiles against {args.explain}, the ID evaluation set of the experiment {where}",
+                file=sys.stderr,
+            )
     open_datasets(args, [*([args.dataset] if args.dataset else []), *([args.explain] if args.explain else [])])
     if args.dataset:
         features = dataset_features(

@@ -15,6 +15,7 @@ Defaults, as `train` writes them and the README states them:
 from __future__ import annotations
 
 import os
+from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Literal
@@ -86,6 +87,15 @@ def default_name(spec: str) -> str:
     if parsed is not None and parsed.shifts:
         name += " " + " ".join(f"+{shift}" for shift in parsed.shifts)
     return name.strip()[:MAX_NAME_LENGTH].strip() or "set"
+
+
+def unique_name(name: str, taken: Iterable[str]) -> str:
+    """`name`, or `name (2)`, `name (3)`, … — the first that no name in `taken` equals (ignoring case)."""
+    used = {other.casefold() for other in taken}
+    unique, number = name, 2
+    while unique.casefold() in used:
+        unique, number = f"{name[: MAX_NAME_LENGTH - 5].rstrip()} ({number})", number + 1
+    return unique
 
 
 def _images_of(spec: str) -> tuple[str, str | None]:

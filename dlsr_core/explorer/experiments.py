@@ -26,6 +26,7 @@ from dlsr_core.data import (
     save_experiment,
     user_data_dir,
 )
+from dlsr_core.data.experiment_defaults import unique_name
 from dlsr_core.scoring import Detector
 
 # Experiment files of the paper's settings, openable from the Experiment / data page and used by
@@ -121,11 +122,7 @@ def named_set(text: str, name: str = "", download: bool = False, taken: tuple[st
     download when `download`), so a typo is refused at once. Raises DatasetError with the reason."""
     spec = str(parse_dataset(text))
     open_dataset(spec, download=download)
-    name = name.strip() or default_name(spec)
-    unique, number = name, 2
-    while unique.casefold() in {t.casefold() for t in taken}:
-        unique, number = f"{name[:36]} ({number})", number + 1
-    return spec, unique
+    return spec, unique_name(name.strip() or default_name(spec), taken)
 
 
 def with_uploaded_set(experiment: Experiment, stored: StoredSet, name: str, group: str) -> Experiment:

@@ -49,7 +49,7 @@ RANGE_QUANTILES = (0.05, 0.95)
 INTENSITY_STATISTICS = ("brightness", "contrast", "ink")
 INK_LEVEL = 0.1  # grey level (0-1) above which a pixel counts as part of the object (the sets are light on dark)
 # Sets larger than this are analysed on a fixed random subset of this many images (each image is decoded to measure
-# its statistics: minutes for tens of thousands of large images); the threshold still comes from every ID score.
+# its statistics: minutes for tens of thousands of large images); the page states it.
 ANALYSED_ROWS = 2000
 STATISTICS_CHUNK = 256
 MAX_CLUSTERS = 8

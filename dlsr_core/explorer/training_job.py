@@ -14,6 +14,7 @@ from pathlib import Path
 
 from dlsr_core.data import Experiment
 from dlsr_core.explorer.epochs import clear_snapshots, keep_snapshot
+from dlsr_core.explorer.experiments import describe_set
 
 # CLI advice in core messages -> what the Train page offers instead. Applied in order; the last rule marks any other
 # `--option` as a command-line option, so a GUI user is never told to pass a flag the page does not have.
@@ -66,16 +67,6 @@ def default_training_set(experiment: Experiment) -> str:
     return experiment.training_set if dataset_available(experiment.training_set) else experiment.id_set.spec
 
 
-def _class_names(spec: str) -> tuple[str, ...] | None:
-    from dlsr_core.data import DatasetError, open_dataset
-
-    try:
-        dataset = open_dataset(spec)
-    except (DatasetError, OSError):
-        return None
-    return tuple(dataset.class_names) if dataset.labels is not None and dataset.class_names else None
-
-
 def evaluation_sets(
     training_set: str, loaded: Experiment | None, id_text: str = "", ood: tuple[str, ...] | None = None
 ) -> Experiment:
@@ -88,7 +79,7 @@ def evaluation_sets(
     if loaded is not None and id_spec == loaded.id_set.spec:
         id_set, classes = loaded.id_set, loaded.class_names
     else:
-        id_set, classes = NamedSet(id_spec, default_name(id_spec)), _class_names(id_spec)
+        id_set, classes = NamedSet(id_spec, default_name(id_spec)), describe_set(id_spec).classes
     if loaded is None:
         return Experiment(training_set=training_set, id_set=id_set, class_names=classes)
     wanted = set(loaded.groups) if ood is None else set(ood)
@@ -215,7 +206,6 @@ class TrainingJob:
             )
             if len(features) == 0:
                 raise ValueError(f"{request.dataset} has no readable images ({features.skipped} skipped)")
-            self._write_experiment()
             steps = -(-len(features) // request.batch_size)
             self._update(
                 phase="training",
@@ -229,6 +219,8 @@ class TrainingJob:
                     self._state.losses.append(loss)
 
             def on_epoch(report) -> None:
+                if report.checkpoint_saved and not self._state.checkpoints:
+                    self._write_experiment()  # with the first checkpoint: a failed run leaves no new file
                 if report.checkpoint_saved and request.keep_epochs:
                     keep_snapshot(request.run_dir, report.epoch)
                 with self._lock:
