@@ -43,7 +43,9 @@ def toy_baselines(small_inputs, tmp_path_factory) -> Path:
     config = PixelDDPMConfig(block_out_channels=(8, 8, 8), norm_num_groups=4)
     torch.manual_seed(0)
     PixelDDPM.calibrated(
-        build_unet(config), config, ReconstructionSetting(levels=(100, 300)),
+        build_unet(config),
+        config,
+        ReconstructionSetting(levels=(100, 300)),
         ids.pixels[:8],
         {"train_seconds": 2.0, "dataset": shipped.EXPERIMENT.training_set},
     ).save(folder / "pixel_ddpm.safetensors")
