@@ -34,8 +34,8 @@ with st.sidebar:
         st.markdown(explorer.model_caption(detector, run_dir))
         current = shared.current_experiment(detector, run_dir)
         st.markdown(explorer.experiment_caption(current))
-        if current.problems:
-            st.error("Its experiment file cannot be used: see **Experiment / data**.")
+        if current.problems:  # the pages use a stated fallback meanwhile
+            st.error(f"{current.problems[0][:400]} — see **Experiment / data**.")
         if current.overlap:  # on every page: the metrics of such a run look better than they are
             st.warning(current.overlap)
     except Exception as error:  # the page itself explains; the sidebar only must not crash

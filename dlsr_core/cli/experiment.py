@@ -8,7 +8,15 @@ import re
 import sys
 from pathlib import Path
 
-from dlsr_core.data.experiment import EXPERIMENT_NAME, Experiment, NamedSet, OODSet, load_experiment, save_experiment
+from dlsr_core.data.experiment import (
+    EXPERIMENT_NAME,
+    Experiment,
+    ExperimentError,
+    NamedSet,
+    OODSet,
+    load_experiment,
+    save_experiment,
+)
 
 _NAMED = re.compile(r"^(?P<name>[^=:/\\]{1,40})=(?P<spec>.+)$")
 
@@ -187,7 +195,7 @@ def checkpoint_experiment(args, detector):
     checkpoint = Path(args.checkpoint)
     run_dir = checkpoint if checkpoint.is_dir() else checkpoint.parent
     found = run_experiment(run_dir, detector.info.dataset, shipped_run=DEFAULT_RUN_DIR)
-    for problem in found.problems:
-        print(f"warning: {problem}", file=sys.stderr)
+    if found.problems:  # the app falls back and shows the error; a command does not guess
+        raise ExperimentError(f"{found.problems[0]} (fix or delete the file, or name the sets with --id/--ood)")
     where = f"from {found.path}" if found.path is not None else f"(fallback) {found.note}"
     return found.experiment, where
