@@ -21,6 +21,8 @@ BASELINES = ["knn", "mahalanobis"]
 
 st.title("Score distributions")
 detector, run_dir = shared.detector_or_stop()
+experiment = shared.current_experiment(detector, run_dir).experiment
+id_spec, training_set = experiment.id_set.spec, experiment.training_set
 timestep, steps, _ = widgets.sampling_controls(detector, with_score=False)
 draws = widgets.current_draws()  # the sidebar's noise-draws control
 fingerprint = shared.fingerprint(run_dir)
@@ -34,7 +36,10 @@ chosen = st.multiselect(
     help="LR runs a second model (the first-epoch checkpoint), so it doubles the scoring time.",
 )
 comparison_baselines = shared.comparison_baselines()
-addable = explorer.addable_methods(detector, comparison_baselines)
+# Offered only where trained on inputs made like this model's (backbone, features) and on its training set.
+addable, other_data = explorer.baselines_for_experiment(
+    explorer.addable_methods(detector, comparison_baselines), comparison_baselines, training_set
+)
 added = st.multiselect(
     "Add methods from the paper's comparison",
     addable,
@@ -49,13 +54,27 @@ if comparison_baselines.problems:
         "Not offered (their files could not be loaded): "
         + "; ".join(f"{kind}: {reason}" for kind, reason in comparison_baselines.problems.items())
     )
+if other_data:
+    st.caption(
+        "Not offered (trained on other data than this model): "
+        + "; ".join(f"{explorer.METHOD_LABELS.get(name, name)}: {why}" for name, why in other_data.items())
+    )
 if not chosen and not added:
     st.info("Choose at least one method.")
     st.stop()
 
-id_features = shared.features_or_stop(detector, explorer.DEMO_ID_SET)
-ood_features = {spec: shared.features_or_stop(detector, spec) for spec in explorer.DEMO_OOD_SETS}
-all_features = {explorer.DEMO_ID_SET: id_features.features, **{k: v.features for k, v in ood_features.items()}}
+ready = shared.experiment_features(detector, experiment)
+id_features = ready[id_spec]
+ood_features = {spec: ready[spec] for spec in experiment.groups if spec in ready}
+if not ood_features:
+    st.info(
+        "This model's experiment has no OOD set ready to compare with its ID set yet: add OOD sets on the "
+        "**Experiment / data** page (or wait for their features, above)."
+    )
+    st.stop()
+groups = {spec: experiment.groups[spec] for spec in ood_features}
+all_features = {id_spec: id_features.features, **{k: v.features for k, v in ood_features.items()}}
+sets_key = (experiment.key, *all_features)  # every memo below follows the experiment's sets
 
 
 @st.cache_resource
@@ -77,44 +96,47 @@ def _memoised(key: tuple, label: str, compute):
     return memo[key]
 
 
-@st.cache_data(show_spinner=False)
-def _available(spec: str) -> bool:
-    return explorer.dataset_available(spec)
-
-
-@st.cache_resource(max_entries=2, show_spinner="Reading the cached training-set features…")
-def _train_features(run_fingerprint: str):
-    """The baselines' training features when they are cached (read once: they are large), else None."""
-    return explorer.cached_features_only(detector, explorer.BASELINE_TRAIN_SET)
+@st.cache_data(show_spinner=False, ttl=60)
+def _describe(spec: str) -> explorer.SetInfo:
+    return explorer.describe_set(spec)
 
 
 # --- DLSR scores at this setting: the costly part, bounded by a work budget ---
 with_lr = "lr" in chosen
 sizes = {name: len(matrix) for name, matrix in all_features.items()}
 passes = steps * draws * (2 if with_lr and detector.has_early else 1)
-setting = (fingerprint, timestep, steps, draws)
+setting = (fingerprint, sets_key, timestep, steps, draws)
 score_all = st.session_state.get("distributions_all_rows") == setting
 rows = None if score_all else explorer.budget_rows(sizes, passes)
 dlsr = _memoised(
     ("dlsr", *setting, with_lr, rows is None),
-    "Scoring the demo sets:",
+    "Scoring the experiment's sets:",
     lambda progress: explorer.dlsr_methods(
-        detector, all_features, timestep, steps, draws, with_lr=with_lr, rows=rows, progress=progress
+        detector,
+        all_features,
+        timestep,
+        steps,
+        draws,
+        with_lr=with_lr,
+        rows=rows,
+        progress=progress,
+        names=experiment.names,
     ),
 )
 
 # --- Baselines: fitted once per model (they do not depend on t, steps or draws) ---
 baselines = []
 if any(name in chosen for name in BASELINES):
-    train = _train_features(fingerprint)
+    train = shared.ready_features(detector, training_set)  # the model's training set, when its features are ready
     baselines = _memoised(
-        ("baselines", fingerprint, train is not None),
+        ("baselines", fingerprint, sets_key, train is not None),
         "Fitting k-NN and Mahalanobis:",
         lambda progress: explorer.baseline_methods(
-            explorer.DEMO_ID_SET,
+            id_spec,
             all_features,
             tuple(detector.stage_dims),
             train.features if train is not None else None,
+            train_name=training_set,
             progress=progress,
         ),
     )
@@ -124,13 +146,13 @@ compared = []
 for name in added:
     try:
         comparison = _memoised(
-            ("compared", fingerprint, name),
+            ("compared", fingerprint, sets_key, name),
             f"{explorer.METHOD_LABELS.get(name, name)}:",
             lambda progress, name=name: explorer.compare_methods(
                 detector,
                 [name],
-                explorer.DEMO_ID_SET,
-                {explorer.DEMO_ID_SET: id_features, **ood_features},
+                id_spec,
+                {id_spec: id_features, **ood_features},
                 baselines=comparison_baselines,
                 progress=lambda what: progress(0, 1, what),
             ),
@@ -141,24 +163,25 @@ for name in added:
     compared += comparison.method_scores()
 
 evaluation = explorer.evaluate_methods(
-    explorer.DEMO_ID_SET,
-    explorer.DEMO_OOD_SETS,
+    id_spec,
+    groups,
     [method for method in dlsr + baselines if method.name in chosen] + compared,
     {"model_id": shared.model_id(detector, run_dir), "t": timestep, "steps": steps, "draws": draws, "seed": 0},
+    names=experiment.names,
 )
 methods = [name for name in [*chosen, *added] if name in evaluation.methods]
 if not methods:
     st.warning("None of the chosen methods could be scored (see the messages above); choose another method.")
     st.stop()
 st.caption(
-    f"ID: {explorer.DEMO_ID_SET} · model {evaluation.settings['model_id']} · t={timestep}, {steps} DDIM step(s), "
-    f"{draws} noise draw(s)"
+    f"ID: {experiment.id_set.name} ({id_spec}) · model {evaluation.settings['model_id']} · t={timestep}, "
+    f"{steps} DDIM step(s), {draws} noise draw(s)"
 )
 if rows is not None:
     subset = sum(len(r) for r in rows.values())
     st.info(
         f"At {steps} DDIM step(s) × {draws} draw(s){' with LR' if passes > steps * draws else ''}, the DLSR scores "
-        f"use a fixed random {subset:,} of the {sum(sizes.values()):,} demo images (the same share of every set) so "
+        f"use a fixed random {subset:,} of the {sum(sizes.values()):,} images (the same share of every set) so "
         "that the page answers within seconds."
     )
     if st.button("Score all images at this setting", help="Runs once per setting with a progress bar, then is kept."):
@@ -205,15 +228,15 @@ if view == "ID vs each OOD set":
         index=methods.index("mfsim") if "mfsim" in methods else 0,
     )
     entry = evaluation.methods[histogram_method]
-    id_scores = evaluation.scores(histogram_method, explorer.DEMO_ID_SET)
+    id_scores = evaluation.scores(histogram_method, id_spec)
     threshold = explorer.id_threshold95(id_scores)
     columns = st.columns(3)
-    for position, spec in enumerate(explorer.DEMO_OOD_SETS):
+    for position, spec in enumerate(groups):
         metric = evaluation.metric(histogram_method, spec)
         figure = _histogram(
             id_scores,
             evaluation.scores(histogram_method, spec),
-            f"{spec.removeprefix('demo:')} ({explorer.DEMO_OOD_SETS[spec]})<br>AUROC {100 * metric.auroc:.1f}% · "
+            f"{experiment.name_of(spec)} ({groups[spec]})<br>AUROC {100 * metric.auroc:.1f}% · "
             f"FPR95 {100 * metric.fpr95:.1f}%",
             f"{entry.label} score (higher = more OOD)",
             threshold,
@@ -242,8 +265,8 @@ elif view == "First vs last epoch (paper Fig. 3)":
         )
         fig3_set = columns[1].selectbox(
             "OOD set",
-            ["all OOD sets", *explorer.DEMO_OOD_SETS],
-            format_func=lambda name: name.removeprefix("demo:"),
+            ["all OOD sets", *groups],
+            format_func=lambda name: name if name == "all OOD sets" else experiment.name_of(name),
             key="fig3_set",
         )
         earlier = checkpoints[:-1]
@@ -266,14 +289,14 @@ elif view == "First vs last epoch (paper Fig. 3)":
                 explorer.detector_at(detector, before), all_features, fig3_score, timestep, steps, draws, rows
             ),
         )
-        ood_sets = list(explorer.DEMO_OOD_SETS) if fig3_set == "all OOD sets" else [fig3_set]
+        ood_sets = list(groups) if fig3_set == "all OOD sets" else [fig3_set]
         columns = st.columns(2)
         summary = []
         for column, checkpoint, scores in (
             (columns[0], before, early_scores),
             (columns[1], checkpoints[-1], final_scores),
         ):
-            id_scores = scores[explorer.DEMO_ID_SET]
+            id_scores = scores[id_spec]
             ood_scores = np.concatenate([scores[name] for name in ood_sets])
             auroc = ood_metrics(id_scores, ood_scores).auroc
             summary.append((checkpoint.epoch, auroc, np.median(id_scores), np.median(ood_scores)))
@@ -310,7 +333,7 @@ else:
             "Images per set", 50, 2000, 300, step=50, help="A random subset of each set keeps the sweep quick."
         )
         run_sweep = st.form_submit_button("Run sweep")
-    sweep_key = (fingerprint, tuple(sorted(sweep_timesteps)), sweep_score, int(per_set), steps, draws)
+    sweep_key = (fingerprint, tuple(sorted(sweep_timesteps)), sweep_score, int(per_set), steps, draws, sets_key)
     if run_sweep and sweep_timesteps:
         ordered = sorted(sweep_timesteps)
         _memoised(
@@ -336,7 +359,7 @@ else:
         for name, values in curves.items():
             figure.add_trace(
                 go.Scatter(
-                    x=list(shown[1]), y=[100 * v for v in values], mode="lines+markers", name=name.removeprefix("demo:")
+                    x=list(shown[1]), y=[100 * v for v in values], mode="lines+markers", name=experiment.name_of(name)
                 )
             )
         figure.update_layout(
@@ -346,7 +369,7 @@ else:
             yaxis_title=f"AUROC % ({explorer.SCORE_LABELS[shown[2]]})",
         )
         st.plotly_chart(figure, width="stretch", key="sweep-plot")
-        st.markdown(explorer.sweep_summary(list(shown[1]), curves, explorer.SCORE_LABELS[shown[2]]))
+        st.markdown(explorer.sweep_summary(list(shown[1]), curves, explorer.SCORE_LABELS[shown[2]], experiment.names))
         st.caption(
             f"{shown[3]} images per set, {explorer.SCORE_LABELS[shown[2]]} score, {shown[4]} DDIM step(s) (at most t) "
             f"and {shown[5]} draw(s) per timestep."
@@ -371,31 +394,28 @@ notes = {entry.note for entry in (evaluation.methods[m] for m in methods) if ent
 for note in sorted(notes):
     owners = ", ".join(evaluation.methods[m].label for m in methods if evaluation.methods[m].note == note)
     st.caption(f"**{owners}:** {note}.")
-if any(name in methods for name in BASELINES) and _train_features(fingerprint) is None:
-    if _available(explorer.BASELINE_TRAIN_SET):
+if any(name in methods for name in BASELINES) and shared.ready_features(detector, training_set) is None:
+    info = _describe(training_set)
+    where = f"the model's training set ({training_set})"
+    if info.problem is None:
         st.warning(
-            f"The README's table fits k-NN and Mahalanobis on {explorer.BASELINE_TRAIN_SET}; these are fitted on half "
-            "of the ID set instead, so their numbers differ from it."
+            f"k-NN and Mahalanobis are meant to be fitted on {where}, whose features are not extracted yet; these are "
+            "fitted on half of the ID set instead, so their numbers differ from a table fitted on the training set."
         )
-        if st.button(
-            f"Extract {explorer.BASELINE_TRAIN_SET} features and refit the baselines",
-            help="Runs the backbone once over the 60,000 training images (a few minutes on a laptop CPU, with "
-            "progress; keep this page open meanwhile), caches the features on disk, then fits the baselines on them "
-            "like the README's table.",
+        status = shared.extraction_status(detector, training_set)
+        if status is not None and not status.finished:
+            shared.show_extraction(detector, {training_set: "the training set"})
+        elif st.button(
+            "Extract the training set's features and refit the baselines",
+            help=f"Runs the backbone once over the {info.images:,} training images in the background (with progress; "
+            "other pages stay usable), caches the features on disk, then fits the baselines on them.",
         ):
-            label = f"Extracting {explorer.BASELINE_TRAIN_SET} features (once, then cached on disk)…"
-            bar = st.progress(0.0, text=label)
-            explorer.load_features(
-                detector,
-                explorer.BASELINE_TRAIN_SET,
-                progress=lambda done, total: bar.progress(done / max(total, 1), text=f"{label} {done:,}/{total:,}"),
-            )
-            _train_features.clear()
+            shared.start_extraction(detector, training_set)
             st.rerun()
     else:
         st.warning(
-            f"The README's table fits k-NN and Mahalanobis on {explorer.BASELINE_TRAIN_SET}, which is not installed "
-            "here; these are fitted on half of the ID set instead, so their numbers differ from it."
+            f"k-NN and Mahalanobis are meant to be fitted on {where}, which cannot be opened here ({info.problem}); "
+            "these are fitted on half of the ID set instead, so their numbers differ from a table fitted on it."
         )
 st.download_button(
     "Download metrics CSV",
