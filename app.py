@@ -16,6 +16,7 @@ st.set_page_config(page_title="DLSR Explorer", page_icon=":material/search:", la
 
 PAGES = [
     st.Page("pages/home.py", title="Home / model", icon=":material/home:", default=True),
+    st.Page("pages/experiment.py", title="Experiment / data", icon=":material/dataset:"),
     st.Page("pages/score_images.py", title="Score images", icon=":material/image_search:"),
     st.Page("pages/how_dlsr_works.py", title="How DLSR works", icon=":material/school:"),
     st.Page("pages/distributions.py", title="Score distributions", icon=":material/bar_chart:"),
@@ -32,6 +33,12 @@ with st.sidebar:
     try:
         detector = shared.load_detector(run_dir)
         st.markdown(explorer.model_caption(detector, run_dir))
+        current = shared.current_experiment(detector, run_dir)
+        st.markdown(explorer.experiment_caption(current))
+        if current.problems:  # the pages use a stated fallback meanwhile
+            st.error(f"{current.problems[0][:400]} — see **Experiment / data**.")
+        if current.overlap:  # on every page: the metrics of such a run look better than they are
+            st.warning(current.overlap)
     except Exception as error:  # the page itself explains; the sidebar only must not crash
         st.warning(f"No usable model at `{run_dir}` ({type(error).__name__}).")
     widgets.draws_control()  # every page scores with this many noise draws per image

@@ -67,12 +67,13 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(1)
     detector = Detector.load(args.checkpoint, device="cpu")
-    sets = [explorer.DEMO_ID_SET, *explorer.DEMO_OOD_SETS]
+    experiment = explorer.loaded_experiment(args.checkpoint, detector).experiment
+    sets = [experiment.id_set.spec, *experiment.groups]
     features = {spec: explorer.load_features(detector, spec).features for spec in sets}
-    reference = features[explorer.DEMO_ID_SET]
+    reference = features[experiment.id_set.spec]
     rows = {spec: explorer.subsample_rows(len(m), args.per_set) for spec, m in features.items()}
     images = torch.cat([m[torch.as_tensor(rows[spec])] for spec, m in features.items()])
-    is_id = np.arange(len(images)) < len(rows[explorer.DEMO_ID_SET])
+    is_id = np.arange(len(images)) < len(rows[experiment.id_set.spec])
     names = explorer.stage_names(detector.backbone, tuple(detector.stage_dims))
     results: dict = {}
     lines = [

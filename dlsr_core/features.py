@@ -13,6 +13,35 @@ from torch import Tensor
 
 ProgressCallback = Callable[[int, int], None]
 
+# Channels of each pooled stage of the registered backbones (dlsr_core.backbones.BACKBONES), so stored metadata (cache
+# entries, checkpoints) can be checked without importing timm or building a model; tests compare it with the models.
+KNOWN_STAGE_DIMS: dict[str, tuple[int, ...]] = {
+    "efficientnet_b4": (24, 32, 56, 160, 448),
+    "resnet50": (256, 512, 1024),
+    "efficientnet_lite0": (16, 24, 40, 112, 320),
+}
+MAX_STAGES = 64
+
+
+def stage_dims_problem(backbone: str, stage_dims: object, feature_dim: int | None = None, exact: bool = True) -> str:
+    """What is wrong with `stage_dims` as the stage sizes of `backbone` (features of `feature_dim` columns), or "".
+
+    Stage sizes are 1..MAX_STAGES whole numbers >= 1 that sum to the feature width; a registered backbone's must be
+    exactly its own (a permuted or re-split list of the right width would silently misassign the MFsim stages). With
+    `exact` False, only a list of the backbone's own width is compared (another width cannot go unnoticed: it fails
+    where the features meet the model, with a message naming both widths).
+    """
+    if not isinstance(stage_dims, (list, tuple)) or not 1 <= len(stage_dims) <= MAX_STAGES:
+        return f"stage sizes must be a list of 1..{MAX_STAGES} whole numbers, got {str(stage_dims)[:60]}"
+    if not all(isinstance(size, int) and not isinstance(size, bool) and size >= 1 for size in stage_dims):
+        return f"stage sizes must be whole numbers >= 1, got {str(list(stage_dims))[:60]}"
+    if feature_dim is not None and sum(stage_dims) != feature_dim:
+        return f"stage sizes {tuple(stage_dims)} sum to {sum(stage_dims)}, the features have {feature_dim} columns"
+    known = KNOWN_STAGE_DIMS.get(backbone)
+    if known is not None and tuple(stage_dims) != known and (exact or sum(stage_dims) == sum(known)):
+        return f"stage sizes {tuple(stage_dims)} are not those of {backbone} {known}"
+    return ""
+
 
 @dataclass(frozen=True)
 class FeatureSet:

@@ -15,6 +15,7 @@ st.markdown(
     "reconstructs a short **feature vector** with a small MLP. Same images, both methods, timed here."
 )
 detector, run_dir = shared.detector_or_stop()
+experiment = shared.current_experiment(detector, run_dir).experiment
 
 
 def _pixel_noise_std(config, levels: tuple[int, ...]) -> list[float]:
@@ -38,22 +39,40 @@ try:
 except CheckpointError as error:
     st.error(f"The pixel DDPM baseline is not available: {error}")
     st.stop()
+pixel_training_set = explorer.baseline_training_set(pixel_model.info)
+if pixel_training_set != experiment.training_set:
+    st.info(
+        f"No pixel DDPM trained on this model's training set ({experiment.training_set}) is available: the one in "
+        f"`{path.parent}` {'records no training set' if pixel_training_set is None else 'was trained on other data'}, "
+        "so comparing it with this model would compare detectors of different data. A pixel DDPM is trained with "
+        "`python -m dlsr_core.baselines.train --only pixel_ddpm --out DIR` and read from `$DLSR_BASELINES_DIR`; this "
+        "page uses it once its metadata records this model's training set."
+    )
+    st.stop()
 
 timestep, steps, _ = widgets.sampling_controls(detector, with_score=False)
-sets = [explorer.DEMO_ID_SET, *explorer.DEMO_OOD_SETS]
+ready = shared.experiment_features(detector, experiment)
 columns = st.columns(3)
-spec = columns[0].selectbox("Images from", sets, format_func=lambda s: s.removeprefix("demo:"))
+spec = columns[0].selectbox("Images from", list(ready), format_func=experiment.name_of)
 count = columns[1].slider("Images", 2, 12, 6)
-start = columns[2].number_input("First image", 0, 900, 0, step=count)
-indices = tuple(range(int(start), int(start) + count))
+last = max(len(ready[spec]) - count, 0)
+start = columns[2].number_input("First image", 0, last, 0, step=count)
+indices = tuple(int(i) for i in ready[spec].indices.numpy()[int(start) : int(start) + count])  # readable images
 
-id_features = shared.features_or_stop(detector, explorer.DEMO_ID_SET)
+id_features = explorer.reference_subset(ready[experiment.id_set.spec])
 extractor = shared.get_extractor(detector.backbone, detector.backbone_weights(), detector.feature_options)
 
 
 @st.cache_data(max_entries=32, show_spinner="Scoring with both methods…")
 def _compare(
-    run_fingerprint: str, pixel_fingerprint: str, spec: str, indices: tuple[int, ...], timestep: int, steps: int, draws
+    run_fingerprint: str,
+    pixel_fingerprint: str,
+    reference: str,
+    spec: str,
+    indices: tuple[int, ...],
+    timestep: int,
+    steps: int,
+    draws,
 ):
     images = [image for image in explorer.dataset_images(spec, indices) if image is not None]
     return explorer.feature_vs_pixel(
@@ -64,6 +83,7 @@ def _compare(
 result = _compare(
     shared.fingerprint(run_dir),
     explorer.run_fingerprint(path),
+    id_features.dataset,
     spec,
     indices,
     timestep,
@@ -114,7 +134,7 @@ st.caption(
 st.subheader("Scores and their references")
 table = pd.DataFrame(
     {
-        "image": [f"{spec.removeprefix('demo:')} #{i}" for i in indices[:n]],
+        "image": [f"{experiment.name_of(spec)} #{i}" for i in indices[:n]],
         "pixel DDPM score": result.pixel_scores,
         "pixel verdict": [explorer.verdict(s, result.pixel_threshold95) for s in result.pixel_scores],
         "DLSR MFsim": result.dlsr_scores,
@@ -125,8 +145,9 @@ table = pd.DataFrame(
 st.dataframe(table, hide_index=True, width="stretch")
 st.caption(
     f"Pixel DDPM score: mean over noise levels of the reconstruction error, in standard deviations of held-out ID "
-    f"images' errors; ID threshold {result.pixel_threshold95:.3g} (95% of held-out Fashion-MNIST images score "
-    f"at or below it). DLSR MFsim at t={timestep}: minus the mean per-stage cosine between features and their "
-    f"reconstruction; ID threshold {result.dlsr_threshold95:.4g} (95% of the demo ID images). Above a threshold = "
-    "OOD. `cos stage k`: how well DLSR reconstructed stage k's features (1 = perfectly)."
+    f"images' errors; ID threshold {result.pixel_threshold95:.3g} (95% of held-out images of its training set "
+    f"{pixel_training_set} score at or below it). DLSR MFsim at t={timestep}: minus the mean per-stage cosine between "
+    f"features and their reconstruction; ID threshold {result.dlsr_threshold95:.4g} (95% of the "
+    f"{len(id_features):,} ID evaluation images of {experiment.id_set.name}). Above a threshold = OOD. `cos stage k`: "
+    "how well DLSR reconstructed stage k's features (1 = perfectly)."
 )

@@ -41,6 +41,7 @@ st.selectbox(
 
 detector, run_dir = shared.detector_or_stop()
 summary = explorer.summarize(detector, run_dir)
+experiment = shared.current_experiment(detector, run_dir).experiment
 st.subheader("Loaded model")
 columns = st.columns(2)
 columns[0].metric("Backbone", summary.backbone)
@@ -53,6 +54,9 @@ st.markdown(
     f"- preset **{summary.preset}** (`paper`: the paper's equations; `official`: the authors' released code)\n"
     f"- feature vector **{summary.feature_dim}-d** from {len(summary.stage_dims)} stages {summary.stage_dims}\n"
     f"- LFDN width {summary.width} × depth {summary.depth}; files {summary.megabytes:.1f} MB in `{summary.run_dir}`\n"
+    f"- evaluated on **{experiment.id_set.name}** against {len(experiment.ood_sets)} OOD set(s): "
+    + ", ".join(f"{s.name} ({s.group})" for s in experiment.ood_sets)
+    + " — see **Experiment / data**\n"
     + (
         "- LR score: available (early checkpoint present)"
         if summary.has_early

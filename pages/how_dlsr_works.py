@@ -14,10 +14,11 @@ INDEX_KEY = "walk_index"
 SHIFT_KEY = "walk_shift"
 GREY, ORANGE, GREEN = "#8c8c8c", "#e07b39", "#3c8d47"
 STATIC = {"displayModeBar": False}  # Plotly's toolbar covers the small titles; a projected page needs none
+SHIFT_WHOLE_SET = 2000  # ID sets up to this size are shifted whole and cached on disk
 
 
 @st.cache_data(max_entries=64, show_spinner=False)
-def _demo_image(spec: str, index: int):
+def _set_image(spec: str, index: int):
     return explorer.dataset_images(spec, [index])[0]
 
 
@@ -53,24 +54,27 @@ st.markdown(
     "(ID) images, so it rebuilds them well and fails on anything else — and it tells us *at which level* it failed."
 )
 detector, run_dir = shared.detector_or_stop()
+experiment = shared.current_experiment(detector, run_dir).experiment
 draws = widgets.current_draws()
 
 # 1 · the image ------------------------------------------------------------------------------------------------------
 st.header("1 · The image")
-source = st.radio("Image from", ["a demo set", "an upload"], horizontal=True, key=SOURCE_KEY)
-sets = [explorer.DEMO_ID_SET, *explorer.DEMO_OOD_SETS]
-if source == "a demo set":
+source = st.radio("Image from", ["a set of the experiment", "an upload"], horizontal=True, key=SOURCE_KEY)
+sets = experiment.specs
+if st.session_state.get(SET_KEY) not in sets:  # another model's experiment was loaded since
+    st.session_state.pop(SET_KEY, None)
+if source == "a set of the experiment":
     columns = st.columns([2, 1, 1])
     _restore(SET_KEY, sets[0])
     spec = columns[0].selectbox(
-        "Demo set",
+        "Set",
         sets,
         key=SET_KEY,
         on_change=_keep,
         args=(SET_KEY,),
-        format_func=lambda s: f"{s.removeprefix('demo:')} ({'ID' if s == explorer.DEMO_ID_SET else 'OOD'})",
+        format_func=lambda s: f"{experiment.name_of(s)} ({'ID' if s == experiment.id_set.spec else 'OOD'})",
     )
-    feature_set = shared.features_or_stop(detector, spec)
+    feature_set = shared.features_or_stop(detector, spec, experiment.name_of(spec))
     size = len(feature_set)
     st.session_state[INDEX_KEY] = int(min(max(_restore(INDEX_KEY, 0), 0), size - 1))
     index = int(columns[1].number_input("Image number", 0, size - 1, key=INDEX_KEY, on_change=_keep, args=(INDEX_KEY,)))
@@ -79,11 +83,12 @@ if source == "a demo set":
     if len(rows) == 0:
         st.warning(f"Image {index} of {spec} could not be read; pick another.")
         st.stop()
-    features, image, image_name = feature_set.features[int(rows[0])], _demo_image(spec, index), f"{spec} #{index}"
+    features, image = feature_set.features[int(rows[0])], _set_image(spec, index)
+    image_name = f"{experiment.name_of(spec)} #{index}"
 else:
     upload = st.file_uploader("One image (PNG, JPEG, WebP, BMP, TIFF, GIF)", type=list(explorer.UPLOAD_TYPES))
     if upload is None:
-        st.info("Upload an image to trace it, or switch back to a demo set.")
+        st.info("Upload an image to trace it, or switch back to a set of the experiment.")
         st.stop()
     files = [(upload.name, upload.getvalue())]
     batch = shared.prepared_uploads(
@@ -131,7 +136,8 @@ st.markdown(
 # 3 · noise -----------------------------------------------------------------------------------------------------------
 st.header("3 · Add noise up to timestep t")
 timestep, steps, score = widgets.sampling_controls(detector)
-id_features = shared.features_or_stop(detector, explorer.DEMO_ID_SET)
+all_id_features = shared.features_or_stop(detector, experiment.id_set.spec, experiment.id_set.name)
+id_features = explorer.reference_subset(all_id_features)
 reference = shared.reference_set(detector, run_dir, id_features, timestep, steps, score)
 trace = explorer.trace_image(detector, features, reference, score, timestep, steps, draws)
 st.session_state["walkthrough_trace"] = trace
@@ -210,7 +216,8 @@ st.plotly_chart(
         trace.threshold,
         label,
         [("1", image_name, trace.score, trace.verdict)],
-        f"{label} of all {len(trace.id_scores):,} ID reference images ({explorer.DEMO_ID_SET}) and this image (1)",
+        f"{label} of {'all' if len(id_features) == len(all_id_features) else 'a fixed random'} "
+        f"{len(trace.id_scores):,} ID reference images ({experiment.id_set.name}) and this image (1)",
         height=300,
     ),
     width="stretch",
@@ -246,20 +253,51 @@ shift = st.pills(
 )
 
 
+@st.cache_resource
+def _shift_memo() -> dict:
+    """Shifted features per (model inputs, set, images, shift); filled outside st.cache_* so progress is live."""
+    return {}
+
+
+def _shifted_features(spec: str, positions: tuple[int, ...], shift: str):
+    key = (detector.backbone, detector.info.weights, detector.feature_options, detector.input_size, spec, positions)
+    memo = _shift_memo()
+    if (*key, shift) not in memo:
+        extractor = shared.get_extractor(detector.backbone, detector.backbone_weights(), detector.feature_options)
+        text = f"Extracting features of {len(positions)} shifted ID images (once per shift)…"
+        bar = st.progress(0.0, text=text)
+        memo[(*key, shift)] = explorer.shifted_features(
+            extractor,
+            detector.input_size,
+            spec,
+            np.asarray(positions),
+            shift,
+            progress=lambda d, t: bar.progress(d / max(t, 1), text=f"{text} {d}/{t}"),
+        )
+        bar.empty()
+        while len(memo) > 32:
+            memo.pop(next(iter(memo)))
+    return memo[(*key, shift)]
+
+
 rows = explorer.shift_rows(len(id_features))
 positions = tuple(int(p) for p in id_features.indices.numpy()[rows])
-# The whole shifted set is extracted once and cached on disk like any demo set; the panel uses its `rows`.
-shifted_set = shared.features_or_stop(detector, f"{explorer.DEMO_ID_SET}+{shift}")
-row_of = {int(index): row for row, index in enumerate(shifted_set.indices.tolist())}
-shifted = shifted_set.features[[row_of[position] for position in positions]]
+# A small ID set (the demo's 2,000 images) is shifted whole, once, and cached on disk like any set; a large one has
+# only the panel's images shifted, once per process.
+if len(all_id_features) <= SHIFT_WHOLE_SET:
+    shifted_set = shared.features_or_stop(detector, f"{experiment.id_set.spec}+{shift}")
+    row_of = {int(index): row for row, index in enumerate(shifted_set.indices.tolist())}
+    shifted = shifted_set.features[[row_of[position] for position in positions]]
+else:
+    shifted = _shifted_features(experiment.id_set.spec, positions, shift)
 comparison = explorer.compare_shift(detector, id_features.features[rows], shifted, shift, score, timestep, steps, draws)
 st.session_state["walkthrough_shift"] = comparison
 columns = st.columns([1, 3])
 columns[0].metric(f"AUROC, {explorer.SHIFT_LABELS[shift]}", f"{100 * comparison.metrics.auroc:.1f} %")
 columns[0].caption(f"{label}, t={timestep}; {len(rows)} ID images vs the same images shifted.")
-examples = [_demo_image(explorer.DEMO_ID_SET, p) for p in positions[:4]]
-shifted_examples = [_demo_image(f"{explorer.DEMO_ID_SET}+{shift}", p) for p in positions[:4]]
-columns[0].image([e.resize((56, 56)) for e in examples + shifted_examples], width=56)
+examples = [_set_image(experiment.id_set.spec, p) for p in positions[:4]]
+shifted_examples = [_set_image(f"{experiment.id_set.spec}+{shift}", p) for p in positions[:4]]
+columns[0].image([e.resize((56, 56)) for e in examples + shifted_examples if e is not None], width=56)
 columns[0].caption(f"Top: four of the ID images; bottom: the same after {explorer.SHIFT_LABELS[shift]}.")
 histogram = go.Figure()
 histogram.add_trace(go.Histogram(x=comparison.id_scores, name="ID images", marker_color="#3b6fb6", opacity=0.6))
@@ -277,8 +315,8 @@ histogram.update_layout(
 columns[1].plotly_chart(histogram, width="stretch", config=STATIC, key="walk-shift")
 st.markdown(
     "**Discuss:** a *semantic* shift changes what is in the picture (a new kind of object); a *covariate* shift "
-    "changes how it is shown (orientation, sharpness, contrast). On this model a horizontal flip is mostly "
-    "accepted (clothes are nearly symmetric), an upside-down item is often caught, and blur, inversion or low "
-    "contrast are flagged almost always — even though the object is the same. Is that what you want your detector "
-    "to call OOD?"
+    "changes how it is shown (orientation, sharpness, contrast). Try each shift on this model: which does it "
+    "accept (AUROC near 50 %) and which does it flag (near 100 %)? A flip of a nearly symmetric object changes "
+    "little; blur, inversion or low contrast change what every stage sees, although the object is the same. Is "
+    "that what you want your detector to call OOD?"
 )

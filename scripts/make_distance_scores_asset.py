@@ -6,9 +6,10 @@ Usage (from the repository root)::
 
 The Score-distributions page reads these scores instead of fitting the baselines on the 60,000 Fashion-MNIST
 training features (about 5 s of CPU) in every new process. They are keyed by the model's checksum, the content of
-every demo set and of the training set, the feature extraction version and k (explorer.stored_scores); the page
-ignores them when any of these differ, so re-run this after retraining the shipped model or regenerating the demo
-sets. Needs Fashion-MNIST installed (its training features are extracted once when not cached).
+every set of its experiment (ID and OOD) and of its training set, the feature extraction version and k
+(explorer.stored_scores); the page ignores them when any of these differ, so re-run this after retraining the shipped
+model or changing its experiment's sets. Needs the training set installed (its features are extracted once when not
+cached).
 """
 
 from __future__ import annotations
@@ -32,14 +33,15 @@ def main() -> int:
     parser.add_argument("--out", default=str(stored_scores.SHIPPED_DISTANCE_SCORES))
     args = parser.parse_args()
     detector = Detector.load(args.run, device="cpu")
-    specs = [explorer.DEMO_ID_SET, *explorer.DEMO_OOD_SETS]
+    experiment = explorer.loaded_experiment(args.run, detector).experiment
+    specs = [experiment.id_set.spec, *experiment.groups]
     features = {spec: explorer.load_features(detector, spec).features for spec in specs}
-    train = explorer.load_features(detector, explorer.BASELINE_TRAIN_SET).features
+    train = explorer.load_features(detector, experiment.training_set).features
     started = time.perf_counter()
     methods = explorer.baseline_methods(
-        explorer.DEMO_ID_SET, features, tuple(detector.stage_dims), train, knn_k=stored_scores.KNN_K
+        experiment.id_set.spec, features, tuple(detector.stage_dims), train, knn_k=stored_scores.KNN_K
     )
-    train_identity = stored_scores.dataset_identity(explorer.BASELINE_TRAIN_SET)
+    train_identity = stored_scores.dataset_identity(experiment.training_set)
     key = stored_scores.scores_key(explorer.model_id(detector), features, train_identity)
     stored_scores.save_method_scores(Path(args.out), key, methods)
     print(

@@ -1,10 +1,12 @@
 """What a walk through every page as a teacher and as a researcher found (issue 15, section 3), checked with AppTest."""
 
 import json
+import time
 from pathlib import Path
 
 import numpy as np
 import pytest
+import shipped
 import torch
 from streamlit.testing.v1 import AppTest
 from test_app_explain import values
@@ -49,10 +51,14 @@ def test_walkthrough_keeps_its_image_and_shift_when_the_user_clicks_around():
     app.selectbox(key="walk_set").set_value("demo:textures").run()
     app.number_input(key="walk_index").set_value(7).run()
     app.radio(key="walk_source").set_value("an upload").run()
-    app.radio(key="walk_source").set_value("a demo set").run()
+    app.radio(key="walk_source").set_value("a set of the experiment").run()
     assert app.selectbox(key="walk_set").value == "demo:textures" and app.number_input(key="walk_index").value == 7
     assert app.session_state["walkthrough_trace"].verdict == "OOD"
     app.pills(key="walk_shift").set_value("vflip").run()
+    deadline = time.time() + 240  # a new shift's set is extracted once, in the background, while the page waits
+    while app.session_state["walkthrough_shift"].shift != "vflip" and time.time() < deadline:
+        time.sleep(0.5)
+        app.run()
     app.pills(key="walk_shift").set_value(None).run()  # a click on the selected pill
     assert not app.exception
     assert app.pills(key="walk_shift").value == "vflip" and app.session_state["walkthrough_shift"].shift == "vflip"
@@ -97,7 +103,7 @@ def test_an_id_verdict_with_red_stages_says_why(detector):
     trace = app.session_state["walkthrough_trace"]
     assert trace.verdict == "ID" and trace.profile.status.count("worse") >= 1  # the case this test is about
     assert "Still ID: MFsim averages the cosines of all stages" in app.success[0].value
-    png = explorer.encode_png(explorer.dataset_images(explorer.DEMO_ID_SET, [STILL_ID])[0])
+    png = explorer.encode_png(explorer.dataset_images(shipped.ID_SET, [STILL_ID])[0])
     app = open_page(SCORE_PAGE, score_uploads=[("still_id.png", png)])
     assert app.session_state["score_results"][0].verdict == "ID"
     assert any("Still ID" in caption.value for caption in app.caption)
@@ -115,14 +121,14 @@ def test_fig3_text_follows_its_numbers_and_both_panels_share_the_axis(detector):
     assert [t["xbins"] for t in figures[0]["data"]] == [t["xbins"] for t in figures[1]["data"]]
     sentence = next(m.value for m in app.markdown if m.value.startswith("From epoch"))
     assert "stay high" not in "\n".join(m.value for m in app.markdown)
-    specs = [explorer.DEMO_ID_SET, *explorer.DEMO_OOD_SETS]
+    specs = [shipped.ID_SET, *shipped.OOD_SETS]
     features = {spec: explorer.load_features(detector, spec).features for spec in specs}
     early = explorer.detector_at(detector, explorer.epoch_checkpoints(detector)[0])
     medians = []
     for model in (early, detector):
         scores = explorer.epoch_scores(model, features, "mse", 5)
-        ood = np.concatenate([scores[s] for s in explorer.DEMO_OOD_SETS])
-        medians.append((np.median(scores[explorer.DEMO_ID_SET]), np.median(ood)))
+        ood = np.concatenate([scores[s] for s in shipped.OOD_SETS])
+        medians.append((np.median(scores[shipped.ID_SET]), np.median(ood)))
     (id_before, ood_before), (id_after, ood_after) = medians
     assert ood_after < ood_before  # the walk's observation: OOD MSE falls with training, it does not stay high
     assert f"OOD scores fell (median {ood_before:.4g} → {ood_after:.4g})" in sentence
@@ -137,7 +143,7 @@ def test_fig4_gives_every_set_its_own_panel():
     next(b for b in app.button if b.label == "Run sweep").click().run()
     figure = chart(app, "sweep-plot")
     titles = [a["text"] for a in figure["layout"]["annotations"]]
-    assert titles == [s.removeprefix("demo:") for s in explorer.DEMO_OOD_SETS] + ["average"]
+    assert titles == [s.removeprefix("demo:") for s in shipped.OOD_SETS] + ["average"]
     assert len({t["xaxis"] for t in figure["data"]}) == len(titles)  # one curve per panel, none on top of another
 
 
@@ -175,15 +181,13 @@ def test_training_effect_reads_known_numbers():
 
 
 def test_after_home_the_next_pages_needs_are_loaded_in_the_background(detector, monkeypatch):
-    import time
-
     from pages import shared
 
     app = open_page()
     once = shared._once()
     run_dir = shared.current_run_dir()
     extractor = ("extractor", detector.backbone, detector.backbone_weights(), detector.feature_options)
-    scores = ("scores", shared.fingerprint(run_dir), explorer.DEMO_ID_SET, 5, 1, 1, True)
+    scores = ("scores", shared.fingerprint(run_dir), shipped.ID_SET, 5, 1, 1, True)
     deadline = time.time() + 240
     while not all(once.ready(key) for key in ("baselines", extractor, scores)) and time.time() < deadline:
         time.sleep(0.5)

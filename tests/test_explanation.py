@@ -5,6 +5,7 @@ import io
 
 import numpy as np
 import pytest
+import shipped
 import torch
 
 from dlsr_core import explorer
@@ -116,7 +117,7 @@ def test_sentences_name_unusual_stages_and_group_the_rest():
 
 @pytest.fixture(scope="module")
 def demo_scores(detector):
-    sets = {spec: explorer.load_features(detector, spec).features for spec in (explorer.DEMO_ID_SET, "demo:textures")}
+    sets = {spec: explorer.load_features(detector, spec).features for spec in (shipped.ID_SET, "demo:textures")}
     return {spec: explorer.score_matrix(detector, features, 5) for spec, features in sets.items()}
 
 
@@ -124,7 +125,7 @@ def demo_scores(detector):
 def test_typical_id_images_are_not_painted_red_but_ood_images_are(detector, demo_scores, score):
     """The old bars painted each image's lowest-cosine stage red (stage 4 or 5 on 95 % of ID images); the profile
     colours a stage only outside the ID 5-95 % band of that same stage."""
-    id_arrays = demo_scores[explorer.DEMO_ID_SET]
+    id_arrays = demo_scores[shipped.ID_SET]
     stage_names = explorer.stage_names(detector.backbone, detector.stage_dims)
     reference = explorer.stage_reference(explorer.stage_values(id_arrays, score), score, stage_names)
     profiles = explorer.layer_profiles(reference, explorer.stage_values(id_arrays, score))
@@ -149,7 +150,7 @@ def test_score_explain_adds_profile_columns(detector, demo_scores, tmp_path):
     assert set(stage_columns + ["id_pct", "threshold95", "verdict", "explanation"]) <= set(rows[0])
     # the same numbers the app shows: the demo ID set, scored with the same settings, is the reference
     stage_names = explorer.stage_names(detector.backbone, detector.stage_dims)
-    id_arrays = demo_scores[explorer.DEMO_ID_SET]
+    id_arrays = demo_scores[shipped.ID_SET]
     reference = explorer.stage_reference(explorer.stage_values(id_arrays, "mfsim"), "mfsim", stage_names)
     textures = explorer.load_features(detector, "demo:textures").features[:50]
     profiled = explorer.profile_arrays(detector, textures, "mfsim", 5)  # 32 draws per image, as in the app

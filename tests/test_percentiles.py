@@ -2,6 +2,7 @@
 
 import numpy as np
 import pytest
+import shipped
 import torch
 
 from dlsr_core import explorer
@@ -37,7 +38,7 @@ def test_percent_text(percent, decimals, text):
 def rigged(detector):
     """The ID reference scored as usual, with its MFsim scores replaced so that the first ID image lies above 1,990
     of the 2,000 and ties with 2 more: percent below = (1990 + 0.5 * 2) / 2000 = 99.55 %."""
-    id_features = explorer.load_features(detector, explorer.DEMO_ID_SET).features
+    id_features = explorer.load_features(detector, shipped.ID_SET).features
     reference = explorer.score_matrix(detector, id_features, 5, with_lr=False)
     image = float(detector.score_features(id_features[:1], 5).mfsim[0])
     values = np.concatenate([np.full(1990, image - 1.0), [image, image], np.full(8, image + 1.0)])

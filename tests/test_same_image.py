@@ -10,6 +10,7 @@ import csv
 import io
 
 import pytest
+import shipped
 import torch
 
 from dlsr_core import explorer
@@ -19,7 +20,7 @@ from dlsr_core.cli import main
 torch.set_num_threads(1)
 TARGET = 0  # position in the demo ID set
 OTHERS = [("demo:letters", 3), ("demo:digits", 7), ("demo:textures", 1), ("demo:fashion_mnist_rotated", 2)] + [
-    (explorer.DEMO_ID_SET, i) for i in (11, 12, 13, 14)
+    (shipped.ID_SET, i) for i in (11, 12, 13, 14)
 ]
 
 
@@ -28,7 +29,7 @@ def files(tmp_path_factory):
     """(path of the target image, paths of 8 other images), PNG copies of demo images."""
     folder = tmp_path_factory.mktemp("same_image")
     target = folder / "fmnist_real_0.png"
-    target.write_bytes(explorer.encode_png(explorer.dataset_images(explorer.DEMO_ID_SET, [TARGET])[0]))
+    target.write_bytes(explorer.encode_png(explorer.dataset_images(shipped.ID_SET, [TARGET])[0]))
     others = []
     for number, (spec, index) in enumerate(OTHERS):
         path = folder / f"other_{number}.png"
@@ -39,7 +40,7 @@ def files(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def reference(detector):
-    id_features = explorer.load_features(detector, explorer.DEMO_ID_SET)
+    id_features = explorer.load_features(detector, shipped.ID_SET)
     return id_features, explorer.score_matrix(detector, id_features.features, 5, with_lr=False)
 
 

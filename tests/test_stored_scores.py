@@ -2,13 +2,14 @@
 
 import numpy as np
 import pytest
+import shipped
 import torch
 
 from dlsr_core import explorer
 from dlsr_core.explorer import stored_scores
 
 torch.set_num_threads(1)
-SPECS = [explorer.DEMO_ID_SET, *explorer.DEMO_OOD_SETS]
+SPECS = [shipped.ID_SET, *shipped.OOD_SETS]
 
 
 @pytest.fixture(scope="module")
@@ -30,7 +31,7 @@ def test_store_round_trip_and_key_check(tmp_path):
 def test_fitted_once_then_read_back_and_never_shared_across_models(detector, demo, tmp_path, monkeypatch):
     monkeypatch.setenv("DLSR_CACHE_DIR", str(tmp_path / "cache"))
     small = {spec: matrix[:60] for spec, matrix in demo.items()}
-    train = demo[explorer.DEMO_ID_SET][1000:1400]  # a stand-in training set keeps the test fast
+    train = demo[shipped.ID_SET][1000:1400]  # a stand-in training set keeps the test fast
     calls = []
 
     def training():
@@ -38,10 +39,10 @@ def test_fitted_once_then_read_back_and_never_shared_across_models(detector, dem
         return train
 
     absent = tmp_path / "none.npz"
-    args = (small, explorer.DEMO_ID_SET, tuple(detector.stage_dims), training)
+    args = (small, shipped.ID_SET, tuple(detector.stage_dims), shipped.EXPERIMENT.training_set, training)
     first, on_train = explorer.distance_scores("model@a", *args, shipped=absent)
     assert on_train and calls == [1] and "fitted on all 400" in first[0].note
-    expected = explorer.baseline_methods(explorer.DEMO_ID_SET, small, tuple(detector.stage_dims), train)
+    expected = explorer.baseline_methods(shipped.ID_SET, small, tuple(detector.stage_dims), train)
     for got, want in zip(first, expected, strict=True):
         assert all(np.array_equal(got.scores[s], want.scores[s]) for s in small)
     monkeypatch.setattr(stored_scores, "baseline_methods", lambda *a, **k: pytest.fail("refitted"))
@@ -58,23 +59,29 @@ def test_without_training_features_they_are_fitted_on_half_the_id_set(detector, 
     monkeypatch.setenv("DLSR_CACHE_DIR", str(tmp_path / "cache"))
     small = {spec: matrix[:40] for spec, matrix in demo.items()}
     methods, on_train = explorer.distance_scores(
-        "model@a", small, explorer.DEMO_ID_SET, tuple(detector.stage_dims), lambda: None, shipped=tmp_path / "no"
+        "model@a",
+        small,
+        shipped.ID_SET,
+        tuple(detector.stage_dims),
+        shipped.EXPERIMENT.training_set,
+        lambda: None,
+        shipped=tmp_path / "no",
     )
     assert not on_train and "even rows of the ID set" in methods[0].note
-    assert len(methods[0].scores[explorer.DEMO_ID_SET]) == 20
+    assert len(methods[0].scores[shipped.ID_SET]) == 20
 
 
 def test_the_shipped_scores_are_those_of_a_fresh_fit(detector, demo):
     """assets/distance_scores_default.npz (scripts/make_distance_scores_asset.py) holds this model's scores."""
-    train = explorer.cached_features_only(detector, explorer.BASELINE_TRAIN_SET)
+    train = explorer.cached_features_only(detector, shipped.EXPERIMENT.training_set)
     if train is None:
         pytest.skip("fashion_mnist:train features are not cached here")
-    train_identity = stored_scores.dataset_identity(explorer.BASELINE_TRAIN_SET)
+    train_identity = stored_scores.dataset_identity(shipped.EXPERIMENT.training_set)
     key = stored_scores.scores_key(explorer.model_id(detector), demo, train_identity)
-    shipped = stored_scores.load_method_scores(explorer.SHIPPED_DISTANCE_SCORES, key)
-    assert shipped is not None, "re-run python scripts/make_distance_scores_asset.py"
-    fresh = explorer.baseline_methods(explorer.DEMO_ID_SET, demo, tuple(detector.stage_dims), train.features)
-    for got, want in zip(shipped, fresh, strict=True):
+    stored = stored_scores.load_method_scores(explorer.SHIPPED_DISTANCE_SCORES, key)
+    assert stored is not None, "re-run python scripts/make_distance_scores_asset.py"
+    fresh = explorer.baseline_methods(shipped.ID_SET, demo, tuple(detector.stage_dims), train.features)
+    for got, want in zip(stored, fresh, strict=True):
         for spec in SPECS:
             # k-NN distances come from 1 - cosine near 1: float32 matrix products on other thread counts move
             # them by ~1e-5

@@ -22,7 +22,7 @@ from dlsr_core.checkpoint import LAST_NAME, CheckpointError, checksum_path, load
 from dlsr_core.scoring import DEFAULT_DRAWS, DEFAULT_STEPS, Detector
 
 SNAPSHOT_DIR = "epochs"
-_SNAPSHOT_NAME = re.compile(r"^epoch_(\d{4,})\.safetensors$")
+_SNAPSHOT_NAME = re.compile(r"epoch_([0-9]{4,})\.safetensors")  # fullmatch: `$` would accept a final "\n"
 
 
 def is_snapshot_epoch(epoch: int) -> bool:
@@ -77,7 +77,7 @@ def epoch_checkpoints(detector: Detector) -> list[EpochCheckpoint]:
     folder = final.path.parent / SNAPSHOT_DIR
     if folder.is_dir():
         for path in folder.iterdir():
-            match = _SNAPSHOT_NAME.match(path.name)
+            match = _SNAPSHOT_NAME.fullmatch(path.name)
             if match and int(match.group(1)) < final.info.epoch:
                 found.setdefault(int(match.group(1)), EpochCheckpoint(int(match.group(1)), path, f"epoch {match[1]}"))
     return [found[epoch] for epoch in sorted(found)]

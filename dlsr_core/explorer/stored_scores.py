@@ -24,7 +24,6 @@ from torch import Tensor
 
 from dlsr_core.atomic import atomic_write_bytes
 from dlsr_core.explorer.distributions import MethodScores, baseline_methods
-from dlsr_core.explorer.sets import BASELINE_TRAIN_SET
 
 SHIPPED_DISTANCE_SCORES = Path(__file__).resolve().parents[2] / "assets" / "distance_scores_default.npz"
 DISTANCE_VERSION = "knn-mahalanobis-v1"  # bump when baseline_methods or the distance baselines change
@@ -130,15 +129,16 @@ def distance_scores(
     features: Mapping[str, Tensor],
     id_set: str,
     stage_dims: tuple[int, ...],
+    training_set: str | None,
     train_features: Callable[[], Tensor | None],
     shipped: Path = SHIPPED_DISTANCE_SCORES,
     progress=None,
 ) -> tuple[list[MethodScores], bool]:
     """k-NN and Mahalanobis on every set of `features` (explorer.baseline_methods) and whether they were fitted on
-    the training set: read from the user's store or the shipped one when they hold this model and data, else fitted
-    and stored in the user's cache. `train_features()` (the cached BASELINE_TRAIN_SET features, or None) is called
-    only when nothing is stored; without them the baselines are fitted on half of the ID set (stored too)."""
-    train_identity = dataset_identity(BASELINE_TRAIN_SET)
+    the model's `training_set`: read from the user's store or the shipped one when they hold this model and data,
+    else fitted and stored in the user's cache. `train_features()` (the training set's features when ready, or None)
+    is called only when nothing is stored; without them the baselines are fitted on half of the ID set (stored too)."""
+    train_identity = dataset_identity(training_set) if training_set else None
     train = None
     if train_identity is not None:
         key = scores_key(model_id, features, train_identity)
@@ -151,7 +151,8 @@ def distance_scores(
         stored = _stored(key, shipped)
         if stored is not None:
             return stored, False
-    methods = baseline_methods(id_set, dict(features), stage_dims, train, BASELINE_TRAIN_SET, KNN_K, progress)
+    name = training_set or "the training set"
+    methods = baseline_methods(id_set, dict(features), stage_dims, train, name, KNN_K, progress)
     try:
         save_method_scores(user_store_path(key), key, methods)
     except OSError:  # an unwritable cache costs only the next process's refit

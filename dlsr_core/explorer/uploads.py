@@ -23,7 +23,6 @@ from dlsr_core.explorer.explanation import (
     stage_values,
 )
 from dlsr_core.explorer.scores import id_threshold95, percent_below, score_matrix, verdict
-from dlsr_core.explorer.sets import DEMO_ID_SET, DEMO_OOD_SETS
 from dlsr_core.scoring import DEFAULT_DRAWS, DEFAULT_STEPS, Detector
 
 UPLOAD_TYPES = ("png", "jpg", "jpeg", "webp", "bmp", "tif", "tiff", "gif")
@@ -210,16 +209,24 @@ def thumbnail_uri(image: Image.Image, size: int = 56) -> str:
     return "data:image/png;base64," + base64.b64encode(encode_png(thumb)).decode()
 
 
-def sample_uploads(per_set: int = 2, seed: int = 0) -> list[tuple[str, bytes]]:
-    """A few demo images (ID and OOD) as in-memory PNG "uploads", for a demo without files at hand."""
+def sample_uploads(sets: Mapping[str, str], per_set: int = 2, seed: int = 0) -> list[tuple[str, bytes]]:
+    """A few images of each set (`sets`: spec -> display name; the experiment's ID and OOD sets) as in-memory PNG
+    "uploads", for a demo without files at hand. Sets that cannot be opened here, and unreadable images, are left
+    out."""
+    from dlsr_core.data import DatasetError, open_dataset
+
     rng = np.random.default_rng(seed)
     files = []
-    for spec in [DEMO_ID_SET, *DEMO_OOD_SETS]:
-        from dlsr_core.data import open_dataset
-
-        dataset = open_dataset(spec)
-        for index in rng.choice(len(dataset), size=per_set, replace=False):
-            files.append((f"{spec.removeprefix('demo:')}_{int(index)}.png", encode_png(dataset[int(index)])))
+    for spec, name in sets.items():
+        try:
+            dataset = open_dataset(spec)
+        except (DatasetError, OSError):
+            continue
+        label = "".join(c if c.isalnum() or c in "-_" else "_" for c in name)
+        for index in rng.choice(len(dataset), size=min(per_set, len(dataset)), replace=False):
+            image = dataset[int(index)]
+            if image is not None:
+                files.append((f"{label}_{int(index)}.png", encode_png(image)))
     return files
 
 
