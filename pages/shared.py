@@ -345,6 +345,16 @@ def set_scores(
     )
 
 
+def image_statistics(spec: str, indices: tuple[int, ...], progress=None) -> dict[str, np.ndarray]:
+    """explorer.image_statistics_of the images at `indices` of `spec`, measured once per process (by the Failure cases
+    page or warm_up); `progress(done, total)` while this call measures them."""
+    return _once().get(("statistics", spec, indices), lambda: explorer.image_statistics_of(spec, indices, progress))
+
+
+def image_statistics_ready(spec: str, indices: tuple[int, ...]) -> bool:
+    return _once().ready(("statistics", spec, indices))
+
+
 @st.cache_data(max_entries=16, show_spinner="Running the backbone on the uploaded images…")
 def prepared_uploads(
     backbone: str,
@@ -413,9 +423,10 @@ def _wait_for_idle_pages(longest: float = 30.0) -> None:
 def warm_up(detector: Detector, run_dir: Path) -> None:
     """Once per process, after the first page has rendered: load in a background thread, one step at a time and only
     while no page script runs, what the other pages need first — the experiment's features already on disk, the
-    backbone (timm), the sets' scores at the model's own setting, the training set's identity (the stored k-NN and
-    Mahalanobis scores are keyed by it), the comparison baselines (diffusers) — so that their first visit does not
-    wait for it. Nothing is extracted or fitted here, and a failure is left for the page to report."""
+    backbone (timm), the sets' scores at the model's own setting and their image statistics, the training set's
+    identity (the stored k-NN and Mahalanobis scores are keyed by it), the comparison baselines (diffusers) — so
+    that their first visit does not wait for it. Nothing is extracted or fitted here, and a failure is left for the
+    page to report."""
     once = _once()
     store, lock = _feature_store()
     experiment = current_experiment(detector, run_dir).experiment  # read here: st.cache_* belongs to the page thread
@@ -436,6 +447,12 @@ def warm_up(detector: Detector, run_dir: Path) -> None:
             timestep, with_lr = detector.scoring.timestep, detector.has_early
             set_scores(detector, run_fingerprint, spec, features, timestep, DEFAULT_STEPS, with_lr, DEFAULT_DRAWS)
 
+    def statistics(spec: str) -> None:
+        features = store.get(_feature_key(detector, spec))
+        if features is not None:
+            subset = explorer.reference_subset(features, explorer.ANALYSED_ROWS)
+            image_statistics(spec, tuple(int(i) for i in subset.indices.numpy()))
+
     def backbone():
         weights = detector.backbone_weights()
         key = ("extractor", detector.backbone, weights, detector.feature_options)
@@ -446,6 +463,7 @@ def warm_up(detector: Detector, run_dir: Path) -> None:
             *(lambda spec=spec: cached(spec) for spec in specs),
             backbone,
             *(lambda spec=spec: default_scores(spec) for spec in experiment.specs),
+            *(lambda spec=spec: statistics(spec) for spec in experiment.specs),  # what Failure cases measures
             lambda: explorer.dataset_identity(experiment.training_set),
             lambda: once.get("baselines", explorer.load_baselines),
         ]
