@@ -63,6 +63,8 @@ source = st.radio("Image from", ["a set of the experiment", "an upload"], horizo
 sets = experiment.specs
 if st.session_state.get(SET_KEY) not in sets:  # another model's experiment was loaded since
     st.session_state.pop(SET_KEY, None)
+if _KEPT.get(SET_KEY) not in sets:
+    _KEPT.pop(SET_KEY, None)
 if source == "a set of the experiment":
     columns = st.columns([2, 1, 1])
     _restore(SET_KEY, sets[0])
