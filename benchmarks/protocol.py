@@ -7,7 +7,8 @@ Sets (dataset names of dlsr_core.data; the split is dlsr_core.validation's, shar
 - validation OOD: `shapes` (far: generated filled silhouettes) and `fashion_mnist:val+rollx` / `+rolly` (near: the
   validation images with their halves swapped, which keeps every local pattern and breaks the layout). None of them
   is, or is made like, a set of the test table (digits, letters, textures; inverted and rotated clothes);
-- test: the demo sets of the README's table, read only after every choice is made.
+- test: the shipped model's experiment (checkpoints/default/experiment.json: the demo sets of the README's table and
+  the app), read only after every choice is made.
 
 A choice is a function of validation scores only: `choose` gets its candidates' scores through a
 :class:`GuardedSource`, which refuses to hand out a test set (tests/test_protocol.py checks this with a source that
@@ -23,7 +24,8 @@ from typing import Generic, TypeVar
 
 import numpy as np
 
-from dlsr_core.explorer.sets import DEMO_ID_SET, DEMO_OOD_SETS
+from dlsr_core.checkpoint import DEFAULT_RUN_DIR
+from dlsr_core.data import EXPERIMENT_NAME, load_experiment
 from dlsr_core.metrics import ood_metrics
 
 FIT_SET = "fashion_mnist:fit"
@@ -33,9 +35,10 @@ VALIDATION_OOD: dict[str, str] = {
     "fashion_mnist:val+rollx": "near",
     "fashion_mnist:val+rolly": "near",
 }
-# The test table: the shipped demo sets the app shows (ID Fashion-MNIST test images; far and near OOD).
-TEST_ID = DEMO_ID_SET
-TEST_OOD: dict[str, str] = dict(DEMO_OOD_SETS)
+# The test table: the shipped model's experiment, the sets the app shows (ID Fashion-MNIST test images; far, near OOD).
+_SHIPPED = load_experiment(DEFAULT_RUN_DIR / EXPERIMENT_NAME)
+TEST_ID = _SHIPPED.id_set.spec
+TEST_OOD: dict[str, str] = dict(_SHIPPED.groups)
 TEST_SETS = frozenset({TEST_ID, *TEST_OOD})
 VALIDATION_SETS = frozenset({VALIDATION_ID, *VALIDATION_OOD})
 

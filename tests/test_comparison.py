@@ -5,6 +5,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import shipped
 import torch
 from streamlit.testing.v1 import AppTest
 
@@ -17,7 +18,7 @@ from dlsr_core.comparison import METHODS, Baselines, ComparisonReport, MissingIn
 from dlsr_core.data import open_dataset
 
 APP = str(Path(__file__).resolve().parent.parent / "app.py")
-SETS = [explorer.DEMO_ID_SET, "demo:letters", "demo:fashion_mnist_rotated"]
+SETS = [shipped.ID_SET, "demo:letters", "demo:fashion_mnist_rotated"]
 
 
 @pytest.fixture(scope="module")
@@ -30,10 +31,10 @@ def small_inputs(detector):
 def toy_baselines(small_inputs, tmp_path_factory) -> Path:
     """Small baselines trained in seconds on the ID subset, saved like the shipped ones."""
     folder = tmp_path_factory.mktemp("baselines")
-    ids = small_inputs[explorer.DEMO_ID_SET]
-    labels = torch.as_tensor(open_dataset(explorer.DEMO_ID_SET).labels)[ids.indices]
+    ids = small_inputs[shipped.ID_SET]
+    labels = torch.as_tensor(open_dataset(shipped.ID_SET).labels)[ids.indices]
     ae = train_feature_ae(ids.features, AutoencoderConfig(ids.features.shape[1], 32, 8), AutoencoderTrainConfig(2))
-    ae.info["train_seconds"] = 1.0
+    ae.info.update(train_seconds=1.0, dataset=shipped.EXPERIMENT.training_set)
     ae.save(folder / "feature_ae.safetensors")
     head, record = train_linear_head(ids.prelogits, labels, 10, HeadTrainConfig(epochs=5))
     ClassifierBaselines.fit(head, ids.prelogits, labels, DetectorSettings(vim_dim=8), record).save(
@@ -42,13 +43,17 @@ def toy_baselines(small_inputs, tmp_path_factory) -> Path:
     config = PixelDDPMConfig(block_out_channels=(8, 8, 8), norm_num_groups=4)
     torch.manual_seed(0)
     PixelDDPM.calibrated(
-        build_unet(config), config, ReconstructionSetting(levels=(100, 300)), ids.pixels[:8], {"train_seconds": 2.0}
+        build_unet(config),
+        config,
+        ReconstructionSetting(levels=(100, 300)),
+        ids.pixels[:8],
+        {"train_seconds": 2.0, "dataset": shipped.EXPERIMENT.training_set},
     ).save(folder / "pixel_ddpm.safetensors")
     return folder
 
 
 def test_score_methods_gives_each_method_its_own_input(detector, small_inputs, toy_baselines):
-    baselines = Baselines.load(toy_baselines, distance_train=small_inputs[explorer.DEMO_ID_SET].features[:12])
+    baselines = Baselines.load(toy_baselines, distance_train=small_inputs[shipped.ID_SET].features[:12])
     methods = baselines.available(detector)
     assert set(methods) == set(METHODS), "every method is available with all baselines and training features"
     results = score_methods(methods, small_inputs, detector, baselines)
@@ -64,7 +69,7 @@ def test_score_methods_gives_each_method_its_own_input(detector, small_inputs, t
     )
     assert all(result.count == 72 and result.seconds > 0 for result in results.values())
     report = ComparisonReport(
-        explorer.DEMO_ID_SET,
+        shipped.ID_SET,
         {"demo:letters": "far", "demo:fashion_mnist_rotated": "near"},
         {name: result.scores for name, result in results.items()},
     )
@@ -88,7 +93,7 @@ def test_compare_methods_for_the_distributions_page(detector, small_inputs, toy_
     addable = explorer.addable_methods(detector, baselines)
     assert addable == ["pixel_ddpm", "feature_ae", "msp", "energy", "dice", "ash_s", "react", "vim"]
     result = explorer.compare_methods(
-        detector, ["energy", "pixel_ddpm"], explorer.DEMO_ID_SET, features, baselines=baselines, pixel_images_per_set=5
+        detector, ["energy", "pixel_ddpm"], shipped.ID_SET, features, baselines=baselines, pixel_images_per_set=5
     )
     assert result.methods == ["energy", "pixel_ddpm"]
     assert len(result.scores["pixel_ddpm"]["demo:letters"]) == 5 and len(result.scores["energy"]["demo:letters"]) == 24
@@ -140,7 +145,7 @@ def test_dlsr_inside_pytorch_ood_gives_dlsr_core_scores(detector, tmp_path):
         def __getitem__(self, index: int):
             return ood_detector.transform(self.images[index]), self.label
 
-    loader = DataLoader(ConcatDataset([Images(explorer.DEMO_ID_SET, 0), Images("demo:letters", -1)]), batch_size=16)
+    loader = DataLoader(ConcatDataset([Images(shipped.ID_SET, 0), Images("demo:letters", -1)]), batch_size=16)
     metrics, ours, reference = OODMetrics(), [], []
     for images, labels in loader:
         scores = ood_detector(images)  # pytorch-ood's Detector.__call__ -> predict
@@ -173,9 +178,9 @@ def test_feature_vs_pixel_core_and_page(detector, toy_baselines, monkeypatch):
     pixel_model = PixelDDPM.load(toy_baselines / "pixel_ddpm.safetensors")
     extractor = create_feature_extractor(detector.backbone, detector.backbone_weights())
     images = [open_dataset("demo:letters")[i] for i in range(3)]
-    ids = load_inputs(detector, [explorer.DEMO_ID_SET], prelogits=False, pixels=False, limit=40)
+    ids = load_inputs(detector, [shipped.ID_SET], prelogits=False, pixels=False, limit=40)
     result = explorer.feature_vs_pixel(
-        detector, pixel_model, extractor, images, id_features=ids[explorer.DEMO_ID_SET].features
+        detector, pixel_model, extractor, images, id_features=ids[shipped.ID_SET].features
     )
     assert result.originals.shape == (3, 28, 28) and result.reconstructions.shape == (2, 3, 28, 28)
     np.testing.assert_allclose(result.pixel_scores, pixel_model.score_images(images), rtol=1e-5)

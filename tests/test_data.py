@@ -140,7 +140,8 @@ def test_spec_normalisation():
 
 
 @pytest.mark.parametrize(
-    "text", ["", "fashion_mnist", "fashion_mnist:valid", "digits:extra", "demo:", "demo:../x", "folder:", "mnist", "tv:X"]
+    "text",
+    ["", "fashion_mnist", "fashion_mnist:valid", "digits:extra", "demo:", "demo:../x", "folder:", "mnist", "tv:X"],
 )
 def test_bad_specs_raise_dataset_error(text):
     with pytest.raises(DatasetError):

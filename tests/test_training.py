@@ -162,7 +162,7 @@ def test_missing_default_model_says_how_to_recreate(monkeypatch, tmp_path):
     default.mkdir()
     other.mkdir()
     monkeypatch.setattr(checkpoint, "DEFAULT_RUN_DIR", default.resolve())
-    with pytest.raises(CheckpointError, match="python -m dlsr_core train -d fashion_mnist:train"):
+    with pytest.raises(CheckpointError, match="python -m dlsr_core train -d fashion_mnist:fit"):
         Detector.load(default)
     with pytest.raises(CheckpointError, match="holds no last.safetensors"):
         Detector.load(other)  # any other empty run directory gets the generic advice

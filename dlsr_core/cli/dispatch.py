@@ -48,10 +48,11 @@ def build_parser() -> argparse.ArgumentParser:
 def _user_errors() -> tuple[type[BaseException], ...]:
     from dlsr_core.backbones import WeightsUnavailableError
     from dlsr_core.baselines import NotFittedError
-    from dlsr_core.data import DatasetError, ImageLoadError
+    from dlsr_core.data import DatasetError, ExperimentError, ImageLoadError
 
     return (
         CheckpointError,
+        ExperimentError,
         ConfigError,
         MetricInputError,
         DatasetError,

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from dataclasses import asdict
 
 from dlsr_core import options
 from dlsr_core.cli.arguments import add_feature_options
 from dlsr_core.cli.datasets import dataset_features, open_datasets
+from dlsr_core.cli.experiment import checkpoint_experiment
 from dlsr_core.cli.sampling import add_sampling_options, check_timestep, load_detector
 from dlsr_core.diffusion import ConfigError
 
@@ -16,14 +18,60 @@ from dlsr_core.diffusion import ConfigError
 def add_parser(commands: argparse._SubParsersAction) -> None:
     """Add the `evaluate` command and its options to the CLI's subcommands."""
     evaluate = commands.add_parser("evaluate", help="ID vs OOD sets: paper-style AUROC/FPR95 table, JSON and CSV")
-    evaluate.add_argument("--id", required=True, help="ID test set spec, e.g. demo:fashion_mnist_test")
-    evaluate.add_argument("--ood", nargs="+", required=True, help="OOD set specs")
+    evaluate.add_argument(
+        "--id", default=None, help="ID test set spec (default: the ID evaluation set of the checkpoint's experiment)"
+    )
+    evaluate.add_argument(
+        "--ood",
+        nargs="+",
+        default=None,
+        help="OOD set specs (default: the OOD sets of the checkpoint's experiment, those this machine can open)",
+    )
+    evaluate.add_argument(
+        "--experiment",
+        default=None,
+        metavar="FILE",
+        help="read the default sets from this experiment file instead of <checkpoint run>/experiment.json",
+    )
+    evaluate.add_argument(
+        "--sets-root", default=None, metavar="DIR", help="where relative folder: paths of --experiment are read from"
+    )
     evaluate.add_argument("--train", default=None, help="ID training set spec: adds k-NN and Mahalanobis baselines")
     evaluate.add_argument("--knn-k", type=options.knn_k, default=50, help="k of the k-NN baseline (<= training set)")
     evaluate.add_argument("--json", type=options.output_file, default=None, help="write the report as JSON here")
     evaluate.add_argument("--csv", type=options.output_file, default=None, help="write the rows as CSV here")
     add_sampling_options(evaluate)
     add_feature_options(evaluate, with_backbone=False)
+
+
+def _evaluation_sets(args, detector) -> tuple[str, list[str]]:
+    """(ID spec, OOD specs): the flags where given, the checkpoint's experiment for the rest. Experiment OOD sets
+    this machine cannot open are skipped with a note (explicit --ood sets must all open)."""
+    from dlsr_core.data import DatasetError, open_dataset, overlap_warning
+
+    if args.id is not None and args.ood is not None:
+        return args.id, list(args.ood)
+    experiment, where = checkpoint_experiment(args, detector)
+    if not args.quiet:
+        print(f"experiment {where}", file=sys.stderr)
+    id_spec = args.id if args.id is not None else experiment.id_set.spec
+    if args.id is None and overlap_warning(experiment):
+        print(f"warning: {overlap_warning(experiment)}", file=sys.stderr)
+    if args.ood is not None:
+        return id_spec, list(args.ood)
+    ood = []
+    for ood_set in experiment.ood_sets:
+        try:
+            open_dataset(ood_set.spec, data_root=args.data_root, download=args.download)
+            ood.append(ood_set.spec)
+        except (DatasetError, OSError) as error:
+            print(f"note: OOD set {ood_set.name} ({ood_set.spec}) skipped: {error}", file=sys.stderr)
+    if not ood:
+        raise ConfigError(
+            "no OOD set to evaluate: the experiment lists none that can be opened here; pass --ood SPEC ... or add "
+            "OOD sets to the run's experiment (train --far-ood/--near-ood, or the app's Experiment / data page)"
+        )
+    return id_spec, ood
 
 
 def run(args) -> None:
@@ -36,6 +84,7 @@ def run(args) -> None:
     info = detector.info
     weights = detector.backbone_weights()
     options = detector.feature_options
+    args.id, args.ood = _evaluation_sets(args, detector)
     open_datasets(args, [args.id, *args.ood, *([args.train] if args.train else [])])
     if args.train and args.knn_k > len(args.opened[args.train]):
         raise ConfigError(f"--knn-k {args.knn_k} is larger than {args.train} ({len(args.opened[args.train])} images)")

@@ -16,6 +16,8 @@ from dlsr_core.cli.datasets import dataset_features, open_datasets
 from dlsr_core.cli.sampling import add_sampling_options, check_timestep, load_detector
 from dlsr_core.diffusion import ConfigError
 
+EXPERIMENT_ID_SET = ""  # `--explain` without a value: the checkpoint experiment's ID evaluation set
+
 
 def add_parser(commands: argparse._SubParsersAction) -> None:
     """Add the `score` command and its options to the CLI's subcommands."""
@@ -27,12 +29,14 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
     score.add_argument(
         "--explain",
         nargs="?",
-        const="demo:fashion_mnist_test",
+        const=EXPERIMENT_ID_SET,
         default=None,
         metavar="ID_SET",
         help="add each image's layer profile: pct_stageN = %% of ID reference images (ID_SET, at most 5,000 of them; "
-        "default demo:fashion_mnist_test, the shipped model's held-out ID images) whose stage N reconstructs better, "
-        "the verdict at their 95%%-TPR threshold and a sentence. Use held-out ID images, not the training set",
+        "default: the ID evaluation set of the checkpoint's experiment, its held-out ID images) whose stage N "
+        "reconstructs better (ties half; the image's stages averaged over at least 32 noise draws, so the profile "
+        "does not move with the noise), the verdict at their 95%%-TPR threshold and a sentence. Use held-out ID "
+        "images, not the training set",
     )
     score.add_argument(
         "--explain-score", default="mfsim", choices=("mfsim", "mse", "lr"), help="score the profile follows"
@@ -80,6 +84,16 @@ def run(args) -> None:
     check_timestep(detector)
     info = detector.info
     options = detector.feature_options  # features are always made the way the checkpoint's training features were
+    if args.explain == EXPERIMENT_ID_SET:
+        from dlsr_core.cli.experiment import checkpoint_experiment
+
+        experiment, where = checkpoint_experiment(args, detector)
+        args.explain = experiment.id_set.spec
+        if not args.quiet:
+            print(
+                f"layer profiles against {args.explain}, the ID evaluation set of the experiment {where}",
+                file=sys.stderr,
+            )
     open_datasets(args, [*([args.dataset] if args.dataset else []), *([args.explain] if args.explain else [])])
     if args.dataset:
         features = dataset_features(
@@ -92,7 +106,7 @@ def run(args) -> None:
     result = detector.score_features(
         matrix, detector.scoring.timestep, args.steps or None, args.eta, args.seed, draws=args.draws
     )
-    header, explained = _explain(args, detector, result) if args.explain else ([], [[] for _ in names])
+    header, explained = _explain(args, detector, result, matrix) if args.explain else ([], [[] for _ in names])
     buffer = io.StringIO()
     writer = csv.writer(buffer)
     stages = [f"cos_stage{i + 1}" for i in range(result.stage_cos.shape[1])]
@@ -112,8 +126,9 @@ def run(args) -> None:
         print(f"warning: {not_finite} row(s) have NaN/Inf scores (their features are not finite)", file=sys.stderr)
 
 
-def _explain(args, detector, result) -> tuple[list[str], list[list[str]]]:
-    """Layer-profile columns for `score --explain`: the ID reference set scored with the same settings."""
+def _explain(args, detector, result, matrix: torch.Tensor) -> tuple[list[str], list[list[str]]]:
+    """Layer-profile columns for `score --explain`: the ID reference set scored with the same settings, the images'
+    profiles from explorer.profile_draws(--draws) noise draws, as in the app."""
     from dlsr_core import explorer
 
     info = detector.info
@@ -125,10 +140,19 @@ def _explain(args, detector, result) -> tuple[list[str], list[list[str]]]:
         info.input_size,
         options=detector.feature_options,
     )
-    rows = torch.as_tensor(explorer.subsample_rows(len(reference), 5000))
+    rows = torch.as_tensor(explorer.subsample_rows(len(reference), explorer.REFERENCE_LIMIT))
     scored = detector.score_features(
         reference.features[rows], detector.scoring.timestep, args.steps or None, args.eta, args.seed, draws=args.draws
     )
+    profiled = detector.score_features(
+        matrix,
+        detector.scoring.timestep,
+        args.steps or None,
+        args.eta,
+        args.seed,
+        with_lr=args.explain_score == "lr",
+        draws=explorer.profile_draws(args.draws),
+    )
     names = explorer.stage_names(info.backbone, tuple(detector.stage_dims))
     arrays = (explorer.score_arrays(scored), explorer.score_arrays(result))
-    return explorer.explanation_columns(names, *arrays, args.explain_score)
+    return explorer.explanation_columns(names, *arrays, args.explain_score, profiled=explorer.score_arrays(profiled))

@@ -19,6 +19,14 @@ from dlsr_core.cli.arguments import (
     resolve_feature_options,
 )
 from dlsr_core.cli.datasets import dataset_features, open_datasets
+from dlsr_core.cli.experiment import (
+    add_experiment_options,
+    build_experiment,
+    report_experiment,
+    wants_experiment,
+    with_experiment,
+    write_experiment,
+)
 from dlsr_core.diffusion import LFDNConfig
 from dlsr_core.presets import DEFAULT_PRESET, get_preset, with_overrides
 
@@ -75,6 +83,7 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
         action="store_true",
         help="start from scratch even if --out holds a run (its checkpoints are replaced from the first saved epoch)",
     )
+    add_experiment_options(train)
     add_feature_options(train)
     add_preset_option(train, "default: paper")
     add_feature_preset_options(train)
@@ -126,9 +135,17 @@ def run(args) -> None:
         amp=args.amp,
         drop_last=args.drop_last,
     )
-    if _check_resume_early(args, training.epochs):
+    nothing_to_do = _check_resume_early(args, training.epochs)
+    record = rank == 0 and wants_experiment(args)  # named sets are recorded even when no epoch is left to train
+    if nothing_to_do and not record:
         return
     open_datasets(args, [args.dataset])
+    experiment = build_experiment(args, args.opened[args.dataset].name) if record else None
+    if nothing_to_do:
+        if experiment is not None:
+            write_experiment(args, experiment)
+            report_experiment(args, experiment)
+        return
     # Memory-mapped: the training set need not fit in RAM, and torchrun ranks share one copy in the page cache.
     features = dataset_features(
         args, args.dataset, args.backbone, args.weights, args.input_size, options=feature_options, memory_map=True
@@ -137,6 +154,8 @@ def run(args) -> None:
         args, preset.name, architecture, training, feature_options, features
     )
     on_step, on_epoch, close_progress = _progress(args, rank, world_size, train_config, len(features))
+    if experiment is not None:  # written with the first saved checkpoint: a run that fails before has no new file
+        on_epoch = with_experiment(args, experiment, on_epoch)
     try:
         result = train(
             features.features,
@@ -163,6 +182,8 @@ def run(args) -> None:
         f"trained {result.epochs_done}/{train_config.epochs} epochs on {len(features)} vectors "
         f"(preset {preset.name}), final loss {result.last_loss:.5f}; checkpoints in {result.run_dir}"
     )
+    if experiment is not None:
+        report_experiment(args, experiment)
 
 
 def _run_configs(args, preset_name: str, architecture, training, feature_options, features):

@@ -26,6 +26,9 @@ so that, like the Fashion-MNIST in-distribution data, they differ by content rat
 Layout: ``spec`` parses spec strings, ``registry`` opens them (one opener per source), one module per source
 (``fashion_mnist``, ``digits``, ``letters``, ``textures``, ``shapes``, ``demo``, ``torchvision_sets``, ``folder``),
 ``shifts`` for the modifiers, ``images`` for decoding and its limits, ``dataset`` for the :class:`ImageDataset` type.
+Experiments (what a model is studied on): ``experiment`` (the file format), ``experiment_defaults`` (default
+evaluation sets, display names, the training/evaluation overlap check, a run's experiment); uploaded sets:
+``user_data`` (the user data folder) over ``archive`` (safe ZIP reading).
 """
 
 from dlsr_core.data.dataset import (
@@ -37,6 +40,24 @@ from dlsr_core.data.dataset import (
 )
 from dlsr_core.data.demo import DEMO_DIR, list_demo_sets
 from dlsr_core.data.digits import digits_images
+from dlsr_core.data.experiment import (
+    EXPERIMENT_NAME,
+    GROUPS,
+    Experiment,
+    ExperimentError,
+    NamedSet,
+    OODSet,
+    load_experiment,
+    save_experiment,
+)
+from dlsr_core.data.experiment_defaults import (
+    RunExperiment,
+    default_id_set,
+    default_name,
+    edits_path,
+    overlap_warning,
+    run_experiment,
+)
 from dlsr_core.data.fashion_mnist import (
     FASHION_MNIST_CLASSES,
     FASHION_MNIST_DIR,
@@ -47,15 +68,18 @@ from dlsr_core.data.fashion_mnist import (
 from dlsr_core.data.folder import IMAGE_EXTENSIONS
 from dlsr_core.data.images import MAX_DECODED_SIDE, MAX_IMAGE_PIXELS, ImageLoadError, load_image
 from dlsr_core.data.letters import LETTER_FONTS, LETTERS, LETTERS_LENGTH, letter_fonts, render_letter
-from dlsr_core.data.registry import open_dataset
+from dlsr_core.data.registry import builtin_sets, open_dataset
 from dlsr_core.data.shapes import SHAPE_KINDS, SHAPES_LENGTH, render_shape
 from dlsr_core.data.shifts import SHIFTS
 from dlsr_core.data.spec import DatasetSpec, parse_dataset
 from dlsr_core.data.textures import TEXTURE_IMAGES, TEXTURES_LENGTH, render_texture
 from dlsr_core.data.torchvision_sets import TORCHVISION_ROOT
+from dlsr_core.data.user_data import StoredSet, UploadError, remove_stored_set, store_uploaded_set, user_data_dir
 
 __all__ = [
+    "EXPERIMENT_NAME",
     "GENERATED_SIZE",
+    "GROUPS",
     "LETTER_FONTS",
     "LETTERS_LENGTH",
     "SHAPE_KINDS",
@@ -73,20 +97,38 @@ __all__ = [
     "TEXTURE_IMAGES",
     "DatasetError",
     "DatasetSpec",
+    "Experiment",
+    "ExperimentError",
     "ImageDataset",
     "ImageLoadError",
+    "NamedSet",
+    "OODSet",
+    "RunExperiment",
+    "StoredSet",
+    "UploadError",
+    "builtin_sets",
+    "default_id_set",
+    "default_name",
     "describe_skipped",
     "digits_images",
+    "edits_path",
     "fashion_mnist_rows",
     "item_name",
     "letter_fonts",
     "list_demo_sets",
     "load_fashion_mnist",
+    "load_experiment",
     "load_image",
     "open_dataset",
+    "overlap_warning",
     "parse_dataset",
     "read_idx",
+    "remove_stored_set",
     "render_letter",
     "render_shape",
     "render_texture",
+    "run_experiment",
+    "save_experiment",
+    "store_uploaded_set",
+    "user_data_dir",
 ]

@@ -135,3 +135,16 @@ def open_fashion_mnist(spec: DatasetSpec, root: Path | None) -> ImageDataset:
         labels[rows].tolist(),
         FASHION_MNIST_CLASSES,
     )
+
+
+def fashion_mnist_identity(split: str, root: Path | None = None) -> str | None:
+    """The identity open_dataset gives `fashion_mnist:<split>` (train, test, fit or val: a hash of its files' bytes),
+    read without decoding the images (60 ms instead of about a second for the training split); None when the files
+    are not there."""
+    prefix = "t10k" if split == "test" else "train"
+    folder = root if root is not None else FASHION_MNIST_DIR
+    images_path = _find_idx(folder, f"{prefix}-images-idx3-ubyte")
+    labels_path = _find_idx(folder, f"{prefix}-labels-idx1-ubyte")
+    if images_path is None or labels_path is None:
+        return None
+    return f"fashion_mnist:{split}|{sha(images_path.read_bytes(), labels_path.read_bytes())}"

@@ -1,4 +1,8 @@
-"""The ``folder:<path>`` source: every image file below a directory, recursively, decoded lazily."""
+"""The ``folder:<path>`` source: every image file below a directory, recursively, decoded lazily.
+
+Labels follow torchvision's ImageFolder convention: when every image lies inside a first-level subfolder, the
+subfolder names (sorted) are the class names and each image is labelled with its own; otherwise there are no labels.
+"""
 
 from __future__ import annotations
 
@@ -49,4 +53,15 @@ def open_folder(spec: DatasetSpec) -> ImageDataset:
             return None
 
     identity = f"folder|n={len(files)}|{digest.hexdigest()[:20]}|{DECODE_RULE}"
-    return ImageDataset(str(spec), identity, len(files), load, None, None, tuple(files))
+    labels, class_names = folder_labels(folder, files)
+    return ImageDataset(str(spec), identity, len(files), load, labels, class_names, tuple(files))
+
+
+def folder_labels(folder: Path, files: list[Path]) -> tuple[list[int] | None, tuple[str, ...] | None]:
+    """(label per file, class names) by first-level subfolder, or (None, None) when some file is not in one."""
+    parts = [path.relative_to(folder).parts for path in files]
+    if not parts or any(len(p) < 2 for p in parts):
+        return None, None
+    class_names = tuple(sorted({p[0] for p in parts}))
+    index = {name: label for label, name in enumerate(class_names)}
+    return [index[p[0]] for p in parts], class_names

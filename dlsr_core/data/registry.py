@@ -9,7 +9,7 @@ from pathlib import Path
 from PIL import Image
 
 from dlsr_core.data.dataset import DatasetError, ImageDataset
-from dlsr_core.data.demo import open_demo
+from dlsr_core.data.demo import list_demo_sets, open_demo
 from dlsr_core.data.digits import open_digits
 from dlsr_core.data.fashion_mnist import open_fashion_mnist
 from dlsr_core.data.folder import open_folder
@@ -31,6 +31,12 @@ SOURCES: dict[str, Callable[[DatasetSpec, Path | None, bool], ImageDataset]] = {
     "torchvision": open_torchvision,
     "folder": lambda spec, root, download: open_folder(spec),
 }
+
+
+def builtin_sets() -> list[str]:
+    """Sets that need no path or download: the demo sets, Fashion-MNIST's training split (Debian package) and the
+    generated sources — what the Train page offers as "Built-in"."""
+    return [f"demo:{name}" for name in list_demo_sets()] + ["fashion_mnist:train", "digits", "letters", "textures"]
 
 
 def open_dataset(
