@@ -13,11 +13,8 @@ gets the same score, whatever batch it is scored in.
 
 from __future__ import annotations
 
-import copy
-import math
-import time
-from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -30,9 +27,18 @@ from dlsr_core import tv_compat  # noqa: F401  (diffusers imports torchvision)
 # isort: split
 from diffusers import DDIMScheduler, DDPMScheduler, UNet2DModel
 
-from dlsr_core.baselines.store import DEFAULT_BASELINES_DIR, load_baseline, save_baseline
+from dlsr_core.baselines.store import (
+    DEFAULT_BASELINES_DIR,
+    BaselineKind,
+    Header,
+    bound_by_tensors,
+    load_baseline,
+    meta_shapes,
+    save_baseline,
+)
 from dlsr_core.diffusion import ConfigError
 from dlsr_core.noise import keyed_standard_normal, row_noise_keys
+from dlsr_core.validation import TrainingData
 
 KIND = "pixel_ddpm"
 DEFAULT_PATH = DEFAULT_BASELINES_DIR / "pixel_ddpm.safetensors"
@@ -42,27 +48,14 @@ DEFAULT_PATH = DEFAULT_BASELINES_DIR / "pixel_ddpm.safetensors"
 class PixelDDPMConfig:
     """UNet and noise schedule. Three resolutions (28, 14, 7), self-attention at 7 x 7, linear betas as in DDPM."""
 
-    image_size: int = 28
-    block_out_channels: tuple[int, ...] = (32, 64, 64)
-    layers_per_block: int = 1
+    image_size: int = field(default=28, metadata={"range": (8, 256)})
+    block_out_channels: tuple[int, ...] = field(default=(32, 64, 64), metadata={"range": (1, 1024)})
+    layers_per_block: int = field(default=1, metadata={"range": (1, 8)})
     attention_at_lowest: bool = True
-    norm_num_groups: int = 8
-    num_train_timesteps: int = 1000
-    beta_start: float = 1e-4
-    beta_end: float = 0.02
-
-
-@dataclass(frozen=True)
-class PixelTrainConfig:
-    """Optimisation of the pixel DDPM; `validation_images` are held out of training to normalise the scores."""
-
-    steps: int = 1500
-    batch_size: int = 128
-    learning_rate: float = 5e-4
-    warmup_steps: int = 100
-    ema_decay: float = 0.995
-    seed: int = 0
-    validation_images: int = 1000
+    norm_num_groups: int = field(default=8, metadata={"range": (1, 1024)})
+    num_train_timesteps: int = field(default=1000, metadata={"range": (2, 100_000)})
+    beta_start: float = field(default=1e-4, metadata={"range": (1e-8, 0.5)})
+    beta_end: float = field(default=0.02, metadata={"range": (1e-8, 0.999)})
 
 
 @dataclass(frozen=True)
@@ -73,8 +66,8 @@ class ReconstructionSetting:
     of `stride`, and a level t costs t / stride UNet evaluations.
     """
 
-    levels: tuple[int, ...] = (100, 200, 300, 400, 500)
-    stride: int = 0
+    levels: tuple[int, ...] = field(default=(100, 200, 300, 400, 500), metadata={"range": (1, 100_000)})
+    stride: int = field(default=0, metadata={"range": (0, 100_000)})
 
     def evaluations(self) -> int:
         """UNet evaluations per image."""
@@ -96,6 +89,24 @@ def validate_setting(setting: ReconstructionSetting, config: PixelDDPMConfig) ->
             raise ConfigError(f"noise level {level} is not a multiple of the DDIM stride {setting.stride}")
     if setting.stride < 0 or (setting.stride and config.num_train_timesteps % setting.stride):
         raise ConfigError(f"the DDIM stride must be 0 or divide {config.num_train_timesteps}, got {setting.stride}")
+
+
+def validate_config(config: PixelDDPMConfig) -> None:
+    """Raise ConfigError for a UNet that cannot be built or run: 1-6 resolutions, an image size the down- and
+    up-sampling map back onto itself, group norms that divide every width, betas that increase."""
+    levels = len(config.block_out_channels)
+    if not 1 <= levels <= 6:
+        raise ConfigError(f"block_out_channels needs 1 to 6 entries, got {levels}")
+    if config.image_size % (1 << (levels - 1)):
+        raise ConfigError(
+            f"image_size {config.image_size} must be divisible by {1 << (levels - 1)} for {levels} levels"
+        )
+    if any(width % config.norm_num_groups for width in config.block_out_channels):
+        raise ConfigError(
+            f"norm_num_groups {config.norm_num_groups} must divide every width {config.block_out_channels}"
+        )
+    if not config.beta_start < config.beta_end:
+        raise ConfigError(f"beta_start {config.beta_start} must be below beta_end {config.beta_end}")
 
 
 def build_unet(config: PixelDDPMConfig) -> UNet2DModel:
@@ -219,6 +230,62 @@ def level_errors(
     return torch.cat(rows) if rows else torch.empty(0, len(setting.levels))
 
 
+@dataclass(frozen=True)
+class PixelRecord:
+    """The training record stored with a pixel DDPM (dlsr_core.baselines.pixel_training writes it)."""
+
+    training_set: TrainingData | None = None
+    calibration: TrainingData | None = None
+    probe: str | None = None
+    train: dict | None = None
+    train_images: int | None = None
+    steps_done: int | None = None
+    epochs: float | None = None
+    train_seconds: float | None = None
+    stopped: str | None = None
+    stopping_rule: str | None = None
+    best_step: int | None = None
+    best_heldout_loss: float | None = None
+    last_heldout_loss: float | None = None
+    last_slope_per_1000_steps: float | None = None
+    parameters: int | None = None
+    machine: str | None = None
+    max_minutes: float | None = None
+    calibration_seconds: float | None = None
+
+
+@dataclass(frozen=True)
+class PixelFile:
+    """The config stored in a pixel DDPM file: the UNet, the reconstruction setting and the ID 95% threshold."""
+
+    model: PixelDDPMConfig
+    setting: ReconstructionSetting
+    id_threshold95: float
+
+
+def _bound(stored: PixelFile, header: Header) -> None:
+    validate_config(stored.model)
+    validate_setting(stored.setting, stored.model)
+    widths = {f"block_out_channels[{i}]": width for i, width in enumerate(stored.model.block_out_channels)}
+    bound_by_tensors(widths, header)
+    if stored.model.layers_per_block > len(header.tensors):
+        raise ValueError(f"layers_per_block = {stored.model.layers_per_block} needs more tensors than the file holds")
+
+
+def _shapes(stored: PixelFile) -> dict[str, tuple[int, ...]]:
+    shapes = meta_shapes(lambda: build_unet(stored.model), "unet.")
+    shapes["stats.id_mean"] = shapes["stats.id_std"] = (len(stored.setting.levels),)
+    return shapes
+
+
+def _check_values(stored: PixelFile, info: PixelRecord, tensors: dict[str, Tensor]) -> None:
+    if (tensors["stats.id_std"] <= 0).any():
+        raise ValueError("stats.id_std must be positive (a standard deviation per level)")
+
+
+FILE_KIND = BaselineKind(KIND, PixelFile, PixelRecord, _bound, _shapes, _check_values)
+
+
 class PixelDDPM:
     """A trained pixel DDPM with one reconstruction setting and its ID error statistics per level."""
 
@@ -229,7 +296,7 @@ class PixelDDPM:
         setting: ReconstructionSetting,
         id_mean: Tensor,
         id_std: Tensor,
-        info: dict | None = None,
+        info: PixelRecord | None = None,
         id_threshold95: float = float("nan"),
     ) -> None:
         validate_setting(setting, config)
@@ -240,7 +307,7 @@ class PixelDDPM:
         self.setting = setting
         self.id_mean = id_mean.float()
         self.id_std = id_std.float().clamp(min=1e-12)
-        self.info = info or {}
+        self.info = info or PixelRecord()
         # The score at or below which 95% of the held-out ID images fall: the reference for a verdict.
         self.id_threshold95 = id_threshold95
 
@@ -251,7 +318,7 @@ class PixelDDPM:
         config: PixelDDPMConfig,
         setting: ReconstructionSetting,
         id_pixels: Tensor,
-        info: dict | None = None,
+        info: PixelRecord | None = None,
         seed: int = 0,
     ) -> PixelDDPM:
         """A model whose per-level statistics and 95% threshold are measured on ID pixels (N, 1, S, S)."""
@@ -280,100 +347,41 @@ class PixelDDPM:
         """Scores (N,) of PIL images or uint8 arrays (any size and mode; converted to S x S grayscale)."""
         return self.score_pixels(images_to_pixels(images, self.config.image_size), seed)
 
-    def with_setting(self, setting: ReconstructionSetting, id_pixels: Tensor, seed: int = 0) -> PixelDDPM:
-        """The same UNet under another setting, its statistics measured on ID pixels (N, 1, S, S)."""
-        return PixelDDPM.calibrated(self.unet, self.config, setting, id_pixels, self.info, seed)
+    def with_setting(
+        self, setting: ReconstructionSetting, id_pixels: Tensor, seed: int = 0, calibration: TrainingData | None = None
+    ) -> PixelDDPM:
+        """The same UNet under another setting, its statistics measured on ID pixels (N, 1, S, S); `calibration`
+        records which images those are (default: the ones recorded for the current setting)."""
+        info = self.info if calibration is None else replace(self.info, calibration=calibration)
+        return PixelDDPM.calibrated(self.unet, self.config, setting, id_pixels, info, seed)
 
     def save(self, path: str | Path) -> None:
-        """safetensors: UNet weights in float16, statistics in float32; config and setting in the metadata."""
+        """safetensors: UNet weights in float16, statistics in float32; config, setting and record in the metadata."""
         tensors = {f"unet.{k}": v for k, v in self.unet.state_dict().items()}
         tensors.update({"stats.id_mean": self.id_mean, "stats.id_std": self.id_std})
-        config = {"model": asdict(self.config), "setting": asdict(self.setting), "id_threshold95": self.id_threshold95}
-        save_baseline(path, KIND, tensors, config, self.info, half_keys=("unet.",))
+        stored = PixelFile(self.config, self.setting, self.id_threshold95)
+        save_baseline(path, KIND, tensors, stored, self.info, half_keys=("unet.",))
 
     @classmethod
     def load(cls, path: str | Path = DEFAULT_PATH) -> PixelDDPM:
-        """Verify and rebuild a saved pixel DDPM (see `save`)."""
-        stored = load_baseline(path, KIND)
-        model = stored.config["model"]
-        config = PixelDDPMConfig(**{**model, "block_out_channels": tuple(model["block_out_channels"])})
-        setting = stored.config["setting"]
-        setting = ReconstructionSetting(levels=tuple(setting["levels"]), stride=setting["stride"])
+        """Check and rebuild a saved pixel DDPM (see `save`); raises store.BaselineFileError for any bad file."""
+        stored = load_baseline(path, FILE_KIND)
+        config, setting = stored.config.model, stored.config.setting
         unet = build_unet(config)
-        state = {k.removeprefix("unet."): v for k, v in stored.tensors.items() if k.startswith("unet.")}
-        unet.load_state_dict(state, strict=True)
+        unet.load_state_dict({k.removeprefix("unet."): v for k, v in stored.tensors.items() if k.startswith("unet.")})
         mean, std = stored.tensors["stats.id_mean"], stored.tensors["stats.id_std"]
-        return cls(unet, config, setting, mean, std, stored.info, float(stored.config.get("id_threshold95", "nan")))
+        return cls(unet, config, setting, mean, std, stored.info, stored.config.id_threshold95)
 
 
-def split_validation(count: int, validation: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """(training rows, held-out rows) of `count` images: a fixed random `validation` of them are held out."""
-    order = np.random.default_rng(seed).permutation(count)
-    return np.sort(order[validation:]), np.sort(order[:validation])
-
-
-def train_pixel_ddpm(
-    train_pixels: Tensor,
-    validation_pixels: Tensor,
-    config: PixelDDPMConfig = PixelDDPMConfig(),
-    train_config: PixelTrainConfig = PixelTrainConfig(),
-    setting: ReconstructionSetting = ReconstructionSetting(),
-    on_step: Callable[[int, float], None] | None = None,
-    info: dict | None = None,
-    max_seconds: float | None = None,
-) -> PixelDDPM:
-    """Train an epsilon-predicting DDPM on pixels (N, 1, S, S) and normalise `setting` on validation pixels.
-
-    The returned model holds the EMA weights. `info` (e.g. the dataset name) is stored with the training record;
-    `max_seconds` ends training early (the steps done are recorded).
-    """
-    if train_pixels.ndim != 4 or train_pixels.shape[1:] != (1, config.image_size, config.image_size):
-        raise ConfigError(f"training pixels must be (N, 1, {config.image_size}, {config.image_size})")
-    validate_setting(setting, config)
-    torch.manual_seed(train_config.seed)
-    # channels_last runs the convolutions about twice as fast on the project CPU (oneDNN); results are unchanged.
-    unet = build_unet(config).to(memory_format=torch.channels_last)
-    ema = copy.deepcopy(unet).requires_grad_(False)
-    optimizer = torch.optim.AdamW(unet.parameters(), lr=train_config.learning_rate)
-    warmup = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda step: min(1.0, (step + 1) / max(train_config.warmup_steps, 1))
-    )
-    ddpm = training_scheduler(config)
-    generator = torch.Generator().manual_seed(train_config.seed)
-    started, running, steps_done = time.perf_counter(), float("nan"), 0
-    unet.train()
-    for step in range(1, train_config.steps + 1):
-        if max_seconds is not None and time.perf_counter() - started > max_seconds:
-            break
-        rows = torch.randint(0, len(train_pixels), (train_config.batch_size,), generator=generator)
-        clean = train_pixels[rows].contiguous(memory_format=torch.channels_last)
-        noise = torch.randn(clean.shape, generator=generator)
-        timesteps = torch.randint(0, config.num_train_timesteps, (len(clean),), generator=generator)
-        loss = torch.nn.functional.mse_loss(unet(ddpm.add_noise(clean, noise, timesteps), timesteps).sample, noise)
-        if not torch.isfinite(loss):
-            raise ConfigError(f"pixel DDPM loss became {loss.item()} at step {step}; lower the learning rate")
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(unet.parameters(), 1.0)
-        optimizer.step()
-        warmup.step()
-        with torch.no_grad():
-            decay = min(train_config.ema_decay, (1 + step) / (10 + step))
-            for ema_param, param in zip(ema.parameters(), unet.parameters(), strict=True):
-                ema_param.lerp_(param, 1.0 - decay)
-        running = loss.item() if math.isnan(running) else 0.98 * running + 0.02 * loss.item()
-        steps_done = step
-        if on_step is not None:
-            on_step(step, running)
-    train_seconds = time.perf_counter() - started
-    record = {
-        **(info or {}),
-        "train": asdict(train_config),
-        "train_images": len(train_pixels),
-        "steps_done": steps_done,
-        "train_seconds": train_seconds,
-        "epochs_equivalent": steps_done * train_config.batch_size / len(train_pixels),
-        "final_loss_smoothed": running,
-        "parameters": sum(p.numel() for p in ema.parameters()),
-    }
-    return PixelDDPM.calibrated(ema, config, setting, validation_pixels, record, train_config.seed)
+@torch.inference_mode()
+def sample_images(unet: UNet2DModel, config: PixelDDPMConfig, count: int, steps: int = 50, seed: int = 0) -> Tensor:
+    """`count` images (count, 1, S, S) in [-1, 1] generated from seeded noise with `steps` DDIM steps (eta = 0)."""
+    ddim = reconstruction_scheduler(config)
+    ddim.set_timesteps(steps)
+    generator = torch.Generator().manual_seed(seed)
+    sample = torch.randn((count, 1, config.image_size, config.image_size), generator=generator)
+    for timestep in ddim.timesteps:
+        sample = sample.contiguous(memory_format=torch.channels_last)
+        predicted = unet(sample, torch.full((count,), int(timestep), dtype=torch.long)).sample
+        sample = ddim.step(predicted, timestep, sample, eta=0.0).prev_sample
+    return sample.clamp(-1.0, 1.0)
