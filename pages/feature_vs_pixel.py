@@ -5,7 +5,7 @@ import pandas as pd
 import streamlit as st
 
 from dlsr_core import explorer
-from dlsr_core.checkpoint import CheckpointError
+from dlsr_core.baselines.store import BaselineFileError
 from pages import shared
 
 st.title("Feature vs pixel")
@@ -26,8 +26,12 @@ def _pixel_model(path: str, fingerprint: str):
 try:
     path = explorer.pixel_model_path()
     pixel_model = _pixel_model(str(path), explorer.run_fingerprint(path))
-except CheckpointError as error:
+except BaselineFileError as error:
     st.error(f"The pixel DDPM baseline is not available: {error}")
+    st.stop()
+mismatch = explorer.pixel_model_mismatch(detector, pixel_model)
+if mismatch:
+    st.info(f"Feature vs pixel is not offered for this model: {mismatch}")
     st.stop()
 
 timestep, steps, _ = shared.sampling_controls(detector, with_score=False)

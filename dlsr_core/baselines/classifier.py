@@ -126,6 +126,11 @@ class ClassifierBaselines:
     info: ClassifierRecord = field(default_factory=ClassifierRecord)
     _detectors: dict | None = field(default=None, repr=False)
 
+    def __post_init__(self) -> None:
+        # One memory layout for trained and loaded networks (channels_last is the faster one on CPUs), so that a
+        # model scores exactly as before after a save and load.
+        self.net = self.net.to(memory_format=torch.channels_last).eval().requires_grad_(False)
+
     @classmethod
     def fit(
         cls,

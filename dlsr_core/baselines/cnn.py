@@ -120,11 +120,12 @@ def labelled_images(
     from dlsr_core.data import open_dataset
 
     dataset = open_dataset(spec)
-    if dataset.labels is None:
-        raise ConfigError(f"{spec} has no class labels; a classifier baseline needs labelled images")
+    all_labels, names = dataset.labels, dataset.class_names
+    if all_labels is None:
+        all_labels, names = _folder_classes(spec, dataset)
     positions = np.arange(len(dataset)) if rows is None else np.asarray(rows)
-    labels = np.asarray(dataset.labels)[positions]
-    names = dataset.class_names or tuple(str(k) for k in range(int(labels.max()) + 1))
+    labels = np.asarray(all_labels)[positions]
+    names = names or tuple(str(k) for k in range(int(labels.max()) + 1))
     kept = list(range(len(names))) if keep_classes is None else [int(k) for k in keep_classes]
     if len(kept) < 2 or len(set(kept)) != len(kept) or not all(0 <= k < len(names) for k in kept):
         raise ConfigError(f"keep at least two distinct classes of {len(names)}, got {keep_classes}")
@@ -137,6 +138,21 @@ def labelled_images(
     relabel = {original: new for new, original in enumerate(kept)}
     targets = torch.as_tensor([relabel[int(label)] for label in labels], dtype=torch.long)
     return images_to_tensor(images, *shape), targets, tuple(names[k] for k in kept), shape
+
+
+def _folder_classes(spec: str, dataset) -> tuple[list[int], tuple[str, ...]]:
+    """Labels from an ImageFolder layout (<root>/<class>/<image>): one class per top-level subfolder, in name order."""
+    from dlsr_core.data import parse_dataset
+
+    root = parse_dataset(spec).path
+    if dataset.paths is None or root is None:
+        raise ConfigError(f"{spec} has no class labels; a classifier baseline needs labelled images")
+    parts = [path.relative_to(root).parts for path in dataset.paths]
+    if any(len(part) < 2 for part in parts):
+        raise ConfigError(f"{spec}: put every image in a subfolder named after its class (<folder>/<class>/<image>)")
+    names = tuple(sorted({part[0] for part in parts}))
+    index = {name: position for position, name in enumerate(names)}
+    return [index[part[0]] for part in parts], names
 
 
 def infer_image_shape(images: Sequence[Image.Image], max_size: int = 64) -> tuple[int, int]:

@@ -126,6 +126,7 @@ class TrainingState:
     seconds: float = 0.0
     curve: list[dict] = field(default_factory=list)
     stopped: str | None = None
+    running_loss: float | None = None  # exponential moving average of the training loss
 
     def best_point(self) -> dict | None:
         return min(self.curve, key=lambda point: point["heldout_loss"]) if self.curve else None
@@ -165,7 +166,13 @@ def save_state(path: Path, state: TrainingState, identity: dict) -> None:
     for index, moments in optimizer["state"].items():
         tensors.update({f"optim.{index}.{name}": torch.as_tensor(value) for name, value in moments.items()})
     tensors["rng.generator"] = state.generator.get_state()
-    progress = {"step": state.step, "seconds": state.seconds, "curve": state.curve, "stopped": state.stopped}
+    progress = {
+        "step": state.step,
+        "seconds": state.seconds,
+        "curve": state.curve,
+        "stopped": state.stopped,
+        "running_loss": state.running_loss,
+    }
     metadata = {
         "format": RESUME_FORMAT,
         "identity": json.dumps(identity),
@@ -202,6 +209,7 @@ def load_state(path: Path, state: TrainingState, identity: dict) -> TrainingStat
     state.generator.set_state(tensors["rng.generator"])
     state.step, state.seconds = int(progress["step"]), float(progress["seconds"])
     state.curve, state.stopped = list(progress["curve"]), progress["stopped"]
+    state.running_loss = progress.get("running_loss")
     return state
 
 
@@ -272,15 +280,16 @@ def run_training(
         state = load_state(resume_path, state, identity)
     if state.stopped in ("budget", "max_steps"):  # a larger budget or step limit continues a run stopped by one
         state.stopped = _limit_reached(state, train_config, max_seconds)
-    ddpm, running = training_scheduler(config), float("nan")
+    ddpm = training_scheduler(config)
     state.unet.train()
     while state.stopped is None:
         started = time.perf_counter()
         for _ in range(train_config.eval_every):
             loss = _train_step(state, train_pixels, ddpm, config, train_config)
-            running = loss if math.isnan(running) else 0.98 * running + 0.02 * loss
+            running = state.running_loss
+            state.running_loss = loss if running is None else 0.98 * running + 0.02 * loss
         epochs = state.step * train_config.batch_size / len(train_pixels)
-        point = _evaluate(state, config, probe, epochs, running)
+        point = _evaluate(state, config, probe, epochs, state.running_loss)
         state.seconds += time.perf_counter() - started  # the budget counts evaluations too
         point["seconds"] = state.seconds
         losses = [entry["heldout_loss"] for entry in state.curve]

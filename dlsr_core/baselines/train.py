@@ -44,7 +44,7 @@ def machine() -> str:
     return f"{platform.machine()} CPU, {torch.get_num_threads()} torch threads, torch {torch.__version__}"
 
 
-def _fashion_mnist_pixels(rows: np.ndarray) -> torch.Tensor:
+def fashion_mnist_pixels(rows: np.ndarray) -> torch.Tensor:
     from dlsr_core.baselines.pixel_ddpm import images_to_pixels
     from dlsr_core.data import load_fashion_mnist
 
@@ -71,8 +71,8 @@ def train_pixel(out: Path, run_dir: Path, max_minutes: float | None, restart: bo
 
     config, train_config = pixel_ddpm.PixelDDPMConfig(), pixel_training.PixelTrainConfig()
     calibration_rows, probe_rows = pixel_validation_rows()
-    train_pixels = _fashion_mnist_pixels(fit_indices(TRAIN_SIZE))
-    probe = pixel_training.make_probe(_fashion_mnist_pixels(probe_rows), config.num_train_timesteps, train_config.seed)
+    train_pixels = fashion_mnist_pixels(fit_indices(TRAIN_SIZE))
+    probe = pixel_training.make_probe(fashion_mnist_pixels(probe_rows), config.num_train_timesteps, train_config.seed)
     resume = run_dir / "resume.safetensors"
     if restart:
         resume.unlink(missing_ok=True)
@@ -98,7 +98,7 @@ def train_pixel(out: Path, run_dir: Path, max_minutes: float | None, restart: bo
         max_minutes=max_minutes,
     )
     model = pixel_training.finished_model(
-        state, config, pixel_ddpm.ReconstructionSetting(), _fashion_mnist_pixels(calibration_rows), info
+        state, config, pixel_ddpm.ReconstructionSetting(), fashion_mnist_pixels(calibration_rows), info
     )
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_bytes(out / "pixel_ddpm_curve.json", json.dumps(state.curve, indent=1).encode())
@@ -119,7 +119,7 @@ def recalibrate_pixel(out: Path, setting_text: str) -> None:
     model = pixel_ddpm.PixelDDPM.load(path)
     calibration_rows, _ = pixel_validation_rows()
     started = time.perf_counter()
-    calibration = _fashion_mnist_pixels(calibration_rows)
+    calibration = fashion_mnist_pixels(calibration_rows)
     model = model.with_setting(setting, calibration, model.info.train["seed"], pixel_calibration_record())
     model.info = replace(model.info, calibration_seconds=time.perf_counter() - started)
     model.save(path)

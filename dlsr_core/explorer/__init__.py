@@ -53,7 +53,13 @@ from dlsr_core.explorer.failures import (
     image_statistics,
     set_labels,
 )
-from dlsr_core.explorer.feature_vs_pixel import FeatureVsPixel, feature_vs_pixel, load_pixel_model, pixel_model_path
+from dlsr_core.explorer.feature_vs_pixel import (
+    FeatureVsPixel,
+    feature_vs_pixel,
+    load_pixel_model,
+    pixel_model_mismatch,
+    pixel_model_path,
+)
 from dlsr_core.explorer.maps import DEFAULT_PER_SET as DEFAULT_MAP_PER_SET
 from dlsr_core.explorer.maps import (
     MapPoints,
@@ -198,6 +204,7 @@ __all__ = [
     "model_id",
     "noised_features",
     "percent_text",
+    "pixel_model_mismatch",
     "pixel_model_path",
     "poll_interval",
     "prepare_uploads",

@@ -119,8 +119,23 @@ def pixel_model_path() -> Path:
 
 
 def load_pixel_model(path: str | Path | None = None):
-    """The pixel DDPM at `path` (default pixel_model_path()), checksum verified. Raises CheckpointError saying how to
-    train it when it is missing or damaged."""
+    """The pixel DDPM at `path` (default pixel_model_path()), checked before it is built. Raises
+    baselines.store.BaselineFileError (one line: the file and what is wrong, or how to train it when missing)."""
     from dlsr_core.baselines.pixel_ddpm import PixelDDPM
 
     return PixelDDPM.load(path or pixel_model_path())
+
+
+def pixel_model_mismatch(detector: Detector, pixel_model) -> str | None:
+    """Why the pixel DDPM does not belong to `detector`'s experiment (it was trained on other images), or None."""
+    from dlsr_core.validation import training_data_matches
+
+    record = pixel_model.info.training_set
+    if training_data_matches(record, detector.info.dataset):
+        return None
+    trained_on = "unrecorded images" if record is None else record.dataset
+    return (
+        f"the pixel DDPM was trained on {trained_on}, the loaded model on {detector.info.dataset}: their scores would "
+        "not describe the same ID data. Load a model trained on the pixel DDPM's data, or train a pixel DDPM on yours "
+        "(dlsr_core.baselines.pixel_training)."
+    )
