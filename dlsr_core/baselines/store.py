@@ -173,7 +173,10 @@ def _read_bytes(path: Path, kind: str) -> bytes:
     if size > MAX_FILE_BYTES:
         raise BaselineFileError(f"{path} is {size:,} bytes, above the {MAX_FILE_BYTES:,}-byte limit for a baseline")
     with path.open("rb") as stream:
-        return stream.read(MAX_FILE_BYTES + 1)
+        data = stream.read(size + 1)  # +1: a file that grew since stat() shows it (read() allocates its argument)
+    if len(data) > MAX_FILE_BYTES:
+        raise BaselineFileError(f"{path} is above the {MAX_FILE_BYTES:,}-byte limit for a baseline")
+    return data
 
 
 def _check_metadata(path: Path, metadata: dict[str, str], kind: BaselineKind) -> tuple[Any, Any]:
