@@ -242,7 +242,8 @@ CLASSIFIER_ACCURACY_FLOOR = 0.92
 
 
 def test_shipped_classifier_reaches_its_recorded_test_accuracy():
-    from dlsr_core.baselines.cnn import accuracy, labelled_images
+    from dlsr_core.baselines.cnn import accuracy
+    from dlsr_core.baselines.images import labelled_images
 
     path = DEFAULT_BASELINES_DIR / "classifier.safetensors"
     if not path.is_file():

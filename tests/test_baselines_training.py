@@ -9,8 +9,8 @@ import torch
 from PIL import Image
 
 from dlsr_core.baselines import pixel_training
-from dlsr_core.baselines.cnn import infer_image_shape, labelled_images
 from dlsr_core.baselines.figures import image_grid_png, loss_curve_png
+from dlsr_core.baselines.images import infer_image_shape, labelled_images
 from dlsr_core.baselines.pixel_ddpm import (
     PixelDDPM,
     PixelDDPMConfig,
@@ -177,3 +177,28 @@ def test_labelled_images_infers_shape_and_keeps_chosen_classes(tmp_path):
     assert infer_image_shape([Image.new("RGB", (300, 400), (1, 2, 3))]) == (3, 64)
     with pytest.raises(ConfigError, match="at least two distinct classes"):
         labelled_images(f"folder:{tmp_path}", keep_classes=[1])
+
+
+def test_a_pixel_baseline_trains_on_rgb_images_and_writes_its_card(tmp_path):
+    """The generic entry point (used for a user's own folder): channels and size come from the images."""
+    from dlsr_core.baselines.pixel_ddpm import PixelDDPMConfig
+
+    generator = torch.Generator().manual_seed(0)
+    images = torch.rand(24, 3, 8, 8, generator=generator) * 2 - 1
+    record = TrainingData("folder:/my/images", None, 16)
+    data = pixel_training.PixelData(images[:16], images[16:20], images[20:], record, record, record)
+    config = PixelDDPMConfig(image_size=8, channels=3, block_out_channels=(8, 8, 8), norm_num_groups=4)
+    train = pixel_training.PixelTrainConfig(batch_size=4, eval_every=2, max_steps=4)
+    lines = []
+    out, run = tmp_path / "out", tmp_path / "run"
+    model = pixel_training.train_pixel_baseline(data, out, run, config, train, log=lines.append)
+    assert model.info.steps_done == 4 and model.info.stopped == "max_steps" and len(lines) == 2
+    loaded = PixelDDPM.load(tmp_path / "out" / "pixel_ddpm.safetensors")
+    assert loaded.config.channels == 3 and loaded.info.training_set == record
+    gray = images[20:, :1]  # a grayscale tensor is adapted to the RGB model
+    np.testing.assert_array_equal(loaded.score_pixels(gray), loaded.score_pixels(gray.expand(-1, 3, -1, -1)))
+    np.testing.assert_allclose(loaded.score_pixels(gray), model.score_pixels(gray), atol=2e-3)  # float16 weights
+    with Image.open(tmp_path / "out" / "pixel_ddpm_samples.png") as picture:
+        assert picture.mode == "RGB"
+    curve = json.loads((tmp_path / "out" / "pixel_ddpm_curve.json").read_text())
+    assert [point["step"] for point in curve] == [2, 4]

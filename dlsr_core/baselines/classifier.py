@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from PIL import Image
-from torch import Tensor, nn
+from torch import Tensor
 
 from dlsr_core import tv_compat  # noqa: F401  (pytorch_ood imports torchvision)
 from dlsr_core.baselines.cnn import (
@@ -38,11 +38,11 @@ from dlsr_core.baselines.cnn import (
     SmallCNN,
     accuracy,
     build_cnn,
-    images_to_tensor,
     predict,
     train_cnn,
 )
 from dlsr_core.baselines.distance import NotFittedError
+from dlsr_core.baselines.images import adapt_pixels, images_to_tensor
 from dlsr_core.baselines.store import (
     DEFAULT_BASELINES_DIR,
     BaselineKind,
@@ -168,16 +168,8 @@ class ClassifierBaselines:
         return self.net.config
 
     def prepare(self, pixels: Tensor) -> Tensor:
-        """Images (N, 1 or 3, H, W) in [-1, 1] as the network's input (N, C_in, S, S): gray <-> RGB by channel
-        averaging / repetition, bilinear resize when the size differs."""
-        if pixels.ndim != 4 or pixels.shape[1] not in (1, 3):
-            raise ConfigError(f"images must be (N, 1 or 3, H, W) in [-1, 1], got {tuple(pixels.shape)}")
-        channels, size = self.config.in_channels, self.config.image_size
-        if pixels.shape[1] != channels:
-            pixels = pixels.mean(dim=1, keepdim=True) if channels == 1 else pixels.expand(-1, 3, -1, -1)
-        if pixels.shape[-2:] != (size, size):
-            pixels = nn.functional.interpolate(pixels, size=(size, size), mode="bilinear", align_corners=False)
-        return pixels.float()
+        """Images (N, 1 or 3, H, W) in [-1, 1] as the network's input (N, C_in, S, S) (images.adapt_pixels)."""
+        return adapt_pixels(pixels, self.config.in_channels, self.config.image_size)
 
     def features(self, pixels: Tensor) -> Tensor:
         """Penultimate features (N, C) of images (N, 1 or 3, H, W) in [-1, 1]."""

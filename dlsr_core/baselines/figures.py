@@ -28,17 +28,19 @@ def _png_bytes(image: Image.Image) -> bytes:
 
 
 def image_grid_png(path: str | Path, pixels: Tensor, columns: int = 8, scale: int = 2) -> None:
-    """Write pixels (N, 1, S, S) in [-1, 1] as one grayscale PNG grid, `columns` wide, each image enlarged `scale`x."""
-    if pixels.ndim != 4 or pixels.shape[1] != 1 or len(pixels) == 0:
-        raise ValueError(f"need pixels (N, 1, S, S), got {tuple(pixels.shape)}")
-    images = ((pixels[:, 0].float().clamp(-1, 1) + 1) * 127.5).round().byte().numpy()
-    count, size = len(images), images.shape[-1]
+    """Write images (N, C, S, S) in [-1, 1], C = 1 or 3, as one PNG grid (grayscale or RGB), `columns` wide, each
+    image enlarged `scale` times."""
+    if pixels.ndim != 4 or pixels.shape[1] not in (1, 3) or len(pixels) == 0:
+        raise ValueError(f"need images (N, 1 or 3, S, S), got {tuple(pixels.shape)}")
+    images = ((pixels.float().clamp(-1, 1) + 1) * 127.5).round().byte().permute(0, 2, 3, 1).numpy()
+    count, size, channels = len(images), images.shape[1], images.shape[-1]
     rows = math.ceil(count / columns)
-    grid = np.full((rows * (size + 2) + 2, columns * (size + 2) + 2), 255, dtype=np.uint8)
+    grid = np.full((rows * (size + 2) + 2, columns * (size + 2) + 2, channels), 255, dtype=np.uint8)
     for position, image in enumerate(images):
         top, left = 2 + (position // columns) * (size + 2), 2 + (position % columns) * (size + 2)
         grid[top : top + size, left : left + size] = image
-    picture = Image.fromarray(grid, mode="L").resize((grid.shape[1] * scale, grid.shape[0] * scale), Image.NEAREST)
+    picture = Image.fromarray(grid[..., 0] if channels == 1 else grid, mode="L" if channels == 1 else "RGB")
+    picture = picture.resize((grid.shape[1] * scale, grid.shape[0] * scale), Image.NEAREST)
     atomic_write_bytes(path, _png_bytes(picture))
 
 

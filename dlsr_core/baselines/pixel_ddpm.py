@@ -1,11 +1,11 @@
 """Pixel-level diffusion baseline: the paper's "DDPM" column, after Graham et al. 2023 (reconstruction-based OOD).
 
-A small `diffusers` UNet2DModel is trained as an epsilon-predicting DDPM on the ID images themselves (28 x 28
-grayscale, pixels in [-1, 1]). To score an image it is noised to several levels t, each noised copy is reconstructed
-with diffusers' DDIM scheduler (deterministic, eta = 0), and the mean squared pixel error of each level is turned
-into a z-score with the mean and standard deviation of that level's error on held-out ID images. The score (higher =
-more OOD) is the mean z-score over levels. Graham et al. also use LPIPS, which needs network-downloaded weights; the
-offline version here uses the pixel error only.
+A small `diffusers` UNet2DModel is trained as an epsilon-predicting DDPM on the ID images themselves (28 x 28 grayscale
+for Fashion-MNIST; any size, 1 or 3 channels; pixels in [-1, 1]). To score an image it is noised to several levels t,
+each noised copy is reconstructed with diffusers' DDIM scheduler (deterministic, eta = 0), and the mean squared pixel
+error of each level is turned into a z-score with the mean and standard deviation of that level's error on held-out ID
+images. The score (higher = more OOD) is the mean z-score over levels. Graham et al. also use LPIPS, which needs
+network-downloaded weights; the offline version here uses the pixel error only.
 
 The forward noise of an image is keyed by its pixel values and the seed (dlsr_core.noise), so the same image always
 gets the same score, whatever batch it is scored in.
@@ -28,6 +28,7 @@ from dlsr_core import tv_compat  # noqa: F401  (diffusers imports torchvision)
 # isort: split
 from diffusers import DDIMScheduler, DDPMScheduler, UNet2DModel
 
+from dlsr_core.baselines.images import adapt_pixels, images_to_tensor
 from dlsr_core.baselines.store import (
     DEFAULT_BASELINES_DIR,
     BaselineKind,
@@ -48,9 +49,11 @@ DEFAULT_PATH = DEFAULT_BASELINES_DIR / "pixel_ddpm.safetensors"
 
 @dataclass(frozen=True)
 class PixelDDPMConfig:
-    """UNet and noise schedule. Three resolutions (28, 14, 7), self-attention at 7 x 7, linear betas as in DDPM."""
+    """UNet and noise schedule. Three resolutions (28, 14, 7), self-attention at 7 x 7, linear betas as in DDPM;
+    `channels` 1 for grayscale images, 3 for RGB."""
 
     image_size: int = field(default=28, metadata={"range": (8, 256)})
+    channels: int = field(default=1, metadata={"range": (1, 3)})
     block_out_channels: tuple[int, ...] = field(default=(32, 64, 64), metadata={"range": (1, 1024)})
     layers_per_block: int = field(default=1, metadata={"range": (1, 8)})
     attention_at_lowest: bool = True
@@ -97,6 +100,8 @@ def validate_config(config: PixelDDPMConfig) -> None:
     """Raise ConfigError for a UNet that cannot be built or run: 1-6 resolutions, an image size the down- and
     up-sampling map back onto itself, group norms that divide every width, betas that increase."""
     levels = len(config.block_out_channels)
+    if config.channels not in (1, 3):
+        raise ConfigError(f"channels must be 1 (grayscale) or 3 (RGB), got {config.channels}")
     if not 1 <= levels <= 6:
         raise ConfigError(f"block_out_channels needs 1 to 6 entries, got {levels}")
     if config.image_size % (1 << (levels - 1)):
@@ -112,7 +117,7 @@ def validate_config(config: PixelDDPMConfig) -> None:
 
 
 def build_unet(config: PixelDDPMConfig) -> UNet2DModel:
-    """A diffusers UNet2DModel for (N, 1, S, S) images; one down/up block per entry of `block_out_channels`."""
+    """A diffusers UNet2DModel for (N, C, S, S) images; one down/up block per entry of `block_out_channels`."""
     levels = len(config.block_out_channels)
     down = ["DownBlock2D"] * levels
     up = ["UpBlock2D"] * levels
@@ -120,8 +125,8 @@ def build_unet(config: PixelDDPMConfig) -> UNet2DModel:
         down[-1], up[0] = "AttnDownBlock2D", "AttnUpBlock2D"
     return UNet2DModel(
         sample_size=config.image_size,
-        in_channels=1,
-        out_channels=1,
+        in_channels=config.channels,
+        out_channels=config.channels,
         block_out_channels=tuple(config.block_out_channels),
         layers_per_block=config.layers_per_block,
         down_block_types=tuple(down),
@@ -156,17 +161,10 @@ def reconstruction_scheduler(config: PixelDDPMConfig) -> DDIMScheduler:
     )
 
 
-def images_to_pixels(images: Sequence[Image.Image | np.ndarray], image_size: int = 28) -> Tensor:
-    """PIL images or uint8 arrays (H, W) / (H, W, 3) -> grayscale pixels (N, 1, S, S) float32 in [-1, 1]."""
-    batch = np.empty((len(images), image_size, image_size), dtype=np.float32)
-    for position, image in enumerate(images):
-        if isinstance(image, np.ndarray):
-            image = Image.fromarray(image)
-        gray = image.convert("L")
-        if gray.size != (image_size, image_size):
-            gray = gray.resize((image_size, image_size), Image.Resampling.BILINEAR)
-        batch[position] = np.asarray(gray, dtype=np.float32)
-    return torch.from_numpy(batch / 127.5 - 1.0).unsqueeze(1)
+def images_to_pixels(images: Sequence[Image.Image | np.ndarray], image_size: int = 28, channels: int = 1) -> Tensor:
+    """PIL images or uint8 arrays (H, W) / (H, W, 3) -> pixels (N, channels, S, S) float32 in [-1, 1] (grayscale by
+    default, as the shipped model reads them)."""
+    return images_to_tensor(images, channels, image_size)
 
 
 def _noised(ddpm: DDPMScheduler, pixels: Tensor, level: int, keys: np.ndarray, stream: int) -> Tensor:
@@ -177,7 +175,7 @@ def _noised(ddpm: DDPMScheduler, pixels: Tensor, level: int, keys: np.ndarray, s
 
 @torch.inference_mode()
 def reconstruct(unet: UNet2DModel, config: PixelDDPMConfig, noised: Tensor, level: int, stride: int) -> Tensor:
-    """DDIM from `noised` (N, 1, S, S) at timestep `level` back to an x0 estimate (N, 1, S, S) in [-1, 1].
+    """DDIM from `noised` (N, C, S, S) at timestep `level` back to an x0 estimate (N, C, S, S) in [-1, 1].
 
     stride 0: one step (the x0 estimate at `level`); otherwise level / stride steps through level, level - stride,
     ..., stride, returning the last step's x0 estimate.
@@ -203,7 +201,7 @@ def reconstruct(unet: UNet2DModel, config: PixelDDPMConfig, noised: Tensor, leve
 def reconstruct_levels(
     unet: UNet2DModel, config: PixelDDPMConfig, pixels: Tensor, setting: ReconstructionSetting, seed: int = 0
 ) -> Tensor:
-    """Reconstructions of pixels (N, 1, S, S) from each noise level of `setting`: (L, N, 1, S, S) in [-1, 1]."""
+    """Reconstructions of pixels (N, C, S, S) from each noise level of `setting`: (L, N, C, S, S) in [-1, 1]."""
     validate_setting(setting, config)
     ddpm = training_scheduler(config)
     keys = row_noise_keys(pixels.flatten(1), seed)
@@ -222,7 +220,7 @@ def level_errors(
     seed: int = 0,
     batch_size: int = 64,
 ) -> Tensor:
-    """Mean squared pixel error of the reconstruction from each noise level: pixels (N, 1, S, S) -> (N, L).
+    """Mean squared pixel error of the reconstruction from each noise level: pixels (N, C, S, S) -> (N, L).
 
     Chunks of 64 images were the fastest on the project CPU (large batches fall out of the cache)."""
     rows = [
@@ -238,7 +236,7 @@ class PixelRecord:
 
     training_set: TrainingData | None = None
     calibration: TrainingData | None = None
-    probe: str | None = None
+    probe: TrainingData | None = None
     train: dict | None = None
     train_images: int | None = None
     steps_done: int | None = None
@@ -323,36 +321,40 @@ class PixelDDPM:
         info: PixelRecord | None = None,
         seed: int = 0,
     ) -> PixelDDPM:
-        """A model whose per-level statistics and 95% threshold are measured on ID pixels (N, 1, S, S)."""
+        """A model whose per-level statistics and 95% threshold are measured on ID pixels (N, C, S, S)."""
         errors = level_errors(unet, config, id_pixels, setting, seed)
         model = cls(unet, config, setting, errors.mean(dim=0), errors.std(dim=0), info)
         model.id_threshold95 = float(np.quantile(model.normalise(errors), 0.95, method="inverted_cdf"))
         return model
 
+    def prepare(self, pixels: Tensor) -> Tensor:
+        """Images (N, 1 or 3, H, W) in [-1, 1] as this model's input (N, C, S, S) (images.adapt_pixels)."""
+        return adapt_pixels(pixels, self.config.channels, self.config.image_size)
+
     def errors(self, pixels: Tensor, seed: int = 0) -> Tensor:
-        """Per-level reconstruction errors (N, L) of pixels (N, 1, S, S)."""
-        return level_errors(self.unet, self.config, pixels, self.setting, seed)
+        """Per-level reconstruction errors (N, L) of images (N, 1 or 3, H, W) in [-1, 1]."""
+        return level_errors(self.unet, self.config, self.prepare(pixels), self.setting, seed)
 
     def reconstructions(self, pixels: Tensor, seed: int = 0) -> Tensor:
-        """The reconstruction of pixels (N, 1, S, S) from every level: (L, N, 1, S, S) in [-1, 1]."""
-        return reconstruct_levels(self.unet, self.config, pixels, self.setting, seed)
+        """The reconstruction of images (N, 1 or 3, H, W) from every level: (L, N, C, S, S) in [-1, 1]."""
+        return reconstruct_levels(self.unet, self.config, self.prepare(pixels), self.setting, seed)
 
     def normalise(self, errors: Tensor) -> np.ndarray:
         """Mean over levels of the ID-normalised errors: (N, L) -> (N,), higher = more OOD."""
         return ((errors - self.id_mean) / self.id_std).mean(dim=1).numpy()
 
     def score_pixels(self, pixels: Tensor, seed: int = 0) -> np.ndarray:
-        """Scores (N,) of pixels (N, 1, S, S) in [-1, 1]."""
+        """Scores (N,) of pixels (N, C, S, S) in [-1, 1]."""
         return self.normalise(self.errors(pixels, seed))
 
     def score_images(self, images: Sequence[Image.Image | np.ndarray], seed: int = 0) -> np.ndarray:
-        """Scores (N,) of PIL images or uint8 arrays (any size and mode; converted to S x S grayscale)."""
-        return self.score_pixels(images_to_pixels(images, self.config.image_size), seed)
+        """Scores (N,) of PIL images or uint8 arrays (any size and mode; converted to the model's S x S and C)."""
+        return self.score_pixels(images_to_pixels(images, self.config.image_size, self.config.channels), seed)
 
     def with_setting(
         self, setting: ReconstructionSetting, id_pixels: Tensor, seed: int = 0, calibration: TrainingData | None = None
     ) -> PixelDDPM:
-        """The same UNet under another setting, its statistics measured on ID pixels (N, 1, S, S); `calibration`
+        """The same UNet under another setting, its statistics measured on ID pixels (N, C, S, S); `calibration`
         records which images those are (default: the ones recorded for the current setting)."""
         info = self.info if calibration is None else replace(self.info, calibration=calibration)
         return PixelDDPM.calibrated(self.unet, self.config, setting, id_pixels, info, seed)
@@ -377,11 +379,11 @@ class PixelDDPM:
 
 @torch.inference_mode()
 def sample_images(unet: UNet2DModel, config: PixelDDPMConfig, count: int, steps: int = 50, seed: int = 0) -> Tensor:
-    """`count` images (count, 1, S, S) in [-1, 1] generated from seeded noise with `steps` DDIM steps (eta = 0)."""
+    """`count` images (count, C, S, S) in [-1, 1] generated from seeded noise with `steps` DDIM steps (eta = 0)."""
     ddim = reconstruction_scheduler(config)
     ddim.set_timesteps(steps)
     generator = torch.Generator().manual_seed(seed)
-    sample = torch.randn((count, 1, config.image_size, config.image_size), generator=generator)
+    sample = torch.randn((count, config.channels, config.image_size, config.image_size), generator=generator)
     for timestep in ddim.timesteps:
         sample = sample.contiguous(memory_format=torch.channels_last)
         predicted = unet(sample, torch.full((count,), int(timestep), dtype=torch.long)).sample
@@ -410,7 +412,7 @@ def score_setting(
     seed: int = 0,
     calibration: TrainingData | None = None,
 ) -> SettingScores:
-    """How well `setting` separates `id_pixels` (N, 1, S, S) from each of `ood_pixels` (name -> (M, 1, S, S)).
+    """How well `setting` separates `id_pixels` (N, C, S, S) from each of `ood_pixels` (name -> (M, C, S, S)).
 
     The setting's per-level statistics are measured on `calibration_pixels` (held-out ID images, recorded as
     `calibration`). For a fair selection all three image groups are validation data: choosing on the test sets

@@ -38,6 +38,7 @@ from dlsr_core.baselines.pixel_ddpm import (
     validate_setting,
 )
 from dlsr_core.diffusion import ConfigError
+from dlsr_core.validation import TrainingData
 
 RESUME_FORMAT = "dlsr-pixel-ddpm-resume"
 
@@ -59,7 +60,7 @@ class PixelTrainConfig:
 
 @dataclass(frozen=True)
 class HeldOutProbe:
-    """Fixed held-out pixels (N, 1, S, S), one timestep (N,) and one noise tensor (N, 1, S, S) per image."""
+    """Fixed held-out pixels (N, C, S, S), one timestep (N,) and one noise tensor (N, C, S, S) per image."""
 
     pixels: Tensor
     timesteps: Tensor
@@ -67,7 +68,7 @@ class HeldOutProbe:
 
 
 def make_probe(pixels: Tensor, num_train_timesteps: int, seed: int = 0) -> HeldOutProbe:
-    """A probe of held-out pixels (N, 1, S, S): timesteps evenly spread over 0..T-1 (in a seeded order) and seeded
+    """A probe of held-out pixels (N, C, S, S): timesteps evenly spread over 0..T-1 (in a seeded order) and seeded
     noise, both fixed by `seed` alone."""
     generator = torch.Generator().manual_seed(seed + 7_919)
     count = len(pixels)
@@ -149,6 +150,15 @@ def _resume_identity(config: PixelDDPMConfig, train_config: PixelTrainConfig, da
     return json.loads(json.dumps({"model": asdict(config), "train": train, "data": data_digest}))  # as stored
 
 
+def _with_defaults(stored: object) -> object:
+    """A stored identity completed with the defaults of fields added since it was written (they cannot differ)."""
+    if not isinstance(stored, dict) or not all(isinstance(stored.get(k), dict) for k in ("model", "train")):
+        return stored
+    model = {**json.loads(json.dumps(asdict(PixelDDPMConfig()))), **stored["model"]}
+    defaults = {k: v for k, v in asdict(PixelTrainConfig()).items() if k != "max_steps"}
+    return {**stored, "model": model, "train": {**defaults, **stored["train"]}}
+
+
 def _limit_reached(state: TrainingState, train_config: PixelTrainConfig, max_seconds: float | None) -> str | None:
     if max_seconds is not None and state.seconds >= max_seconds:
         return "budget"
@@ -194,7 +204,7 @@ def load_state(path: Path, state: TrainingState, identity: dict) -> TrainingStat
         param_groups = json.loads(metadata["param_groups"])
     except Exception as error:  # any damage means: do not continue from it
         raise ConfigError(f"{path} cannot be resumed from ({error}); delete it or pass --restart") from error
-    if metadata.get("format") != RESUME_FORMAT or stored_identity != identity:
+    if metadata.get("format") != RESUME_FORMAT or _with_defaults(stored_identity) != identity:
         raise ConfigError(
             f"{path} belongs to a run with other settings or training data; delete it or pass --restart to start over"
         )
@@ -214,7 +224,7 @@ def load_state(path: Path, state: TrainingState, identity: dict) -> TrainingStat
 
 
 def pixels_digest(pixels: Tensor) -> str:
-    """SHA-256 of float32 pixels (N, 1, S, S): a resumed run must see the same training images."""
+    """SHA-256 of float32 pixels (N, C, S, S): a resumed run must see the same training images."""
     return sha256_hex(pixels.detach().float().contiguous().numpy().tobytes())
 
 
@@ -270,10 +280,11 @@ def run_training(
     max_seconds: float | None = None,
     on_eval: Callable[[TrainingState], None] | None = None,
 ) -> TrainingState:
-    """Train on pixels (N, 1, S, S) until the stopping rule holds; continue from `resume_path` when it exists and
+    """Train on pixels (N, C, S, S) until the stopping rule holds; continue from `resume_path` when it exists and
     save there at every evaluation. Returns the final state (its `best` module holds the kept EMA weights)."""
-    if train_pixels.ndim != 4 or train_pixels.shape[1:] != (1, config.image_size, config.image_size):
-        raise ConfigError(f"training pixels must be (N, 1, {config.image_size}, {config.image_size})")
+    expected = (config.channels, config.image_size, config.image_size)
+    if train_pixels.ndim != 4 or tuple(train_pixels.shape[1:]) != expected:
+        raise ConfigError(f"training pixels must be (N, {', '.join(map(str, expected))}), got {train_pixels.shape}")
     identity = _resume_identity(config, train_config, pixels_digest(train_pixels))
     state = new_state(config, train_config)
     if resume_path is not None and resume_path.is_file():
@@ -337,3 +348,73 @@ def finished_model(
     """The kept (best) EMA weights with `setting`'s per-level statistics measured on calibration pixels."""
     validate_setting(setting, config)
     return PixelDDPM.calibrated(copy.deepcopy(state.best), config, setting, calibration_pixels, info, seed)
+
+
+@dataclass(frozen=True)
+class PixelData:
+    """The images of one pixel DDPM: training pixels (N, C, S, S), the probe's held-out pixels and the pixels its
+    scores are normalised on (both held out of training), and the record of which images each group is."""
+
+    train: Tensor
+    probe: Tensor
+    calibration: Tensor
+    training_set: TrainingData
+    probe_set: TrainingData
+    calibration_set: TrainingData
+
+
+def _report(run_dir: Path, log: Callable[[str], None]) -> Callable[[TrainingState], None]:
+    def report(state: TrainingState) -> None:
+        point = state.curve[-1]
+        log(
+            f"step {point['step']}  epochs {point['epochs']:.2f}  held-out loss {point['heldout_loss']:.5f}  "
+            f"train loss {point['train_loss_smoothed']:.5f}  {point['seconds'] / 60:.1f} min"
+            + (f"  stopped: {state.stopped}" if state.stopped else "")
+        )
+        atomic_write_bytes(run_dir / "curve.json", json.dumps(state.curve, indent=1).encode())
+
+    return report
+
+
+def train_pixel_baseline(
+    data: PixelData,
+    out: Path,
+    run_dir: Path,
+    config: PixelDDPMConfig | None = None,
+    train_config: PixelTrainConfig | None = None,
+    setting: ReconstructionSetting | None = None,
+    max_seconds: float | None = None,
+    restart: bool = False,
+    machine: str | None = None,
+    log: Callable[[str], None] = lambda line: print(line, flush=True),
+) -> PixelDDPM:
+    """Train (or continue, from `run_dir`) a pixel DDPM on `data.train` until its probe loss stops falling or the
+    time budget ends, normalise `setting` (default: the shipped one) on `data.calibration`, and write to `out`:
+    pixel_ddpm.safetensors, pixel_ddpm_curve.json / .png (the probe-loss curve) and pixel_ddpm_samples.png (64
+    generated images). `config` defaults to the shipped UNet for the images' channels and size."""
+    from dlsr_core.baselines import figures
+    from dlsr_core.baselines.pixel_ddpm import sample_images
+
+    config = config or PixelDDPMConfig(image_size=data.train.shape[-1], channels=data.train.shape[1])
+    train_config = train_config or PixelTrainConfig()
+    resume = run_dir / "resume.safetensors"
+    if restart:
+        resume.unlink(missing_ok=True)
+    probe = make_probe(data.probe, config.num_train_timesteps, train_config.seed)
+    report = _report(run_dir, log)
+    state = run_training(data.train, probe, config, train_config, resume, max_seconds, report)
+    info = PixelRecord(
+        **curve_summary(state, train_config, len(data.train)),
+        training_set=data.training_set,
+        probe=data.probe_set,
+        calibration=data.calibration_set,
+        machine=machine,
+        max_minutes=None if max_seconds is None else max_seconds / 60,
+    )
+    model = finished_model(state, config, setting or ReconstructionSetting(), data.calibration, info)
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_bytes(out / "pixel_ddpm_curve.json", json.dumps(state.curve, indent=1).encode())
+    figures.loss_curve_png(out / "pixel_ddpm_curve.png", state.curve)
+    figures.image_grid_png(out / "pixel_ddpm_samples.png", sample_images(model.unet, config, 64))
+    model.save(out / "pixel_ddpm.safetensors")
+    return model

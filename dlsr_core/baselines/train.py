@@ -11,7 +11,6 @@ Needs the Debian package dataset-fashion-mnist. Each file records its training t
 from __future__ import annotations
 
 import argparse
-import json
 import platform
 import sys
 import time
@@ -21,7 +20,6 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from dlsr_core.atomic import atomic_write_bytes
 from dlsr_core.baselines.store import DEFAULT_BASELINES_DIR
 from dlsr_core.validation import (
     FIT_RULE,
@@ -65,46 +63,23 @@ def pixel_calibration_record() -> TrainingData:
 
 
 def train_pixel(out: Path, run_dir: Path, max_minutes: float | None, restart: bool) -> None:
-    """Train (or continue) the pixel DDPM on the fit set until its held-out loss stops falling, then normalise
-    it on the calibration images and write the model, its loss curve (JSON + PNG) and a sample grid to `out`."""
-    from dlsr_core.baselines import figures, pixel_ddpm, pixel_training
+    """Train (or continue) the pixel DDPM on the fit set of Fashion-MNIST train until its held-out loss stops
+    falling; see pixel_training.train_pixel_baseline for what is written to `out`."""
+    from dlsr_core.baselines import pixel_training
 
-    config, train_config = pixel_ddpm.PixelDDPMConfig(), pixel_training.PixelTrainConfig()
     calibration_rows, probe_rows = pixel_validation_rows()
-    train_pixels = fashion_mnist_pixels(fit_indices(TRAIN_SIZE))
-    probe = pixel_training.make_probe(fashion_mnist_pixels(probe_rows), config.num_train_timesteps, train_config.seed)
-    resume = run_dir / "resume.safetensors"
-    if restart:
-        resume.unlink(missing_ok=True)
-
-    def report(state: pixel_training.TrainingState) -> None:
-        point = state.curve[-1]
-        print(
-            f"step {point['step']}  epochs {point['epochs']:.2f}  held-out loss {point['heldout_loss']:.5f}  "
-            f"train loss {point['train_loss_smoothed']:.5f}  {point['seconds'] / 60:.1f} min  "
-            f"{'stopped: ' + state.stopped if state.stopped else ''}",
-            flush=True,
-        )
-        atomic_write_bytes(run_dir / "curve.json", json.dumps(state.curve, indent=1).encode())
-
+    data = pixel_training.PixelData(
+        train=fashion_mnist_pixels(fit_indices(TRAIN_SIZE)),
+        probe=fashion_mnist_pixels(probe_rows),
+        calibration=fashion_mnist_pixels(calibration_rows),
+        training_set=training_set_record(count=TRAIN_SIZE - len(validation_indices(TRAIN_SIZE))),
+        probe_set=training_set_record(subset=f"{VALIDATION_RULE}, every 5th from position 1", count=PIXEL_HELD_OUT),
+        calibration_set=pixel_calibration_record(),
+    )
     max_seconds = None if max_minutes is None else 60 * max_minutes
-    state = pixel_training.run_training(train_pixels, probe, config, train_config, resume, max_seconds, report)
-    info = pixel_ddpm.PixelRecord(
-        **pixel_training.curve_summary(state, train_config, len(train_pixels)),
-        training_set=training_set_record(count=len(train_pixels)),
-        probe=f"{PIXEL_HELD_OUT} validation images ({VALIDATION_RULE}), every 5th from position 1",
-        calibration=pixel_calibration_record(),
-        machine=machine(),
-        max_minutes=max_minutes,
+    model = pixel_training.train_pixel_baseline(
+        data, out, run_dir, max_seconds=max_seconds, restart=restart, machine=machine()
     )
-    model = pixel_training.finished_model(
-        state, config, pixel_ddpm.ReconstructionSetting(), fashion_mnist_pixels(calibration_rows), info
-    )
-    out.mkdir(parents=True, exist_ok=True)
-    atomic_write_bytes(out / "pixel_ddpm_curve.json", json.dumps(state.curve, indent=1).encode())
-    figures.loss_curve_png(out / "pixel_ddpm_curve.png", state.curve)
-    figures.image_grid_png(out / "pixel_ddpm_samples.png", pixel_ddpm.sample_images(model.unet, config, 64))
-    model.save(out / "pixel_ddpm.safetensors")
     print(f"saved {out / 'pixel_ddpm.safetensors'}: {model.info}")
 
 
@@ -159,7 +134,8 @@ def train_classifier(out: Path, dataset: str = TRAIN_SET, test_set: str | None =
     """Train the CNN on the fit set of `dataset` (Fashion-MNIST train) with its labels, fit the detectors, measure
     validation accuracy (every epoch) and test accuracy (once, reported only), and save it to `out`."""
     from dlsr_core.baselines import classifier
-    from dlsr_core.baselines.cnn import accuracy, labelled_images
+    from dlsr_core.baselines.cnn import accuracy
+    from dlsr_core.baselines.images import labelled_images
 
     images, labels, classes, shape = labelled_images(dataset, fit_indices(TRAIN_SIZE))
     valid_images, valid_labels, _, _ = labelled_images(dataset, validation_indices(TRAIN_SIZE), shape)
