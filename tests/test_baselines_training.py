@@ -198,6 +198,10 @@ def test_a_pixel_baseline_trains_on_rgb_images_and_writes_its_card(tmp_path):
     gray = images[20:, :1]  # a grayscale tensor is adapted to the RGB model
     np.testing.assert_array_equal(loaded.score_pixels(gray), loaded.score_pixels(gray.expand(-1, 3, -1, -1)))
     np.testing.assert_allclose(loaded.score_pixels(gray), model.score_pixels(gray), atol=2e-3)  # float16 weights
+    # the stored normalisation is reproduced exactly by recalibrating the saved file on its calibration images
+    again = loaded.with_setting(loaded.setting, images[20:])
+    assert torch.equal(again.id_mean, loaded.id_mean) and torch.equal(again.id_std, loaded.id_std)
+    assert again.id_threshold95 == loaded.id_threshold95
     with Image.open(tmp_path / "out" / "pixel_ddpm_samples.png") as picture:
         assert picture.mode == "RGB"
     curve = json.loads((tmp_path / "out" / "pixel_ddpm_curve.json").read_text())

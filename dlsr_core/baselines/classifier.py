@@ -47,9 +47,11 @@ from dlsr_core.baselines.store import (
     DEFAULT_BASELINES_DIR,
     BaselineKind,
     Header,
+    TrainingRecord,
     bound_by_tensors,
     load_baseline,
     meta_shapes,
+    rounded_to_float16,
     save_baseline,
 )
 from dlsr_core.diffusion import ConfigError
@@ -74,21 +76,17 @@ class DetectorSettings:
 
 
 @dataclass(frozen=True)
-class ClassifierRecord:
+class ClassifierRecord(TrainingRecord):
     """The training record stored with the classifier: its data, classes, training curve and accuracies."""
 
-    training_set: TrainingData | None = None
     classes: tuple[str, ...] | None = None
-    train: dict | None = None
     train_images: int | None = None
-    train_seconds: float | None = None
     curve: list | None = None
     validation_set: TrainingData | None = None
     validation_accuracy: float | None = None
     test_set: str | None = None
     test_accuracy: float | None = None
     fit_detectors_seconds: float | None = None
-    machine: str | None = None
 
 
 @dataclass(frozen=True)
@@ -104,13 +102,6 @@ class ClassifierFile:
 def _as_maps(features: Tensor) -> Tensor:
     """Pooled features (B, C) as the (B, C, 1, 1) feature maps ASH and ReAct act on."""
     return features[:, :, None, None]
-
-
-def half_precision(net: SmallCNN) -> SmallCNN:
-    """`net` with every floating weight rounded to float16 precision (kept as float32): what the file stores."""
-    rounded = {k: v.half().float() if v.is_floating_point() else v for k, v in net.state_dict().items()}
-    net.load_state_dict(rounded)
-    return net
 
 
 @dataclass
@@ -144,7 +135,7 @@ class ClassifierBaselines:
         `fit_feature_maps`) on the penultimate features of training images (N, C_in, S, S) with labels (N,)."""
         from pytorch_ood.detector import DICE, ReAct, ViM
 
-        net = half_precision(net).eval().requires_grad_(False)
+        net = rounded_to_float16(net).eval().requires_grad_(False)
         features, _ = predict(net, images)
         labels, head = labels.long(), net.head
         vim_dim = settings.vim_dim or max(1, features.shape[1] // 2)

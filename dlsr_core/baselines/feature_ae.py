@@ -19,6 +19,7 @@ from dlsr_core.baselines.store import (
     DEFAULT_BASELINES_DIR,
     BaselineKind,
     Header,
+    TrainingRecord,
     bound_by_tensors,
     load_baseline,
     meta_shapes,
@@ -26,7 +27,6 @@ from dlsr_core.baselines.store import (
 )
 from dlsr_core.diffusion import ConfigError
 from dlsr_core.presets import FeatureOptions
-from dlsr_core.validation import TrainingData
 
 KIND = "feature_ae"
 DEFAULT_PATH = DEFAULT_BASELINES_DIR / "feature_ae.safetensors"
@@ -42,22 +42,18 @@ class AutoencoderConfig:
 
 
 @dataclass(frozen=True)
-class AutoencoderRecord:
+class AutoencoderRecord(TrainingRecord):
     """How the training features were made (backbone, weights, input size, stages, feature options), which images
     they came from, and the training record."""
 
-    training_set: TrainingData | None = None
     backbone: str | None = None
     weights: str | None = None
     input_size: int | None = None
     stage_dims: tuple[int, ...] | None = None
     feature_options: FeatureOptions | None = None
-    train: dict | None = None
-    train_seconds: float | None = None
     final_loss: float | None = None
     train_features: int | None = None
     parameters: int | None = None
-    machine: str | None = None
 
 
 def _bound(config: AutoencoderConfig, header: Header) -> None:

@@ -33,6 +33,7 @@ from dlsr_core.baselines.store import (
     DEFAULT_BASELINES_DIR,
     BaselineKind,
     Header,
+    TrainingRecord,
     bound_by_tensors,
     load_baseline,
     meta_shapes,
@@ -231,17 +232,14 @@ def level_errors(
 
 
 @dataclass(frozen=True)
-class PixelRecord:
+class PixelRecord(TrainingRecord):
     """The training record stored with a pixel DDPM (dlsr_core.baselines.pixel_training writes it)."""
 
-    training_set: TrainingData | None = None
     calibration: TrainingData | None = None
     probe: TrainingData | None = None
-    train: dict | None = None
     train_images: int | None = None
     steps_done: int | None = None
     epochs: float | None = None
-    train_seconds: float | None = None
     stopped: str | None = None
     stopping_rule: str | None = None
     best_step: int | None = None
@@ -249,7 +247,6 @@ class PixelRecord:
     last_heldout_loss: float | None = None
     last_slope_per_1000_steps: float | None = None
     parameters: int | None = None
-    machine: str | None = None
     max_minutes: float | None = None
     calibration_seconds: float | None = None
 

@@ -37,6 +37,7 @@ from dlsr_core.baselines.pixel_ddpm import (
     training_scheduler,
     validate_setting,
 )
+from dlsr_core.baselines.store import rounded_to_float16
 from dlsr_core.diffusion import ConfigError
 from dlsr_core.validation import TrainingData
 
@@ -345,9 +346,11 @@ def finished_model(
     info: PixelRecord,
     seed: int = 0,
 ) -> PixelDDPM:
-    """The kept (best) EMA weights with `setting`'s per-level statistics measured on calibration pixels."""
+    """The kept (best) EMA weights, rounded to the float16 precision they are stored in, with `setting`'s per-level
+    statistics measured on calibration pixels (so recalibrating the saved file reproduces them)."""
     validate_setting(setting, config)
-    return PixelDDPM.calibrated(copy.deepcopy(state.best), config, setting, calibration_pixels, info, seed)
+    unet = rounded_to_float16(copy.deepcopy(state.best))
+    return PixelDDPM.calibrated(unet, config, setting, calibration_pixels, info, seed)
 
 
 @dataclass(frozen=True)

@@ -33,6 +33,7 @@ from torch import Tensor
 from dlsr_core.atomic import atomic_write_bytes, sha256_hex
 from dlsr_core.checkpoint import DIGEST_KEY, CheckpointError, checksum_path, content_digest
 from dlsr_core.schema import SchemaError, from_json
+from dlsr_core.validation import TrainingData
 
 FORMAT_NAME = "dlsr-baseline"
 FORMAT_VERSION = 2  # 2: typed config/info records and the embedded digest
@@ -52,6 +53,17 @@ class BaselineFileError(CheckpointError):
 def baselines_dir() -> Path:
     """Where baselines are loaded from: $DLSR_BASELINES_DIR, or the shipped checkpoints/baselines."""
     return Path(os.environ.get("DLSR_BASELINES_DIR", DEFAULT_BASELINES_DIR))
+
+
+@dataclass(frozen=True)
+class TrainingRecord:
+    """What every baseline records about its training (each kind's record adds its own fields): which images it
+    was fitted on, the training settings, the time it took and on what machine."""
+
+    training_set: TrainingData | None = None
+    train: dict | None = None
+    train_seconds: float | None = None
+    machine: str | None = None
 
 
 @dataclass(frozen=True)
@@ -292,3 +304,11 @@ def bound_by_tensors(values: dict[str, int], header: Header) -> None:
                 f"{name} = {value}, but no tensor in the file is that large (largest dimension {largest}): "
                 "the metadata does not match the weights"
             )
+
+
+def rounded_to_float16(module: torch.nn.Module) -> torch.nn.Module:
+    """`module` with every floating weight rounded to float16 precision (kept in float32): what a file stores with
+    `half_keys`. Statistics fitted after this (detector state, score normalisation) match the loaded model exactly."""
+    state = module.state_dict()
+    module.load_state_dict({k: v.half().float() if v.is_floating_point() else v for k, v in state.items()})
+    return module

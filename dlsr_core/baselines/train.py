@@ -1,11 +1,15 @@
-"""Train the shipped baselines on Fashion-MNIST train and write them to checkpoints/baselines (or --out).
+"""Train the shipped baselines on the fit set of Fashion-MNIST train and write them to checkpoints/baselines (or --out).
 
-    python -m dlsr_core.baselines.train --only pixel_ddpm        # ~35 min on 2 CPU cores
-    python -m dlsr_core.baselines.train --only feature_ae        # ~1 min (features are cached)
-    python -m dlsr_core.baselines.train --only classifier        # ~1 min (pre-logit features are cached)
+    python -m dlsr_core.baselines.train --only pixel_ddpm --threads 1   # until its held-out loss stops falling, or
+                                                                        # --pixel-max-minutes (210); resumable
+    python -m dlsr_core.baselines.train --only feature_ae               # ~1 min (features are cached)
+    python -m dlsr_core.baselines.train --only classifier --threads 1   # the CNN: ~25 min on a quiet CPU core
     python -m dlsr_core.baselines.train --pixel-recalibrate 50,100,150,200,250:0   # another reconstruction setting
 
-Needs the Debian package dataset-fashion-mnist. Each file records its training time and settings in its metadata.
+Every model is fitted on the fit set (dlsr_core.validation: the 55,000 training images with index i % 12 != 11);
+validation images (i % 12 == 11) normalise the pixel DDPM's scores, measure its held-out loss and the classifier's
+validation accuracy. Needs the Debian package dataset-fashion-mnist. Each file records its training data, time and
+settings in its metadata.
 """
 
 from __future__ import annotations
