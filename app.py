@@ -5,7 +5,8 @@ import os
 import streamlit as st
 import torch
 
-from pages import shared
+from dlsr_core import explorer
+from pages import shared, widgets
 
 # Half the cores (at most 4) for torch, overridable with DLSR_TORCH_THREADS. On a shared 2-core machine two torch
 # threads competing with other processes made scoring 5x slower than one (measured), and the browser needs a core.
@@ -15,6 +16,7 @@ st.set_page_config(page_title="DLSR Explorer", page_icon=":material/search:", la
 
 PAGES = [
     st.Page("pages/home.py", title="Home / model", icon=":material/home:", default=True),
+    st.Page("pages/experiment.py", title="Experiment / data", icon=":material/dataset:"),
     st.Page("pages/score_images.py", title="Score images", icon=":material/image_search:"),
     st.Page("pages/how_dlsr_works.py", title="How DLSR works", icon=":material/school:"),
     st.Page("pages/distributions.py", title="Score distributions", icon=":material/bar_chart:"),
@@ -25,16 +27,30 @@ PAGES = [
 ]
 page = st.navigation(PAGES)
 
+detector = None
 with st.sidebar:
     run_dir = shared.current_run_dir()
     try:
-        st.markdown(shared.model_caption(shared.load_detector(run_dir), run_dir))
+        detector = shared.load_detector(run_dir)
+        st.markdown(explorer.model_caption(detector, run_dir))
+        current = shared.current_experiment(detector, run_dir)
+        st.markdown(explorer.experiment_caption(current))
+        if current.problems:  # the pages use a stated fallback meanwhile
+            st.error(f"{current.problems[0][:400]} — see **Experiment / data**.")
+        if current.overlap:  # on every page: the metrics of such a run look better than they are
+            st.warning(current.overlap)
     except Exception as error:  # the page itself explains; the sidebar only must not crash
         st.warning(f"No usable model at `{run_dir}` ({type(error).__name__}).")
-    shared.draws_control()  # every page scores with this many noise draws per image
+    widgets.draws_control()  # every page scores with this many noise draws per image
     st.caption(
         "DLSR: diffusion-based layer-wise semantic reconstruction for unsupervised OOD detection "
         "(NeurIPS 2024). All scores: higher = more OOD."
     )
 
-page.run()
+shared.page_started()
+try:
+    page.run()
+finally:  # also after st.stop(): once the first page is up, load what the next ones need (see shared.warm_up)
+    shared.page_finished()
+    if detector is not None:
+        shared.warm_up(detector, run_dir)

@@ -1,11 +1,12 @@
-"""Paper-style benchmark of the shipped default model on the offline demo sets; prints and saves the table.
+"""Paper-style benchmark of a model on its experiment's sets (default: the shipped model); prints and saves the table.
 
     python -m benchmarks.default_model --out benchmarks/results
 
-ID: demo:fashion_mnist_test (Fashion-MNIST test images never seen in training). Far OOD: digits, letters, textures;
-near OOD: inverted and rotated Fashion-MNIST. k-NN and Mahalanobis are fitted on the Fashion-MNIST training split
-(Debian package dataset-fashion-mnist; pass --no-baselines without it). Images/s per score = backbone time
-(measured here on demo images, cache or not) plus that score's time on cached features.
+The sets are the checkpoint's experiment (`<run>/experiment.json`). For the shipped model: ID demo:fashion_mnist_test
+(Fashion-MNIST test images never seen in training); far OOD digits, letters, textures; near OOD inverted and rotated
+Fashion-MNIST. k-NN and Mahalanobis are fitted on the experiment's training set (for the shipped model the
+Fashion-MNIST training split, Debian package dataset-fashion-mnist; pass --no-baselines without it). Images/s per
+score = backbone time (measured here on ID images, cache or not) plus that score's time on cached features.
 """
 
 from __future__ import annotations
@@ -21,20 +22,18 @@ import torch
 from dlsr_core.backbones import create_feature_extractor
 from dlsr_core.cache import cached_features
 from dlsr_core.checkpoint import DEFAULT_RUN_DIR
-from dlsr_core.data import open_dataset
+from dlsr_core.data import Experiment, open_dataset, run_experiment
 from dlsr_core.evaluation import EvaluationReport, EvaluationSettings, evaluate
 from dlsr_core.scoring import DEFAULT_STEPS, Detector
 
-ID_SET = "demo:fashion_mnist_test"
-FAR_SETS = ["demo:digits", "demo:letters", "demo:textures"]
-NEAR_SETS = ["demo:fashion_mnist_inverted", "demo:fashion_mnist_rotated"]
 SCORE_LABELS = {"mse": "DLSR MSE", "lr": "DLSR LR", "mfsim": "DLSR MFsim", "knn": "k-NN", "mahalanobis": "Mahalanobis"}
 
 
-def backbone_images_per_second(extractor, input_size: int, count: int = 512) -> float:
-    """Backbone throughput on `count` demo images (preprocessing included), after one warm-up batch."""
-    dataset = open_dataset(ID_SET)
-    images = [dataset[i] for i in range(count)]
+def backbone_images_per_second(extractor, input_size: int, spec: str, count: int = 512) -> float:
+    """Backbone throughput on `count` images of `spec` (preprocessing included), after one warm-up batch."""
+    dataset = open_dataset(spec)
+    images = [dataset[i] for i in range(min(count, len(dataset)))]
+    count = len(images)
     batch = extractor.batch_size_for(input_size)
     extractor(extractor.preprocess(images[:batch], input_size))
     started = time.perf_counter()
@@ -43,18 +42,23 @@ def backbone_images_per_second(extractor, input_size: int, count: int = 512) -> 
     return count / (time.perf_counter() - started)
 
 
-def markdown_table(report: EvaluationReport) -> str:
+def _group(experiment: Experiment, group: str) -> list[str]:
+    return [s.spec for s in experiment.ood_sets if s.group == group]
+
+
+def markdown_table(report: EvaluationReport, experiment: Experiment) -> str:
     """Rows = OOD sets and group averages, columns = scores, cells = AUROC / FPR95 / AUPR-Out in percent."""
     names = report.score_names
     lines = ["| OOD set | " + " | ".join(SCORE_LABELS.get(n, n) for n in names) + " |", "|---|" + "---|" * len(names)]
-    groups = [(s, [s]) for s in FAR_SETS + NEAR_SETS]
-    groups += [("**average far**", FAR_SETS), ("**average near**", NEAR_SETS), ("**average all**", None)]
+    groups = [(experiment.name_of(s), [s]) for s in experiment.groups]
+    groups += [(f"**average {g}**", _group(experiment, g)) for g in ("far", "near") if _group(experiment, g)]
+    groups.append(("**average all**", None))
     for label, sets in groups:
         cells = []
         for name in names:
             m = report.average(name, sets)
             cells.append(f"{100 * m.auroc:.2f} / {100 * m.fpr95:.2f} / {100 * m.aupr_out:.2f}")
-        lines.append(f"| {label.replace('demo:', '')} | " + " | ".join(cells) + " |")
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
     speeds = [f"{report.end_to_end_images_per_second(n):.0f}" for n in names]
     lines.append("| images/s (backbone + score) | " + " | ".join(speeds) + " |")
     return "\n".join(lines)
@@ -71,6 +75,8 @@ def main() -> None:
     args = parser.parse_args()
     detector = Detector.load(args.checkpoint, device="cpu")
     info = detector.info
+    experiment = run_experiment(args.checkpoint, info.dataset, shipped_run=DEFAULT_RUN_DIR).experiment
+    id_set = experiment.id_set.spec
     extractor = create_feature_extractor(info.backbone, weights=info.weights)
 
     def features(spec: str):
@@ -78,17 +84,17 @@ def main() -> None:
             spec, info.backbone, weights=info.weights, input_size=info.input_size, extractor=extractor
         ).features
 
-    train = None if args.no_baselines else features("fashion_mnist:train")
+    train = None if args.no_baselines else features(experiment.training_set)
     report = evaluate(
         detector,
-        ID_SET,
-        features(ID_SET),
-        {s: features(s) for s in FAR_SETS + NEAR_SETS},
+        id_set,
+        features(id_set),
+        {s: features(s) for s in experiment.groups},
         EvaluationSettings(timestep=args.timestep, steps=args.steps or None, seed=args.seed),
         train_features=train,
-        backbone_images_per_second=backbone_images_per_second(extractor, info.input_size),
+        backbone_images_per_second=backbone_images_per_second(extractor, info.input_size, id_set),
     )
-    table = markdown_table(report)
+    table = markdown_table(report, experiment)
     machine = f"{platform.machine()} CPU, {torch.get_num_threads()} torch threads, torch {torch.__version__}"
     header = (
         f"Model: {args.checkpoint} ({info.backbone} @ {info.input_size}px, LFDN {info.config.width}x"
@@ -101,8 +107,9 @@ def main() -> None:
     out.mkdir(parents=True, exist_ok=True)
     summary = report.to_dict()
     summary["groups"] = {
-        "far": {n: report.average(n, FAR_SETS).__dict__ for n in report.score_names},
-        "near": {n: report.average(n, NEAR_SETS).__dict__ for n in report.score_names},
+        group: {n: report.average(n, _group(experiment, group)).__dict__ for n in report.score_names}
+        for group in ("far", "near")
+        if _group(experiment, group)
     }
     summary["end_to_end_images_per_second"] = {n: report.end_to_end_images_per_second(n) for n in report.score_names}
     summary["machine"] = machine

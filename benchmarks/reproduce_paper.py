@@ -6,11 +6,14 @@ EfficientNet-B4 features at 224 px, LFDN 1440 x 16, CIFAR-10 or CIFAR-100 as ID,
     python -m benchmarks.reproduce_paper --id cifar10 --data-root data --ood-root data --download --out runs/cifar10
     python -m benchmarks.reproduce_paper --id cifar100 --data-root data --ood-root data --download --out runs/cifar100
 
-OOD sets: those of Table 1 (CIFAR-10 only) and Table 3 that torchvision downloads (SVHN, MNIST, FashionMNIST, KMNIST,
-Omniglot), the rest as image folders under --ood-root (LSUN, LSUN_resize, iSUN, dtd/images, places365, notMNIST; a
-missing folder is skipped with a note), plus the other CIFAR set as a near-OOD set the paper does not tabulate. Every
-step is the ordinary CLI and is printed, so the training step can be re-run under torchrun for several GPUs. The
-paper's tables come from benchmarks/paper_results.json; the comparison goes to OUT/paper_comparison.{json,md}.
+The sets are the experiment files experiments/cifar10_paper.json and experiments/cifar100_paper.json (openable in
+the app too): the OOD sets of Table 1 (CIFAR-10 only) and Table 3, those torchvision downloads (SVHN, MNIST,
+FashionMNIST, KMNIST, Omniglot) by name, the rest as image folders under --ood-root (LSUN, LSUN_resize, iSUN,
+dtd/images, places365, notMNIST; each file's notes say where to get them; a missing folder is skipped with a note),
+plus the other CIFAR set as a near-OOD set the paper does not tabulate. `train --experiment` writes those sets beside
+the run and `evaluate --experiment` evaluates them. Every step is the ordinary CLI and is printed, so the training
+step can be re-run under torchrun for several GPUs. The paper's tables come from benchmarks/paper_results.json; the
+comparison goes to OUT/paper_comparison.{json,md}.
 """
 
 from __future__ import annotations
@@ -22,28 +25,21 @@ import sys
 from pathlib import Path
 
 from dlsr_core.cli import main as cli_main
+from dlsr_core.data import load_experiment, parse_dataset
 
 PAPER_RESULTS = Path(__file__).with_name("paper_results.json")
+EXPERIMENTS = Path(__file__).resolve().parents[1] / "experiments"
 SCORES = {"mse": "DLSR+MSE", "lr": "DLSR+LR", "mfsim": "DLSR+MFsim"}
 TORCHVISION_ID = {"cifar10": "CIFAR10", "cifar100": "CIFAR100"}
-# (dataset spec or folder, {paper table: its column name}); folders are relative to --ood-root.
-TORCHVISION_OOD = {
-    "torchvision:SVHN:test": {"table1": "SVHN", "table3": "SVHN", "table3_cifar100": "SVHN"},
-    "torchvision:MNIST:test": {"table1": "MNIST"},
-    "torchvision:FashionMNIST:test": {"table1": "FMNIST"},
-    "torchvision:KMNIST:test": {"table1": "KMNIST"},
-    "torchvision:Omniglot:test": {"table1": "Omniglot"},
-}
-# Table 1's "LSUN" is taken to be the cropped LSUN set (Table 3's LSUN-c): the paper names no other.
-FOLDER_OOD = {
-    "LSUN": {"table1": "LSUN", "table3": "LSUN-c", "table3_cifar100": "LSUN-c"},
-    "LSUN_resize": {"table3": "LSUN-r", "table3_cifar100": "LSUN-r"},
-    "iSUN": {"table3": "iSUN", "table3_cifar100": "iSUN"},
-    "dtd/images": {"table3": "Textures", "table3_cifar100": "Textures"},
-    "places365": {"table3": "Places365", "table3_cifar100": "Places365"},
-    "notMNIST": {"table1": "NotMNIST"},
-}
 TABLES = {"cifar10": ("table1", "table3"), "cifar100": ("table3_cifar100",)}
+# A set's display name in the experiment file is its column in the paper's tables, except: Table 1's "LSUN" is taken
+# to be the cropped LSUN set (Table 3's LSUN-c), since the paper names no other.
+COLUMN_ALIASES = {("table1", "LSUN-c"): "LSUN"}
+
+
+def experiment_file(identifier: str) -> Path:
+    """The experiment file of this paper setting (experiments/<id>_paper.json)."""
+    return EXPERIMENTS / f"{identifier}_paper.json"
 
 
 def paper_tables() -> dict:
@@ -52,20 +48,22 @@ def paper_tables() -> dict:
 
 
 def ood_sets(identifier: str, ood_root: str, notes: bool = False) -> dict[str, dict[str, str]]:
-    """OOD dataset specs for this ID set -> {paper table: column}; folders missing under `ood_root` are skipped (and
-    named on stderr with `notes`)."""
-    tables = set(TABLES[identifier])
-    chosen = {spec: columns for spec, columns in TORCHVISION_OOD.items() if tables & set(columns)}
-    for folder, columns in FOLDER_OOD.items():
-        if not tables & set(columns):
+    """The experiment file's OOD dataset specs (folders read from `ood_root`) -> {paper table: column}; folders
+    missing under `ood_root` are skipped (and named on stderr, with where to get them, with `notes`)."""
+    tables = paper_tables()
+    chosen = {}
+    for ood in load_experiment(experiment_file(identifier), ood_root).ood_sets:
+        path = parse_dataset(ood.spec).path
+        if path is not None and not Path(path).is_dir():
+            if notes:
+                print(f"note: OOD folder {path} not found; skipped ({ood.note})", file=sys.stderr)
             continue
-        path = Path(ood_root) / folder
-        if path.is_dir():
-            chosen[f"folder:{path}"] = columns
-        elif notes:
-            print(f"note: OOD folder {path} not found; skipped", file=sys.stderr)
-    other = "CIFAR100" if identifier == "cifar10" else "CIFAR10"
-    chosen[f"torchvision:{other}:test"] = {}  # near OOD, not in the paper's tables
+        columns = {}
+        for table in TABLES[identifier]:
+            column = COLUMN_ALIASES.get((table, ood.name), ood.name)
+            if column in tables[table]["cells"]:
+                columns[table] = column
+        chosen[ood.spec] = columns  # {} for the other CIFAR set: near OOD, not in the paper's tables
     return chosen
 
 
@@ -76,13 +74,14 @@ def build_commands(args: argparse.Namespace) -> tuple[list[str], list[str]]:
     data = ["--data-root", args.data_root] + (["--download"] if args.download else [])
     if args.cache_dir:
         data += ["--cache-dir", args.cache_dir]
+    sets = ["--experiment", str(experiment_file(args.id)), "--sets-root", args.ood_root]
     optional = {"--epochs": args.epochs, "--train-batch-size": args.batch_size, "--lr": args.lr}
-    train = ["train", "-d", f"torchvision:{name}:train", "--out", args.out, "--preset", args.preset]
+    train = ["train", "-d", f"torchvision:{name}:train", "--out", args.out, "--preset", args.preset, *sets]
     train += ["--width", str(args.width), "--depth", str(args.depth)]
     train += [item for flag, value in optional.items() if value is not None for item in (flag, str(value))]
     train += [*shared, *data]
-    evaluate = ["evaluate", "--checkpoint", args.out, "--id", f"torchvision:{name}:test"]
-    evaluate += ["--ood", *ood_sets(args.id, args.ood_root, notes=True)]
+    ood_sets(args.id, args.ood_root, notes=True)  # name the missing folders before anything runs
+    evaluate = ["evaluate", "--checkpoint", args.out, *sets]
     if args.baselines:
         evaluate += ["--train", f"torchvision:{name}:train"]
     if args.timestep is not None:

@@ -43,7 +43,8 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
     detector = Detector.load(args.checkpoint, device="cpu")
-    id_features = explorer.load_features(detector, explorer.DEMO_ID_SET).features
+    experiment = explorer.loaded_experiment(args.checkpoint, detector).experiment
+    id_features = explorer.load_features(detector, experiment.id_set.spec).features
     uploads = explorer.load_features(detector, "demo:letters").features[:12]
     names = [f"upload{i}" for i in range(len(uploads))]
     rows = []

@@ -1,7 +1,10 @@
 """On-disk cache of feature sets, keyed by everything that changes the features.
 
-Files are safetensors with JSON metadata; a checksum of the stored arrays is kept inside, and files are written
-atomically, so a killed or damaged write is detected on load and the features are recomputed. A cache that cannot be
+Files are safetensors with JSON metadata and are written atomically. A checksum of the stored arrays and a digest of
+the metadata and tensor shapes are kept inside, and every field is validated when read (types, finite whole numbers,
+stage sizes that sum to the feature width and are the backbone's own, one index per row, rows plus skipped images =
+the dataset's size), so an entry damaged anywhere is ignored with one warning and recomputed, never trusted. Files
+left by killed writers (temporaries, torchrun part files) are removed by later writes. A cache that cannot be
 used (its folder is a file, is read-only or full, a cache file's name is taken by a folder) is warned about once per
 folder and skipped: the features are still computed and returned, only not stored.
 
@@ -29,13 +32,22 @@ import safetensors
 import safetensors.torch
 import torch
 
-from dlsr_core.atomic import atomic_write_bytes, sha256_hex
-from dlsr_core.features import FeatureSet, ProgressCallback, extract_features
+from dlsr_core.atomic import atomic_write_bytes, remove_stale_partials, sha256_hex
+from dlsr_core.features import FeatureSet, ProgressCallback, extract_features, stage_dims_problem
+from dlsr_core.fixed_batches import EXTRACTION_VERSION
+from dlsr_core.mapped import map_tensor, read_safetensors_header, stream_sha256, tensor_byte_range
 from dlsr_core.presets import DEFAULT_FEATURES, FeatureOptions, feature_options_tag
 
-# Bump when preprocessing or pooling changes, so old cache files stop matching.
-PREPROCESSING_VERSION = "resize-square-v1+gap-std-v1"
+# Bump when preprocessing, pooling or the backbone's batching changes, so old cache files stop matching.
+PREPROCESSING_VERSION = f"resize-square-v1+gap-std-v1+{EXTRACTION_VERSION}"
 CACHE_FORMAT = "dlsr-features-v1"
+# Digest of the metadata and tensor dtypes/shapes (the "checksum" field covers the tensor bytes). Entries written before
+# it existed have none and are trusted only through the field checks.
+ENTRY_DIGEST = "entry_sha256"
+# A torchrun rank's part file this old is left over from a killed or failed run (a live run joins its parts as soon as
+# the slowest rank is done) and is removed at the next write to the cache folder.
+STALE_PART_SECONDS = 6 * 3600
+_TENSOR_DTYPES = {"features": "F32", "indices": "I64"}
 logger = logging.getLogger(__name__)
 _warned_folders: set[str] = set()
 
@@ -112,9 +124,18 @@ def _payload_checksum(tensors: dict[str, torch.Tensor]) -> str:
     return sha256_hex(b"".join(tensors[name].contiguous().numpy().tobytes() for name in sorted(tensors)))
 
 
+def _entry_digest(metadata: dict[str, str], described: dict[str, list]) -> str:
+    """SHA-256 over every metadata field but the digest itself and each tensor's [dtype, shape]."""
+    fields = {name: value for name, value in metadata.items() if name != ENTRY_DIGEST}
+    return sha256_hex(json.dumps({"metadata": fields, "tensors": described}, sort_keys=True).encode())
+
+
 def save_feature_set(path: Path, feature_set: FeatureSet, key: dict[str, str]) -> None:
-    """Write `feature_set` atomically with its key and a payload checksum."""
-    tensors = {"features": feature_set.features.float().contiguous(), "indices": feature_set.indices.contiguous()}
+    """Write `feature_set` atomically with its key, a payload checksum and a digest of its metadata."""
+    tensors = {
+        "features": feature_set.features.float().contiguous(),
+        "indices": feature_set.indices.long().contiguous(),
+    }
     metadata = {
         **key,
         "stage_dims": json.dumps(list(feature_set.stage_dims)),
@@ -123,87 +144,131 @@ def save_feature_set(path: Path, feature_set: FeatureSet, key: dict[str, str]) -
         "extract_seconds": str(feature_set.seconds),
         "checksum": _payload_checksum(tensors),
     }
+    described = {name: [_TENSOR_DTYPES[name], list(tensor.shape)] for name, tensor in tensors.items()}
+    metadata[ENTRY_DIGEST] = _entry_digest(metadata, described)
     atomic_write_bytes(path, safetensors.torch.save(tensors, metadata=metadata))
 
 
-def load_feature_set(path: Path, key: dict[str, str], memory_map: bool = False) -> FeatureSet | None:
+class _DamagedEntry(ValueError):
+    """A cache file that cannot be trusted; the message says why."""
+
+
+class _OtherKey(ValueError):
+    """A readable cache file made under another key."""
+
+
+def load_feature_set(
+    path: Path, key: dict[str, str], memory_map: bool = False, expected_count: int | None = None
+) -> FeatureSet | None:
     """The cached set at `path`, or None when it is absent, unreadable, damaged or was made under another key.
 
-    With `memory_map`, the features are a memory-mapped tensor (dlsr_core.mapped) and the file is never read whole.
+    Everything is read through one open file, so a concurrent rewrite of the entry (an atomic rename) is never mixed
+    with it. With `memory_map`, the features are a memory-mapped tensor (dlsr_core.mapped) and the file is never read
+    whole. `expected_count` is the dataset's size: rows plus skipped images must add up to it.
     """
     try:
         if not path.is_file():
             return None
-        if memory_map:
-            return _load_mapped(path, key)
-        data = path.read_bytes()
+        stream = path.open("rb")
     except OSError as error:
         _warn_unusable(path, error)
         return None
-    try:
-        tensors = safetensors.torch.load(data)
-        with safetensors.safe_open(str(path), framework="pt") as handle:
-            metadata = handle.metadata() or {}
-    except Exception as error:  # any parse failure means the file cannot be trusted
-        logger.warning("ignoring damaged feature cache %s: %s", path, error)
-        return None
-    if any(metadata.get(name) != value for name, value in key.items()):
-        logger.warning("ignoring feature cache %s: made under a different key", path)
-        return None
-    if set(tensors) != {"features", "indices"} or metadata.get("checksum") != _payload_checksum(tensors):
-        logger.warning("ignoring feature cache %s: checksum mismatch", path)
-        return None
-    return _feature_set(path, tensors["features"], tensors["indices"], metadata, key)
-
-
-def _feature_set(
-    path: Path, features: torch.Tensor, indices: torch.Tensor, metadata: dict, key: dict[str, str]
-) -> FeatureSet | None:
-    """The FeatureSet of a verified cache file, or None (with a warning) when its descriptive metadata is damaged."""
-    try:
-        stage_dims = tuple(int(size) for size in json.loads(metadata["stage_dims"]))
-        skipped, dataset = int(metadata["skipped"]), str(metadata["dataset_name"])
-    except (KeyError, TypeError, ValueError) as error:
-        logger.warning("ignoring feature cache %s: damaged metadata (%s)", path, error)
-        return None
+    with stream:
+        try:
+            header, data_start = read_safetensors_header(stream)
+            stage_dims = _checked_header(header, key)
+            metadata = header["__metadata__"]
+            if memory_map:
+                ranges = [tensor_byte_range(header, data_start, name) for name in sorted(_TENSOR_DTYPES)]
+                checksum = stream_sha256(stream, ranges)
+                features = map_tensor(stream, header, data_start, "features")
+                indices = map_tensor(stream, header, data_start, "indices").clone()
+            else:
+                stream.seek(0)
+                tensors = safetensors.torch.load(stream.read())
+                checksum = _payload_checksum(tensors)
+                features, indices = tensors["features"], tensors["indices"]
+            if metadata["checksum"] != checksum:
+                raise _DamagedEntry("checksum mismatch")
+            _check_rows(features, indices, int(metadata["skipped"]), expected_count)
+        except _OtherKey:
+            logger.warning("ignoring feature cache %s: made under a different key", path)
+            return None
+        except Exception as error:  # any parse failure means the file cannot be trusted
+            logger.warning("ignoring damaged feature cache %s: %s", path, error)
+            return None
     return FeatureSet(
         features=features,
         stage_dims=stage_dims,
         indices=indices,
-        skipped=skipped,
-        dataset=dataset,
+        skipped=int(metadata["skipped"]),
+        dataset=metadata["dataset_name"],
         backbone=key["backbone"],
         seconds=0.0,
     )
 
 
-def _load_mapped(path: Path, key: dict[str, str]) -> FeatureSet | None:
-    """`load_feature_set` with memory-mapped features: the checksum is streamed, rows are read when touched."""
-    from dlsr_core.mapped import map_tensor, read_safetensors_header, stream_sha256, tensor_byte_range
-
+def _checked_header(header: dict, key: dict[str, str]) -> tuple[int, ...]:
+    """The stage sizes of a cache file whose header passes every check; _OtherKey / _DamagedEntry otherwise."""
+    metadata = header.get("__metadata__")
+    if not isinstance(metadata, dict) or not all(isinstance(value, str) for value in metadata.values()):
+        raise _DamagedEntry("its metadata is not a mapping of names to text")
+    if any(metadata.get(name) != value for name, value in key.items()):
+        raise _OtherKey()
+    described = _described_tensors(header)
+    if ENTRY_DIGEST in metadata and metadata[ENTRY_DIGEST] != _entry_digest(metadata, described):
+        raise _DamagedEntry("its metadata or tensor shapes do not match the digest stored with them")
+    rows, width = described["features"][1]
+    if described["indices"][1] != [rows]:
+        raise _DamagedEntry(f"{rows} feature rows but indices of shape {described['indices'][1]}")
+    if not re.fullmatch(r"[0-9a-f]{64}", metadata.get("checksum", "")):
+        raise _DamagedEntry("no valid checksum")
+    if not re.fullmatch(r"[0-9]{1,15}", metadata.get("skipped", "")) or "dataset_name" not in metadata:
+        raise _DamagedEntry(f"skipped count {metadata.get('skipped', '(missing)')[:20]!r} is not a whole number")
+    seconds = metadata.get("extract_seconds", "0")
+    if not re.fullmatch(r"[0-9.e+-]{1,40}", seconds) or not 0 <= float(seconds) < math.inf:
+        raise _DamagedEntry(f"extraction time {seconds[:20]!r} is not a finite number")
+    text = metadata.get("stage_dims", "")
     try:
-        header, data_start = read_safetensors_header(path)
-        metadata = header.get("__metadata__") or {}
-        if not isinstance(metadata, dict):
-            raise ValueError("metadata is not a mapping")
-        if any(metadata.get(name) != value for name, value in key.items()):
-            logger.warning("ignoring feature cache %s: made under a different key", path)
-            return None
-        names = sorted(set(header) - {"__metadata__"})
-        checksum = stream_sha256(path, [tensor_byte_range(header, data_start, name) for name in names])
+        stage_dims = json.loads(text) if len(text) <= 2000 else None
+    except (ValueError, RecursionError):
+        stage_dims = None
+    problem = stage_dims_problem(key["backbone"], stage_dims, width)
+    if problem:
+        raise _DamagedEntry(problem)
+    return tuple(stage_dims)
+
+
+def _described_tensors(header: dict) -> dict[str, list]:
+    """{"features": ["F32", [N, D]], "indices": ["I64", [N]]} from a header, or _DamagedEntry."""
+    names = sorted(set(header) - {"__metadata__"})
+    if names != sorted(_TENSOR_DTYPES):
+        raise _DamagedEntry(f"holds tensors {names[:5]}, not features and indices")
+    described = {}
+    for name, dtype in _TENSOR_DTYPES.items():
+        entry = header[name] if isinstance(header[name], dict) else {}
+        shape = entry.get("shape")
+        dimensions = 2 if name == "features" else 1
         if (
-            names != ["features", "indices"]
-            or header["features"]["dtype"] != "F32"
-            or metadata.get("checksum") != checksum
+            entry.get("dtype") != dtype
+            or not isinstance(shape, list)
+            or len(shape) != dimensions
+            or not all(isinstance(size, int) and not isinstance(size, bool) and size >= 0 for size in shape)
         ):
-            logger.warning("ignoring feature cache %s: checksum mismatch", path)
-            return None
-        features = map_tensor(path, header, data_start, "features")
-        indices = map_tensor(path, header, data_start, "indices").clone()
-    except Exception as error:  # any parse failure means the file cannot be trusted (as in load_feature_set)
-        logger.warning("ignoring damaged feature cache %s: %s", path, error)
-        return None
-    return _feature_set(path, features, indices, metadata, key)
+            raise _DamagedEntry(f"tensor {name} is not a {dimensions}-d {dtype} tensor")
+        described[name] = [dtype, shape]
+    return described
+
+
+def _check_rows(features: torch.Tensor, indices: torch.Tensor, skipped: int, expected_count: int | None) -> None:
+    """Indices must be increasing dataset positions, and (when the dataset's size is known) rows + skipped = size."""
+    if len(indices) and (indices[0] < 0 or (len(indices) > 1 and not bool((indices[1:] > indices[:-1]).all()))):
+        raise _DamagedEntry("its row indices are not increasing dataset positions")
+    if expected_count is not None:
+        if len(features) + skipped != expected_count or (len(indices) and int(indices[-1]) >= expected_count):
+            raise _DamagedEntry(
+                f"{len(features)} rows and {skipped} skipped images do not make up the dataset's {expected_count}"
+            )
 
 
 def cached_features(
@@ -235,7 +300,7 @@ def cached_features(
     images = open_dataset(dataset, data_root=data_root, download=download)
     key = cache_key(images.identity, backbone, weights_identity(backbone, weights), input_size, options)
     path = _cache_path(Path(cache_dir) if cache_dir else default_cache_dir(), key, images.name)
-    cached = load_feature_set(path, key, memory_map)
+    cached = load_feature_set(path, key, memory_map, len(images))
     if cache_only:
         return cached
     rank, world_size = _distributed_rank()
@@ -257,8 +322,9 @@ def cached_features(
     except OSError as error:  # the features are computed: a cache fault must not cost them
         _warn_unusable(path, error)
         return feature_set
+    remove_leftovers(path.parent)
     if memory_map:
-        mapped = load_feature_set(path, key, memory_map=True)
+        mapped = load_feature_set(path, key, memory_map=True, expected_count=len(images))
         if mapped is not None:
             return replace(mapped, seconds=feature_set.seconds)
     return feature_set
@@ -285,6 +351,24 @@ def _all_ranks(flag: bool) -> bool:
 
 def _part_path(path: Path, rank: int, world_size: int) -> Path:
     return path.with_name(f"{path.name}.part{rank}of{world_size}")
+
+
+def remove_leftovers(folder: Path) -> int:
+    """Remove what killed or failed runs left in a cache folder: abandoned temporary files
+    (atomic.remove_stale_partials) and torchrun part files older than STALE_PART_SECONDS. Returns how many."""
+    removed = remove_stale_partials(folder)
+    try:
+        parts = [entry for entry in os.scandir(folder) if re.fullmatch(r".+\.part[0-9]+of[0-9]+", entry.name)]
+    except OSError:
+        return removed
+    for entry in parts:
+        try:
+            if time.time() - entry.stat().st_mtime > STALE_PART_SECONDS:
+                os.unlink(entry.path)
+                removed += 1
+        except OSError:  # another process removed it first, or the folder is not ours to clean
+            continue
+    return removed
 
 
 def _join_parts(path: Path, key: dict[str, str], world_size: int, dataset_name: str) -> str:
@@ -348,10 +432,13 @@ def _extract_sharded(
             problem = _join_parts(path, key, world_size, images.name)
         except Exception as error:  # every rank must reach the collective below, or the others would wait forever
             problem = f"rank 0 could not join the parts of {path.name}: {type(error).__name__}: {error}"
-    if not _all_ranks(not problem):
+    joined_everywhere = _all_ranks(not problem)
+    _part_path(path, rank, world_size).unlink(missing_ok=True)  # rank 0 has read every part before the collective
+    if not joined_everywhere:
         raise RuntimeError(problem or f"rank 0 failed to join the parts of {path.name}; see its error")
-    _part_path(path, rank, world_size).unlink(missing_ok=True)
-    joined = load_feature_set(path, key, memory_map)
+    if rank == 0:
+        remove_leftovers(path.parent)
+    joined = load_feature_set(path, key, memory_map, len(images))
     if joined is None:
         raise RuntimeError(f"the joined feature cache {path} cannot be read on rank {rank}")
     return replace(joined, seconds=time.perf_counter() - started)

@@ -10,9 +10,15 @@ the rename, for `sha256sum -c`; any stale one is removed before the rename, so a
 digest of another. Checkpoints written before the embedded digest (the shipped default) rely on that file alone.
 
 Reading trusts nothing: the header is parsed with size limits; the metadata is checked against the CheckpointInfo and
-LFDNConfig dataclasses (unknown keys, types, ranges: dlsr_core.schema); the tensor shapes are compared with those of a
-model built from the stored config on the `meta` device (no memory is allocated, so a config claiming width 200000
-fails in milliseconds); then the digests are verified and every weight must be finite. Only then is a model built.
+LFDNConfig dataclasses (unknown keys, types, ranges: dlsr_core.schema) and the option values it records (sampler,
+timestep, pooling, ...: dlsr_core.presets); the tensor shapes are compared with those of a model built from the stored
+config on the `meta` device (no memory is allocated, so a config claiming width 200000 fails in milliseconds); then the
+digests are verified and every weight must be finite. Only then is a model built.
+
+Reading while `train` saves: the header, the tensors and the digests all come from one open file, so a reader sees
+either the previous checkpoint or the new one, never a mix. A `.sha256` file that does not match what was read is an
+error only if the checkpoint was not replaced meanwhile; otherwise it belongs to the newer file and the read is
+trusted on its embedded digest (or, for a file without one, repeated on the new file).
 """
 
 from __future__ import annotations
@@ -20,17 +26,21 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import os
 import re
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
+from typing import BinaryIO
 
 import safetensors.torch
 import torch
 from torch import Tensor
 
 from dlsr_core.atomic import atomic_write_bytes, sha256_hex
-from dlsr_core.diffusion import LFDN, ConfigError, LFDNConfig, validate_config
+from dlsr_core.diffusion import LFDN, OFFICIAL_MIN_TIMESTEP, ConfigError, LFDNConfig, validate_config
+from dlsr_core.features import stage_dims_problem
 from dlsr_core.options import MAX_INPUT_SIZE, MIN_INPUT_SIZE
+from dlsr_core.presets import FeatureOptions, ScoringOptions, options_from, validate_options
 from dlsr_core.schema import SchemaError, from_json
 
 FORMAT_NAME = "dlsr-lfdn"
@@ -45,7 +55,9 @@ MAX_HEADER_BYTES = 100_000_000
 MAX_NUM_TIMESTEPS = 100_000
 _SIZE_FIELDS = frozenset({"feature_dim", "width", "depth"})  # LFDNConfig fields that set tensor sizes or counts
 _TENSOR_DTYPES = {"F16": 2, "BF16": 2, "F32": 4}
-_RUN_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}$")
+_RUN_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}")  # always fullmatch: `$` also matches before a final "\n"
+# How often a load is repeated when the checkpoint is replaced (by a save) while a file without embedded digest is read.
+READ_ATTEMPTS = 5
 # The shipped default model (a run directory) lives in the repository's checkpoints/ folder.
 DEFAULT_RUN_DIR = Path(__file__).resolve().parent.parent / "checkpoints" / "default"
 DEFAULT_RECREATE_COMMAND = (
@@ -137,28 +149,6 @@ def save_checkpoint(
     atomic_write_bytes(sidecar, f"{sha256_hex(data)}  {path.name}\n".encode())
 
 
-def _file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as stream:
-        for block in iter(lambda: stream.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def _verify_sidecar(path: Path) -> None:
-    expected_file = checksum_path(path)
-    if not expected_file.is_file():
-        return
-    fields_ = expected_file.read_text(errors="replace").split()
-    expected = fields_[0].lower() if fields_ else ""
-    actual = _file_sha256(path)
-    if expected != actual:
-        raise CheckpointError(
-            f"checkpoint {path} does not match its checksum file {expected_file.name} (expected {expected[:12]}…, "
-            f"found {actual[:12]}…): the file is truncated or was altered. Re-download or retrain it."
-        )
-
-
 @dataclass(frozen=True)
 class _Header:
     tensors: dict[str, tuple[str, tuple[int, ...]]]  # name -> (dtype, shape)
@@ -166,18 +156,18 @@ class _Header:
     payload_bytes: int
 
 
-def _read_header(path: Path) -> _Header:
-    """Parse and bound-check the safetensors header of `path` without reading the tensors."""
+def _read_header(path: Path, stream: BinaryIO) -> _Header:
+    """Parse and bound-check the safetensors header of the open file `stream` (named `path`), reading no tensors."""
     damaged = f"{path} is not a readable safetensors file; the file is damaged or truncated"
-    size = path.stat().st_size
-    with path.open("rb") as stream:
-        prefix = stream.read(8)
-        if len(prefix) < 8:
-            raise CheckpointError(f"{damaged} ({size} bytes)")
-        length = int.from_bytes(prefix, "little")
-        if length > min(MAX_HEADER_BYTES, size - 8):
-            raise CheckpointError(f"{damaged} (header of {length} bytes in a {size}-byte file)")
-        raw = stream.read(length)
+    size = os.fstat(stream.fileno()).st_size
+    stream.seek(0)
+    prefix = stream.read(8)
+    if len(prefix) < 8:
+        raise CheckpointError(f"{damaged} ({size} bytes)")
+    length = int.from_bytes(prefix, "little")
+    if length > min(MAX_HEADER_BYTES, size - 8):
+        raise CheckpointError(f"{damaged} (header of {length} bytes in a {size}-byte file)")
+    raw = stream.read(length)
     try:
         header = json.loads(raw)
     except (ValueError, RecursionError) as error:
@@ -188,27 +178,41 @@ def _read_header(path: Path) -> _Header:
     if not isinstance(metadata, dict) or not all(isinstance(v, str) for v in metadata.values()):
         raise CheckpointError(f"{path}: its metadata must map names to strings")
     payload = size - 8 - length
+    return _Header(header_tensors(header, payload, _TENSOR_DTYPES, damaged), metadata, payload)
+
+
+def header_tensors(
+    header: dict,
+    payload: int,
+    dtypes: dict[str, int],
+    damaged: str,
+    error: type[CheckpointError] = CheckpointError,
+) -> dict[str, tuple[str, tuple[int, ...]]]:
+    """name -> (dtype, shape) of the tensor entries of a parsed safetensors header (`__metadata__` removed): each
+    must have a dtype of `dtypes` (name -> bytes per value), a shape of whole numbers and offsets inside the
+    `payload` data bytes spanning exactly its size, and together they must cover the payload. Raises `error` with
+    `damaged` (the file's one-line problem) and the first entry at fault."""
     tensors, covered = {}, 0
     for name, entry in header.items():
         try:
             dtype, shape, (begin, end) = entry["dtype"], entry["shape"], entry["data_offsets"]
             valid = (
-                dtype in _TENSOR_DTYPES
+                dtype in dtypes
                 and isinstance(shape, list)
                 and all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape)
                 and all(isinstance(o, int) and not isinstance(o, bool) for o in (begin, end))
                 and 0 <= begin <= end <= payload
-                and end - begin == math.prod(shape) * _TENSOR_DTYPES[dtype]
+                and end - begin == math.prod(shape) * dtypes[dtype]
             )
         except (KeyError, TypeError, ValueError):
             valid = False
         if not valid:
-            raise CheckpointError(f"{damaged} (tensor {name!r} is described wrongly or lies outside the file)")
+            raise error(f"{damaged} (tensor {name!r} is described wrongly or lies outside the file)")
         tensors[name] = (dtype, tuple(shape))
         covered += end - begin
     if covered != payload:
-        raise CheckpointError(f"{damaged} ({payload} data bytes, tensors describe {covered})")
-    return _Header(tensors, metadata, payload)
+        raise error(f"{damaged} ({payload} data bytes, tensors describe {covered})")
+    return tensors
 
 
 def _info_from_metadata(path: Path, metadata: dict[str, str]) -> CheckpointInfo:
@@ -229,6 +233,7 @@ def _info_from_metadata(path: Path, metadata: dict[str, str]) -> CheckpointInfo:
     try:
         info = from_json(CheckpointInfo, raw, "info")
         validate_config(info.config)
+        _check_recorded_options(info)
     except (SchemaError, ConfigError) as error:
         raise CheckpointError(f"{path}: invalid metadata: {error}") from error
     if sum(info.stage_dims) != info.config.feature_dim:
@@ -236,7 +241,24 @@ def _info_from_metadata(path: Path, metadata: dict[str, str]) -> CheckpointInfo:
             f"{path}: invalid metadata: stage sizes {info.stage_dims} sum to {sum(info.stage_dims)}, "
             f"the model expects {info.config.feature_dim}-d features"
         )
+    problem = stage_dims_problem(info.backbone, info.stage_dims, exact=False)
+    if problem:
+        raise CheckpointError(f"{path}: invalid metadata: {problem}")
     return info
+
+
+def _check_recorded_options(info: CheckpointInfo) -> None:
+    """ConfigError when the feature or scoring options a checkpoint records could not be used to score with it."""
+    validate_options(options_from(info, FeatureOptions))
+    scoring = options_from(info, ScoringOptions)
+    validate_options(scoring)
+    top = info.config.num_timesteps
+    if scoring.timestep > top:
+        raise ConfigError(f"timestep must be in 1..{top} (the model's T), got {scoring.timestep}")
+    if scoring.sampler == "official" and scoring.timestep < OFFICIAL_MIN_TIMESTEP:
+        raise ConfigError(f"the official sampler needs timestep >= {OFFICIAL_MIN_TIMESTEP}, got {scoring.timestep}")
+    if scoring.mfsim_stages == "without-first" and len(info.stage_dims) < 2:
+        raise ConfigError("mfsim_stages 'without-first' needs at least two stages")
 
 
 def _expected_tensors(path: Path, config: LFDNConfig, header: _Header) -> dict[str, tuple[int, ...]]:
@@ -282,15 +304,109 @@ def _check_shapes(path: Path, info: CheckpointInfo, header: _Header) -> None:
         )
 
 
+def _open(path: Path) -> BinaryIO:
+    try:
+        return path.open("rb")
+    except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
+        raise CheckpointError(f"no checkpoint at {path}") from None
+
+
 def read_checkpoint_info(path: str | Path) -> CheckpointInfo:
     """The validated metadata of a checkpoint file, checked against its tensor shapes; reads no weights."""
     path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"no checkpoint at {path}")
-    header = _read_header(path)
+    with _open(path) as stream:
+        header = _read_header(path, stream)
     info = _info_from_metadata(path, header.metadata)
     _check_shapes(path, info, header)
     return info
+
+
+@dataclass(frozen=True)
+class _Snapshot:
+    """One checkpoint file read whole through one open file: its checked header and info, its bytes, its identity."""
+
+    header: _Header
+    info: CheckpointInfo
+    data: bytes
+    identity: tuple[int, int]  # (device, inode) of the file that was read
+
+
+def _read_snapshot(path: Path, stream: BinaryIO) -> _Snapshot:
+    """Check the header and metadata of the open file `stream` (named `path`), then read its bytes."""
+    status = os.fstat(stream.fileno())
+    identity = (status.st_dev, status.st_ino)
+    try:
+        header = _read_header(path, stream)
+        info = _info_from_metadata(path, header.metadata)
+        _check_shapes(path, info, header)  # before reading the weights: a crafted header costs no memory
+    except CheckpointError:
+        stream.seek(0)
+        _check_sidecar(path, hashlib.file_digest(stream, "sha256").hexdigest(), identity)  # the plainer reason
+        raise
+    stream.seek(0)
+    return _Snapshot(header, info, stream.read(), identity)
+
+
+def _check_sidecar(path: Path, actual: str, identity: tuple[int, int]) -> bool:
+    """True when the `.sha256` file beside `path` is absent or holds `actual`; False when it belongs to a newer file
+    (`path` has been replaced since the file with `identity` was opened); CheckpointError when it disagrees.
+
+    The file with `identity` must still be open, so that its inode number cannot have been given to a newer file."""
+    expected = _sidecar_digest(path)
+    if expected is None or expected == actual:
+        return True
+    if _replaced_since(path, identity):
+        return False
+    raise CheckpointError(
+        f"checkpoint {path} does not match its checksum file {checksum_path(path).name} (expected {expected[:12]}…, "
+        f"found {actual[:12]}…): the file is truncated or was altered. Re-download or retrain it."
+    )
+
+
+def _replaced_since(path: Path, identity: tuple[int, int]) -> bool:
+    """True when `path` no longer names the file with `identity` (a save has renamed a new file over it)."""
+    try:
+        status = path.stat()
+    except FileNotFoundError:
+        return True
+    return (status.st_dev, status.st_ino) != identity
+
+
+def _sidecar_digest(path: Path) -> str | None:
+    """The digest in the `.sha256` file beside `path`, or None when there is none (a save may be rewriting it)."""
+    try:
+        words = checksum_path(path).read_text(errors="replace").split()
+    except (FileNotFoundError, IsADirectoryError):
+        return None
+    return words[0].lower() if words else ""
+
+
+def _verified_snapshot(path: Path) -> tuple[_Snapshot, dict[str, Tensor]]:
+    """A snapshot of `path` that matches its `.sha256` file (when one belongs to it) and its embedded digest, with its
+    tensors. Raises CheckpointError when the file is damaged; see the module docstring for reads during a save."""
+    for _ in range(READ_ATTEMPTS):
+        with _open(path) as stream:
+            snapshot = _read_snapshot(path, stream)
+            current = _check_sidecar(path, sha256_hex(snapshot.data), snapshot.identity)
+        if current or DIGEST_KEY in snapshot.header.metadata:  # else nothing vouches for it: read the new file
+            return snapshot, _embedded_verified_tensors(path, snapshot)
+    raise CheckpointError(
+        f"{path} was replaced {READ_ATTEMPTS} times while it was read; try again when the run writing it has finished"
+    )
+
+
+def _embedded_verified_tensors(path: Path, snapshot: _Snapshot) -> dict[str, Tensor]:
+    try:
+        tensors = safetensors.torch.load(snapshot.data)
+    except Exception as error:  # safetensors raises several unrelated types for damaged files
+        raise CheckpointError(f"{path} cannot be read as safetensors ({error}); the file is damaged") from error
+    expected_digest = snapshot.header.metadata.get(DIGEST_KEY)
+    if expected_digest is not None and content_digest(tensors, snapshot.header.metadata) != expected_digest:
+        raise CheckpointError(
+            f"checkpoint {path} does not match the digest stored inside it: the file is truncated or was altered. "
+            "Re-download or retrain it."
+        )
+    return tensors
 
 
 @dataclass(frozen=True)
@@ -310,23 +426,8 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> Loa
     Raises CheckpointError for anything wrong with the file: see the module docstring for what is checked.
     """
     path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"no checkpoint at {path}")
-    _verify_sidecar(path)
-    header = _read_header(path)
-    info = _info_from_metadata(path, header.metadata)
-    _check_shapes(path, info, header)
-    data = path.read_bytes()
-    try:
-        tensors = safetensors.torch.load(data)
-    except Exception as error:  # safetensors raises several unrelated types for damaged files
-        raise CheckpointError(f"{path} cannot be read as safetensors ({error}); the file is damaged") from error
-    expected_digest = header.metadata.get(DIGEST_KEY)
-    if expected_digest is not None and content_digest(tensors, header.metadata) != expected_digest:
-        raise CheckpointError(
-            f"checkpoint {path} does not match the digest stored inside it: the file is truncated or was altered. "
-            "Re-download or retrain it."
-        )
+    snapshot, tensors = _verified_snapshot(path)
+    info = snapshot.info
     for name, tensor in tensors.items():
         if not torch.isfinite(tensor).all():
             raise CheckpointError(
@@ -381,7 +482,7 @@ def run_dir_for_name(name: str, root: str | Path) -> Path:
     not a run folder of its own (a file, a symbolic link, a folder with other content).
     """
     root = Path(root)
-    if not isinstance(name, str) or not _RUN_NAME.match(name):
+    if not isinstance(name, str) or not _RUN_NAME.fullmatch(name):
         raise CheckpointError(
             f"run name {name!r} is not allowed: use 1-64 letters, digits, '_', '-' or '.', not starting with '.' "
             "(a run is always a new folder directly inside the checkpoints folder)"
@@ -394,7 +495,8 @@ def run_dir_for_name(name: str, root: str | Path) -> Path:
     if candidate.is_symlink() or (candidate.exists() and not candidate.is_dir()):
         raise CheckpointError(f"{candidate} exists and is not a run folder; pick another run name")
     if candidate.is_dir() and any(candidate.iterdir()):
-        known = {FIRST_NAME, LAST_NAME, "resume.pt", checksum_path(Path(FIRST_NAME)).name}
+        # "experiment.json": the run's sets (dlsr_core.data.experiment.EXPERIMENT_NAME), written before training
+        known = {FIRST_NAME, LAST_NAME, "resume.pt", "experiment.json", checksum_path(Path(FIRST_NAME)).name}
         known.add(checksum_path(Path(LAST_NAME)).name)
         if not all(entry.name in known or entry.name.endswith(".partial") for entry in candidate.iterdir()):
             raise CheckpointError(f"{candidate} already holds other files; pick another run name")

@@ -16,7 +16,7 @@ import mmap
 import os
 import struct
 from collections.abc import Iterable
-from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 import torch
@@ -26,18 +26,22 @@ _NUMPY_DTYPES = {"F32": np.float32, "F64": np.float64, "I64": np.int64, "I32": n
 _PAGES_ATTRIBUTE = "_dlsr_mapped_pages"
 
 
-def read_safetensors_header(path: str | Path) -> tuple[dict, int]:
-    """(the JSON header of a safetensors file, the byte offset where its data starts). ValueError when malformed."""
-    with open(path, "rb") as stream:
-        prefix = stream.read(8)
-        if len(prefix) != 8:
-            raise ValueError(f"{path}: too short for a safetensors file")
-        (length,) = struct.unpack("<Q", prefix)
-        if length > 100_000_000 or length > os.fstat(stream.fileno()).st_size - 8:
-            raise ValueError(f"{path}: header length {length} does not fit the file")
-        header = json.loads(stream.read(length))
+def read_safetensors_header(stream: BinaryIO) -> tuple[dict, int]:
+    """(the JSON header of an open safetensors file, the byte offset where its data starts). ValueError when malformed.
+
+    `stream` is a seekable binary file (or io.BytesIO); the header is read from its start.
+    """
+    size = stream.seek(0, os.SEEK_END)
+    stream.seek(0)
+    prefix = stream.read(8)
+    if len(prefix) != 8:
+        raise ValueError("too short for a safetensors file")
+    (length,) = struct.unpack("<Q", prefix)
+    if length > 100_000_000 or length > size - 8:
+        raise ValueError(f"header length {length} does not fit the file")
+    header = json.loads(stream.read(length))
     if not isinstance(header, dict):
-        raise ValueError(f"{path}: header is not a JSON object")
+        raise ValueError("header is not a JSON object")
     return header, 8 + length
 
 
@@ -47,28 +51,31 @@ def tensor_byte_range(header: dict, data_start: int, name: str) -> tuple[int, in
     return data_start + int(begin), data_start + int(end)
 
 
-def stream_sha256(path: str | Path, ranges: Iterable[tuple[int, int]], block: int = 16 << 20) -> str:
-    """SHA-256 of the concatenated byte `ranges` of a file, read in blocks (never the whole file in memory)."""
+def stream_sha256(stream: BinaryIO, ranges: Iterable[tuple[int, int]], block: int = 16 << 20) -> str:
+    """SHA-256 of the concatenated byte `ranges` of an open file, read in blocks (never the whole file in memory)."""
     digest = hashlib.sha256()
-    with open(path, "rb") as stream:
-        for begin, end in ranges:
-            stream.seek(begin)
-            remaining = end - begin
-            while remaining > 0:
-                chunk = stream.read(min(block, remaining))
-                if not chunk:
-                    raise ValueError(f"{path}: file ends before byte {end}")
-                digest.update(chunk)
-                remaining -= len(chunk)
+    for begin, end in ranges:
+        stream.seek(begin)
+        remaining = end - begin
+        while remaining > 0:
+            chunk = stream.read(min(block, remaining))
+            if not chunk:
+                raise ValueError(f"file ends before byte {end}")
+            digest.update(chunk)
+            remaining -= len(chunk)
     return digest.hexdigest()
 
 
 class _MappedPages:
-    """The memory map and an open file behind a mapped tensor (kept alive by the tensor that refers to it)."""
+    """The memory map and a file descriptor behind a mapped tensor (kept alive by the tensor that refers to it).
 
-    def __init__(self, handle: mmap.mmap, path: str | Path, begin: int, row_bytes: int) -> None:
+    The descriptor is a duplicate of the one the tensor was mapped from, so rows are read from that same file even
+    when its name has since been given to a new file (an atomic replace by another process).
+    """
+
+    def __init__(self, handle: mmap.mmap, descriptor: int, begin: int, row_bytes: int) -> None:
         self.handle = handle
-        self.file = open(path, "rb")  # noqa: SIM115  (lives as long as the tensor; closed with it)
+        self.descriptor = os.dup(descriptor)
         self.begin, self.row_bytes = begin, row_bytes
 
     def release(self) -> None:
@@ -78,39 +85,39 @@ class _MappedPages:
 
     def read_rows(self, rows: np.ndarray, dtype: np.dtype, row_shape: tuple[int, ...]) -> np.ndarray:
         out = np.empty((len(rows), *row_shape), dtype=dtype)
-        flat = out.reshape(len(rows), -1)  # a view: row `position` is written in place
+        flat = out.reshape(len(rows), -1).view(np.uint8)  # a view: row `position` is written in place
         for position, row in enumerate(rows):
-            self.file.seek(self.begin + int(row) * self.row_bytes)
-            if self.file.readinto(memoryview(flat[position].view(np.uint8))) != self.row_bytes:
-                raise OSError(f"short read of row {int(row)} from {self.file.name}")
+            chunk = os.pread(self.descriptor, self.row_bytes, self.begin + int(row) * self.row_bytes)
+            if len(chunk) != self.row_bytes:
+                raise OSError(f"short read of row {int(row)} from a memory-mapped feature file")
+            flat[position] = np.frombuffer(chunk, dtype=np.uint8)
         return out
 
     def __del__(self) -> None:
-        self.file.close()
+        os.close(self.descriptor)
 
 
-def map_tensor(path: str | Path, header: dict, data_start: int, name: str) -> Tensor:
-    """Tensor `name` of a safetensors file as a memory-mapped tensor (no copy; its pages are read on access).
+def map_tensor(stream: BinaryIO, header: dict, data_start: int, name: str) -> Tensor:
+    """Tensor `name` of an open safetensors file as a memory-mapped tensor (no copy; its pages are read on access).
 
     The map is copy-on-write: writing to the tensor never changes the file.
     """
     entry = header[name]
     dtype = _NUMPY_DTYPES.get(entry["dtype"])
     if dtype is None:
-        raise ValueError(f"{path}: tensor {name} has unsupported dtype {entry['dtype']}")
+        raise ValueError(f"tensor {name} has unsupported dtype {entry['dtype']}")
     shape = tuple(int(size) for size in entry["shape"])
     begin, end = tensor_byte_range(header, data_start, name)
     count = int(np.prod(shape)) if shape else 1
     if end - begin != count * np.dtype(dtype).itemsize:
-        raise ValueError(f"{path}: tensor {name} has {end - begin} bytes for shape {shape}")
-    with open(path, "rb") as stream:
-        if os.fstat(stream.fileno()).st_size < end:
-            raise ValueError(f"{path}: file ends before tensor {name} does")
-        handle = mmap.mmap(stream.fileno(), 0, access=mmap.ACCESS_COPY)
+        raise ValueError(f"tensor {name} has {end - begin} bytes for shape {shape}")
+    if os.fstat(stream.fileno()).st_size < end:
+        raise ValueError(f"file ends before tensor {name} does")
+    handle = mmap.mmap(stream.fileno(), 0, access=mmap.ACCESS_COPY)
     array = np.frombuffer(handle, dtype=dtype, count=count, offset=begin).reshape(shape)
     tensor = torch.from_numpy(array)
     row_bytes = (end - begin) // shape[0] if shape and shape[0] else 0
-    setattr(tensor, _PAGES_ATTRIBUTE, _MappedPages(handle, path, begin, row_bytes))
+    setattr(tensor, _PAGES_ATTRIBUTE, _MappedPages(handle, stream.fileno(), begin, row_bytes))
     return tensor
 
 

@@ -28,12 +28,12 @@ MAX_KNN_K = 1_000_000
 SEED_LIMIT = 2**63  # seeds are non-negative 64-bit integers (torch.Generator.manual_seed's range)
 MAX_LEARNING_RATE = 1e3  # larger is refused outright; anything that diverges below it is caught while training
 
-_INTEGER = re.compile(r"^[+-]?[0-9]+$")
+_INTEGER = re.compile(r"[+-]?[0-9]+")  # fullmatch: `$` would accept a final "\n"
 
 
 def _integer(text: str, what: str) -> int:
     cleaned = text.strip().replace("_", "")
-    if not _INTEGER.match(cleaned):
+    if not _INTEGER.fullmatch(cleaned):
         raise argparse.ArgumentTypeError(f"{what} must be a whole number, got {text!r}")
     return int(cleaned)
 

@@ -1,11 +1,12 @@
 """Failure cases: every error at the 95%-TPR threshold, tagged with a measured reason (the paper's Figs. 10-12)."""
 
+import numpy as np
 import pandas as pd
 import streamlit as st
 
 from dlsr_core import explorer
 from dlsr_core.explorer import failures
-from pages import shared
+from pages import shared, widgets
 
 st.title("Failure cases")
 st.markdown(
@@ -15,30 +16,58 @@ st.markdown(
     "statistics**."
 )
 detector, run_dir = shared.detector_or_stop()
-timestep, steps, score = shared.sampling_controls(detector)
-draws = shared.current_draws()  # the sidebar's noise-draws control
+experiment = shared.current_experiment(detector, run_dir).experiment
+id_spec = experiment.id_set.spec
+timestep, steps, score = widgets.sampling_controls(detector)
+draws = widgets.current_draws()  # the sidebar's noise-draws control
 k = st.slider("Images shown per group (most extreme first)", 4, 40, 12, step=4)
 
-specs = [explorer.DEMO_ID_SET, *explorer.DEMO_OOD_SETS]
+ready = shared.experiment_features(detector, experiment)
 fingerprint = shared.fingerprint(run_dir)
 
 
-@st.cache_data(max_entries=16, show_spinner="Measuring image statistics…")
 def _statistics(spec: str, indices: tuple[int, ...]) -> dict:
-    return explorer.image_statistics(explorer.dataset_images(spec, indices))
+    """The images' statistics, measured once per process (shared.image_statistics; warm_up may have them)."""
+    if shared.image_statistics_ready(spec, indices):
+        return shared.image_statistics(spec, indices)
+    text = f"Measuring the image statistics of {experiment.name_of(spec)} (once)…"
+    bar = st.progress(0.0, text=text)
+    try:
+        return shared.image_statistics(
+            spec, indices, lambda done, total: bar.progress(done / max(total, 1), text=f"{text} {done:,}/{total:,}")
+        )
+    finally:
+        bar.empty()
 
 
 @st.cache_data(max_entries=16, show_spinner=False)
-def _labels(spec: str, indices: tuple[int, ...]):
-    return explorer.set_labels(spec, indices)
+def _labels(spec: str, indices: tuple[int, ...], class_names):
+    return explorer.set_labels(spec, indices, class_names)
 
 
-sets = {}
-for spec in specs:
-    features = shared.features_or_stop(detector, spec)
-    result = shared.set_scores(detector, fingerprint, spec, features, timestep, steps, score == "lr")
-    indices = tuple(int(i) for i in features.indices.tolist())
-    labels, class_names = _labels(spec, indices)
+@st.cache_resource(max_entries=4, show_spinner="Grouping the unlabelled ID images into clusters…")
+def _clusters(run_fingerprint: str, spec: str, indices: tuple[int, ...], _features: np.ndarray) -> explorer.Clusters:
+    return explorer.id_clusters(_features)
+
+
+@st.cache_data(max_entries=128, show_spinner=False)
+def _images(spec: str, index_tuple: tuple[int, ...]):
+    return [
+        image.resize((84, 84), 0) if image is not None else None for image in explorer.dataset_images(spec, index_tuple)
+    ]
+
+
+sets, analysed = {}, {}
+bar = st.empty()
+for position, (spec, all_features) in enumerate(ready.items()):
+    # A large set is analysed on a stated fixed subset: each of its images is decoded (and scored) to measure it.
+    features = explorer.reference_subset(all_features, explorer.ANALYSED_ROWS)
+    if len(features) < len(all_features):
+        analysed[spec] = len(all_features)
+    bar.progress(position / len(ready), text=f"Scoring {len(features):,} images of {experiment.name_of(spec)}…")
+    result = shared.set_scores(detector, fingerprint, features.dataset, features, timestep, steps, score == "lr")
+    indices = tuple(int(i) for i in features.indices.numpy())
+    labels, class_names = _labels(spec, indices, experiment.class_names if spec == id_spec else None)
     sets[spec] = explorer.SetData(
         result[score],
         result["stage_cos"],
@@ -48,15 +77,28 @@ for spec in specs:
         labels,
         class_names,
     )
+bar.empty()
+threshold = explorer.id_threshold95(sets[id_spec].scores)
 
-threshold = explorer.id_threshold95(sets[explorer.DEMO_ID_SET].scores)
-analysis = explorer.analyse_errors(explorer.DEMO_ID_SET, sets, threshold)
+clusters = None
+if sets[id_spec].labels is None:  # no ID labels: clusters of the ID features stand in for the classes
+    id_data = sets[id_spec]
+    clusters = _clusters(fingerprint, id_spec, tuple(int(i) for i in id_data.indices), id_data.features)
+    sets[id_spec] = explorer.SetData(**{**id_data.__dict__, "labels": clusters.labels, "class_names": clusters.names})
+analysis = explorer.analyse_errors(id_spec, sets, threshold)
 label = explorer.SCORE_LABELS[score]
 missed, total_ood = sum(analysis.ood_errors.values()), sum(analysis.ood_totals.values())
 st.caption(
-    f"{label} at t={timestep}, {steps} DDIM step(s), {draws} draw(s); 95%-TPR threshold **{threshold:.4g}** "
-    "(scores above it are called OOD)."
+    f"ID: {experiment.id_set.name} · {label} at t={timestep}, {steps} DDIM step(s), {draws} draw(s); 95%-TPR "
+    f"threshold **{threshold:.4g}** (scores above it are called OOD)."
 )
+if analysed:
+    st.info(
+        "Large sets are analysed on a fixed random "
+        f"{explorer.ANALYSED_ROWS:,} of their images (each image is decoded to measure it): "
+        + ", ".join(f"{experiment.name_of(spec)} {explorer.ANALYSED_ROWS:,} of {n:,}" for spec, n in analysed.items())
+        + ". Counts below, and the threshold, are of those images."
+    )
 columns = st.columns(2)
 columns[0].metric(
     "ID images flagged as OOD",
@@ -72,7 +114,7 @@ st.dataframe(
     pd.DataFrame(
         [
             {
-                "OOD set": name.removeprefix("demo:"),
+                "OOD set": experiment.name_of(name),
                 "accepted as ID": analysis.ood_errors[name],
                 "of": analysis.ood_totals[name],
                 "rate %": 100 * analysis.ood_errors[name] / max(analysis.ood_totals[name], 1),
@@ -110,21 +152,34 @@ st.dataframe(
         ),
     },
 )
-st.caption(
-    "An error can carry several categories. Measured against the ID set's own statistics; class resemblance uses "
-    "the mean feature vector of each Fashion-MNIST class in the ID set."
+grouping = (
+    f"the mean feature vector of each of the {len(clusters.names)} clusters of the (unlabelled) ID features, shown "
+    "below"
+    if clusters is not None
+    else f"the mean feature vector of each class of the ID set ({experiment.id_set.name})"
 )
-
-
-@st.cache_data(max_entries=128, show_spinner=False)
-def _images(spec: str, index_tuple: tuple[int, ...]):
-    return [
-        image.resize((84, 84), 0) if image is not None else None for image in explorer.dataset_images(spec, index_tuple)
-    ]
+st.caption(
+    f"An error can carry several categories. Measured against the ID set's own statistics; class resemblance uses "
+    f"{grouping}."
+)
+if clusters is not None:
+    st.subheader("ID clusters (the ID set has no labels)")
+    st.caption(
+        "Without class labels, the ID features are grouped by k-means (cosine) into clusters that stand in for "
+        'classes: "resembles ID cluster k" means an OOD image lies as close to that cluster\'s mean as a typical '
+        "ID member does. The most typical images of each cluster:"
+    )
+    cluster_columns = st.columns(min(4, len(clusters.names)))
+    for cluster, name in enumerate(clusters.names):
+        rows = clusters.typical[cluster]
+        positions = tuple(int(i) for i in sets[id_spec].indices[rows])
+        with cluster_columns[cluster % len(cluster_columns)]:
+            st.markdown(f"**{name}** ({int(np.sum(clusters.labels == cluster)):,} images)")
+            st.image([image for image in _images(id_spec, positions) if image is not None], width=56)
 
 
 def _caption(case: explorer.FailureCase) -> str:
-    where = case.dataset.removeprefix("demo:").replace("fashion_mnist", "fmnist")
+    where = experiment.name_of(case.dataset)
     what = f" · {case.true_class}" if case.true_class else ""
     near = f"\nlooks like: {case.nearest_class}" if case.nearest_class else ""
     tags = ", ".join(case.categories)

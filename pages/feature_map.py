@@ -13,14 +13,15 @@ import plotly.graph_objects as go
 import streamlit as st
 
 from dlsr_core import embedding, explorer
-from pages import shared
+from pages import shared, widgets
 
 PALETTE = ("#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b")  # one colour per set
 
 st.title("Feature map (UMAP)")
 detector, run_dir = shared.detector_or_stop()
-timestep, steps, score = shared.sampling_controls(detector)
-draws = shared.current_draws()  # the sidebar's noise-draws control
+experiment = shared.current_experiment(detector, run_dir).experiment
+timestep, steps, score = widgets.sampling_controls(detector)
+draws = widgets.current_draws()  # the sidebar's noise-draws control
 controls = st.columns(4)
 method = controls[0].radio(
     "Projection",
@@ -40,14 +41,15 @@ with_reconstructions = controls[3].checkbox(
     "Show reconstructions", value=True, help="Also map ẑ₀: ID points stay put, OOD points move towards ID."
 )
 
-specs = [explorer.DEMO_ID_SET, *explorer.DEMO_OOD_SETS]
-feature_sets = {spec: shared.features_or_stop(detector, spec) for spec in specs}
+feature_sets = shared.experiment_features(detector, experiment)
+specs = list(feature_sets)  # the ID set first, then the OOD sets that are ready
 fingerprint = shared.fingerprint(run_dir)
+sets_key = (experiment.key, *specs)
 
 
 # cache_resource, not cache_data: the points (a few MB) are read-only here, so every rerun shares one copy.
 @st.cache_resource(max_entries=16, show_spinner="Reconstructing the sampled features…")
-def _points(run_fingerprint, timestep, steps, draws, per_set, with_reconstructions) -> explorer.MapPoints:
+def _points(run_fingerprint, sets_key, timestep, steps, draws, per_set, with_reconstructions) -> explorer.MapPoints:
     return explorer.map_points(
         detector,
         {k: v.features for k, v in feature_sets.items()},
@@ -60,7 +62,7 @@ def _points(run_fingerprint, timestep, steps, draws, per_set, with_reconstructio
     )
 
 
-@st.cache_data(max_entries=64, show_spinner="Making thumbnails…")
+@st.cache_data(max_entries=64, show_spinner=False)
 def _thumbnails(spec: str, indices: tuple[int, ...]) -> list[str]:
     return [
         explorer.thumbnail_uri(image) if image is not None else "" for image in explorer.dataset_images(spec, indices)
@@ -78,11 +80,13 @@ def _shipped(setting: explorer.MapSetting) -> np.ndarray | None:
 
 
 @st.cache_resource(max_entries=16, show_spinner=False)
-def _pca(run_fingerprint, timestep, steps, draws, per_set, with_reconstructions) -> np.ndarray:
-    return embedding.pca_2d(_points(run_fingerprint, timestep, steps, draws, per_set, with_reconstructions).matrix)
+def _pca(run_fingerprint, sets_key, timestep, steps, draws, per_set, with_reconstructions) -> np.ndarray:
+    return embedding.pca_2d(
+        _points(run_fingerprint, sets_key, timestep, steps, draws, per_set, with_reconstructions).matrix
+    )
 
 
-points = _points(fingerprint, timestep, steps, draws, per_set, with_reconstructions)
+points = _points(fingerprint, sets_key, timestep, steps, draws, per_set, with_reconstructions)
 setting = explorer.map_setting(
     shared.model_id(detector, run_dir),
     {spec: len(feature_sets[spec]) for spec in specs},
@@ -94,16 +98,23 @@ setting = explorer.map_setting(
 )
 # One thumbnail per (set, image); a reconstruction shows its original's picture.
 thumbs, thumb_of = [], {}
-for spec in specs:
+bar = st.empty()  # decoding a few hundred large images per set takes seconds: say how far it is
+for position, spec in enumerate(specs):
+    bar.progress(position / len(specs), text=f"Making hover thumbnails: {experiment.name_of(spec)}…")
     wanted = sorted({int(i) for s, i in zip(points.sets, points.indices, strict=True) if s == spec})
     for index, uri in zip(wanted, _thumbnails(spec, tuple(wanted)), strict=True):
         thumb_of[(spec, index)] = len(thumbs)
         thumbs.append(uri)
+bar.empty()
 
 values = points.scores[score]
-id_mask = points.mask(explorer.DEMO_ID_SET, "original")
+id_mask = points.mask(experiment.id_set.spec, "original")
 ranks = explorer.rank_percentiles(values)
-id_percentiles = explorer.reference_percentiles(values, values[id_mask])
+# Placed among all ID reference images, against the threshold every other page uses (not the ID points shown).
+id_reference_features = explorer.reference_subset(feature_sets[experiment.id_set.spec])
+id_reference = shared.reference_scores(detector, run_dir, id_reference_features, timestep, steps, score)
+threshold = explorer.id_threshold95(id_reference)
+id_percentiles = [explorer.percent_text(p) for p in explorer.percent_below(id_reference, values)]
 
 
 def _html(coordinates: np.ndarray, title: str) -> str:
@@ -116,8 +127,8 @@ def _html(coordinates: np.ndarray, title: str) -> str:
         if not mask.any():
             continue
         custom = [
-            [thumb_of[(spec, int(i))], spec.removeprefix("demo:"), kind, int(i), float(v), float(p)]
-            for i, v, p in zip(points.indices[mask], values[mask], id_percentiles[mask], strict=True)
+            [thumb_of[(spec, int(i))], experiment.name_of(spec), kind, int(i), float(v), id_percentiles[row]]
+            for row, i, v in zip(np.flatnonzero(mask), points.indices[mask], values[mask], strict=True)
         ]
         marker = dict(
             size=6 if kind == "original" else 5,
@@ -150,10 +161,10 @@ def _html(coordinates: np.ndarray, title: str) -> str:
                 mode="markers",
                 marker=marker,
                 customdata=custom,
-                name=f"{spec.removeprefix('demo:')} ({'ẑ₀' if kind == 'reconstructed' else 'z₀'})",
+                name=f"{experiment.name_of(spec)} ({'ẑ₀' if kind == 'reconstructed' else 'z₀'})",
                 legendgroup=spec,
                 hovertemplate=f"%{{customdata[1]}} #%{{customdata[3]}} (%{{customdata[2]}})<br>"
-                f"{label} = %{{customdata[4]:.4g}}, above %{{customdata[5]:.0f}} % of the ID points<extra></extra>",
+                f"{label} = %{{customdata[4]:.4g}}, above %{{customdata[5]}} % of ID images<extra></extra>",
             )
         )
     figure.update_layout(
@@ -189,7 +200,7 @@ document.getElementById("map").on("plotly_hover", (event) => {{
   document.getElementById("hover").innerHTML =
     `<img src="${{thumbs[c[0]]}}" width="112" height="112" style="image-rendering:pixelated;border:1px solid #ccc">`
     + `<br><b>${{c[1]}}</b> #${{c[3]}}<br>${{c[2]}}<br>score ${{Number(c[4]).toPrecision(4)}}`
-    + `<br>above ${{Number(c[5]).toFixed(0)}} % of ID`;
+    + `<br>above ${{c[5]}} % of ID`;
 }});
 </script></body></html>"""
 
@@ -212,7 +223,7 @@ if method == "UMAP":
     if coordinates is not None:
         shown = "UMAP"
 if coordinates is None:
-    coordinates = _pca(fingerprint, timestep, steps, draws, per_set, with_reconstructions)
+    coordinates = _pca(fingerprint, sets_key, timestep, steps, draws, per_set, with_reconstructions)
 title = {"UMAP": "UMAP (cosine)", "PCA": "PCA"}[shown] + (" — UMAP is being computed…" if waiting else "")
 st.iframe(_html(coordinates, title), height=560)
 
@@ -241,14 +252,13 @@ st.caption(
     "recolours the same map."
 )
 
-threshold = explorer.id_threshold95(values[id_mask])
-inside = explorer.share_among_id(coordinates, points.sets, points.kinds, explorer.DEMO_ID_SET)
+inside = explorer.share_among_id(coordinates, points.sets, points.kinds, experiment.id_set.spec)
 rows = []
 for spec in specs[1:]:
     originals = points.mask(spec, "original")
     rows.append(
         {
-            "OOD set": spec.removeprefix("demo:"),
+            "OOD set": experiment.name_of(spec),
             f"inside the ID cluster on this {shown} map": f"{100 * inside.get(spec, 0.0):.0f} %",
             f"flagged OOD by {explorer.SCORE_LABELS[score]}": f"{100 * np.mean(values[originals] > threshold):.0f} %",
         }
@@ -258,13 +268,14 @@ st.markdown(
     f"The map squeezes the {points.matrix.shape[1]} numbers of each feature vector into two and keeps only *which "
     "points are neighbours overall*. DLSR does not score that. It noises each vector a little, lets the diffusion "
     "model rebuild it, and compares the rebuilt vector with the original **stage by stage** (from edges and "
-    "colour in stage 1 to object shape in the last). An inverted or rotated garment keeps much of a garment's "
-    "overall features, so the map can put it among the ID points, while some of its stages do not come back — and "
-    "that per-stage failure is what the score measures. The table puts numbers on it for the map above."
+    "colour in stage 1 to object shape in the last). A near-OOD image (an inverted or rotated ID image, say) keeps "
+    "much of an ID image's overall features, so the map can put it among the ID points, while some of its stages "
+    "do not come back — and that per-stage failure is what the score measures. The table puts numbers on it for "
+    "the map above."
 )
 st.dataframe(rows, hide_index=True)
 st.caption(
     "Inside the ID cluster: the point's nearest ID point on this map is no farther than the ID points' own nearest "
-    f"neighbours (95th percentile). Flagged: score above the 95 %-TPR threshold of the {int(id_mask.sum())} ID points "
-    f"shown ({threshold:.4g})."
+    f"neighbours (95th percentile). Flagged: score above the 95 %-TPR threshold of all {len(id_reference):,} ID "
+    f"reference images ({threshold:.4g}, the threshold of every page)."
 )

@@ -41,6 +41,7 @@ st.selectbox(
 
 detector, run_dir = shared.detector_or_stop()
 summary = explorer.summarize(detector, run_dir)
+experiment = shared.current_experiment(detector, run_dir).experiment
 st.subheader("Loaded model")
 columns = st.columns(2)
 columns[0].metric("Backbone", summary.backbone)
@@ -53,6 +54,9 @@ st.markdown(
     f"- preset **{summary.preset}** (`paper`: the paper's equations; `official`: the authors' released code)\n"
     f"- feature vector **{summary.feature_dim}-d** from {len(summary.stage_dims)} stages {summary.stage_dims}\n"
     f"- LFDN width {summary.width} × depth {summary.depth}; files {summary.megabytes:.1f} MB in `{summary.run_dir}`\n"
+    f"- evaluated on **{experiment.id_set.name}** against {len(experiment.ood_sets)} OOD set(s): "
+    + ", ".join(f"{s.name} ({s.group})" for s in experiment.ood_sets)
+    + " — see **Experiment / data**\n"
     + (
         "- LR score: available (early checkpoint present)"
         if summary.has_early
@@ -60,7 +64,8 @@ st.markdown(
     )
 )
 st.info(
-    "Next: **Score images** to test your own pictures; **Score distributions** for AUROC/FPR95 of every method and "
+    "Next: **How DLSR works** to follow one image through the method step by step (the page to show a class); "
+    "**Score images** to test your own pictures; **Score distributions** for AUROC/FPR95 of every method and "
     "the paper's explanatory figures (training's effect, Fig. 3; the timestep sweep, Fig. 4); **Feature map** to "
     "see the sets in 2-D; **Failure cases** for every error at the threshold and a measured reason for it."
 )

@@ -4,7 +4,7 @@ layer profile: where each stage's reconstruction falls among ID images)."""
 import streamlit as st
 
 from dlsr_core import explorer
-from pages import shared
+from pages import figures, shared, widgets
 
 SOURCE_KEY = "score_source"  # "uploads" | "samples": the latest action wins
 UPLOADER_KEY = "score_file_uploader"
@@ -16,8 +16,9 @@ def _uploads_changed() -> None:
 
 st.title("Score images")
 detector, run_dir = shared.detector_or_stop()
-timestep, steps, score = shared.sampling_controls(detector)
-draws = shared.current_draws()
+experiment = shared.current_experiment(detector, run_dir).experiment
+timestep, steps, score = widgets.sampling_controls(detector)
+draws = widgets.current_draws()
 
 uploaded = st.file_uploader(
     "Images (PNG, JPEG, WebP, BMP, TIFF, GIF; any mode). They are scored in memory and never stored.",
@@ -27,9 +28,9 @@ uploaded = st.file_uploader(
     on_change=_uploads_changed,
 )
 buttons = st.columns([1, 1, 2])
-if buttons[0].button("Use sample images", help="Two images from each demo set (ID and OOD)"):
+if buttons[0].button("Use sample images", help="Two images from each set of the model's experiment (ID and OOD)"):
     # Tests seed (name, bytes) pairs under UPLOADS_KEY the same way: AppTest-driven runs need no browser upload.
-    st.session_state[shared.UPLOADS_KEY] = explorer.sample_uploads()
+    st.session_state[shared.UPLOADS_KEY] = explorer.sample_uploads(experiment.names)
     st.session_state[SOURCE_KEY] = "samples"
 samples = list(st.session_state.get(shared.UPLOADS_KEY, []))
 source = st.session_state.get(SOURCE_KEY) or ("uploads" if uploaded else "samples")
@@ -49,16 +50,17 @@ if not files:
     st.stop()
 if source == "uploads":
     shown = f"Showing your {len(files)} uploaded file(s)."
-    hidden = " Press **Use sample images** to score the demo samples instead." if not samples else ""
+    hidden = "" if samples else " Press **Use sample images** to score sample images of the experiment's sets instead."
 else:
-    shown = f"Showing {len(files)} sample images (two from each demo set, ID and OOD)."
+    shown = f"Showing {len(files)} sample images (two from each set of the experiment, ID and OOD)."
     hidden = " Your uploaded files are kept: press **Show my uploads** to score them again." if uploaded else ""
 st.caption(shown + hidden)
 
-id_features = shared.features_or_stop(detector, explorer.DEMO_ID_SET)
+all_id_features = shared.features_or_stop(detector, experiment.id_set.spec, experiment.id_set.name)
+id_features = explorer.reference_subset(all_id_features)
 reference = shared.reference_set(detector, run_dir, id_features, timestep, steps, score)
 weights = detector.backbone_weights()
-digests = shared.digest_files(files)
+digests = explorer.digest_files(files)
 batch = shared.prepared_uploads(
     detector.backbone, weights, detector.input_size, digests, tuple(files), detector.feature_options
 )
@@ -96,14 +98,15 @@ for names in by_digest.values():
         st.error(f"Identical files {listed} got different scores: {', '.join(f'{r.score:.6g}' for r in same)}.")
 
 id_scores = reference[score]
+subset = "" if len(id_features) == len(all_id_features) else f"a fixed random {len(id_features):,} of the "
 st.plotly_chart(
-    shared.id_histogram(
+    figures.id_histogram(
         id_scores,
         threshold,
         label,
         [(str(number), r.name, r.score, r.verdict) for number, r in enumerate(results, 1)],
-        f"All {len(id_scores):,} ID reference images ({explorer.DEMO_ID_SET}) at t={timestep}, {steps} step(s), "
-        f"{draws} draw(s); numbered markers: your images",
+        f"{subset or 'All '}{len(all_id_features):,} ID reference images ({experiment.id_set.name}) at t={timestep}, "
+        f"{steps} step(s), {draws} draw(s); numbered markers: your images",
     ),
     width="stretch",
     key="score-histogram",
@@ -118,8 +121,12 @@ for start in range(0, len(results), per_row):
             st.image(image.resize((96, 96)) if max(image.size) < 96 else image, caption=result.name, width=96)
             badge = {"OOD": ":red-badge[OOD]", "ID": ":green-badge[ID]"}.get(result.verdict, ":gray-badge[no verdict]")
             st.markdown(
-                f"**#{number}** {badge} · {label} = `{result.score:.4g}` · above {result.id_percentile:.1f}% of ID"
+                f"**#{number}** {badge} · {label} = `{result.score:.4g}` · above "
+                f"{explorer.percent_text(result.id_percentile)} % of ID"
             )
             # Plain HTML rows: a dozen Plotly charts would make every timestep change slow to redraw.
-            st.html(shared.profile_html(result.profile))
+            st.html(explorer.profile_html(result.profile))
+            note = explorer.verdict_note(result.profile, result.verdict)
+            if note:
+                st.caption(note)
 st.session_state["score_results"] = results

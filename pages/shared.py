@@ -1,43 +1,37 @@
-"""Streamlit plumbing shared by the pages: cached loaders, the shared sampling widgets, error display.
+"""Streamlit plumbing shared by the pages: cached loaders of the model, its experiment, features and scores, with
+error display.
 
-Heavy objects live behind st.cache_resource (model, backbone, feature sets: read-only, never copied) and derived
-arrays behind st.cache_data keyed by the run's fingerprint, dataset, timestep and steps, so a widget change re-runs
-only the cheap diffusion step and a page switch reloads nothing. This is not a page: app.py does not route to it.
+`current_experiment` is the one accessor of the sets a page studies (the loaded model's experiment);
+`experiment_features` / `features_or_stop` give their features — read from the disk cache at once, or extracted in
+the background (explorer.FeatureJobs) while the page shows progress and refreshes itself.
+
+Heavy objects are loaded once per process (model, backbone, feature sets: read-only, never copied), and so are the
+DLSR scores of each set per (model, timestep, steps, draws), shared by every page (ComputedOnce), so a widget change
+re-runs only the cheap diffusion step and a page switch reloads nothing. After the first page, `warm_up` loads in the
+background what the next pages need first. This is not a page: app.py does not route to it.
+The widgets the pages share are in pages/widgets.py, shared figures in pages/figures.py; anything that needs no
+streamlit belongs in dlsr_core.explorer.
 """
 
 from __future__ import annotations
 
-import hashlib
-import html
 import threading
+import time
 from pathlib import Path
 
 import numpy as np
-import plotly.graph_objects as go
 import streamlit as st
 
 from dlsr_core import explorer
 from dlsr_core.checkpoint import CheckpointError
-from dlsr_core.diffusion import OFFICIAL_MIN_TIMESTEP
+from dlsr_core.data import RunExperiment
 from dlsr_core.features import FeatureSet
 from dlsr_core.presets import FeatureOptions
 from dlsr_core.scoring import DEFAULT_DRAWS, DEFAULT_STEPS, Detector
+from pages.widgets import current_draws
 
 RUN_KEY = "run_dir"
-# The timestep, steps, score and draws chosen on one page hold on every page. Streamlit drops a widget's value when a
-# page without that widget is shown; the old fix, re-assigning st.session_state[key] at the top of app.py, never runs
-# under AppTest after a page switch (it re-runs only the page script), and there the next page's widget came back with
-# its first option (MSE) whatever was chosen (persist_state="session" did not help either, Streamlit 1.67). So each
-# value is kept under a plain key, written by the widget's on_change, and assigned to the widget's key by the page
-# itself just before the widget renders (_restore), which works in both.
-KEPT_PREFIX = "_kept_"
 DEFAULT_TIMESTEP = 5  # the shipped model's; pages open at the loaded model's own (detector.scoring.timestep)
-MAX_TIMESTEP = 50
-# DDIM steps offered in the app: one per timestep up to t = 10 covers the paper's range (t = 3-10), and re-scoring the
-# 2,000 ID reference images stays near 3 s at 10 steps on one CPU thread (the CLI takes any number).
-MAX_STEPS = 10
-DRAWS_KEY = "draws"
-DRAWS_CHOICES = (1, 2, 4, 8, 16)
 UPLOADS_KEY = "score_uploads"
 
 
@@ -57,10 +51,20 @@ def load_detector(run_dir: Path) -> Detector:
     return _load_detector(str(run_dir), explorer.run_fingerprint(run_dir))
 
 
-@st.cache_resource(show_spinner="Loading the comparison baselines…")
+@st.cache_resource
+def _once() -> explorer.ComputedOnce:
+    """Process-wide: what warm_up loads in the background and the pages would otherwise load themselves."""
+    return explorer.ComputedOnce()
+
+
 def comparison_baselines():
-    """The shipped baselines of the paper's comparison (dlsr_core.comparison.Baselines), loaded once per process."""
-    return explorer.load_baselines()
+    """The shipped baselines of the paper's comparison (dlsr_core.comparison.Baselines), loaded once per process
+    (importing the pixel DDPM's diffusers takes about 2 s: warm_up starts it in the background)."""
+    once, key = _once(), explorer.baselines_key()  # follows $DLSR_BASELINES_DIR and retrained files
+    if once.ready(key):
+        return once.get(key, explorer.load_baselines)
+    with st.spinner("Loading the comparison baselines…"):
+        return once.get(key, explorer.load_baselines)
 
 
 @st.cache_resource(max_entries=4)
@@ -89,11 +93,50 @@ def fingerprint(run_dir: Path) -> str:
     return explorer.run_fingerprint(run_dir)
 
 
-@st.cache_resource(show_spinner="Loading the backbone…", max_entries=2)
-def get_extractor(backbone: str, weights: str, options: FeatureOptions):
+def _build_extractor(backbone: str, weights: str, options: FeatureOptions):
     from dlsr_core.backbones import create_feature_extractor
 
     return create_feature_extractor(backbone, weights=weights, options=options)
+
+
+def get_extractor(backbone: str, weights: str, options: FeatureOptions):
+    """The frozen backbone, built once per process (importing timm takes about 2 s: warm_up starts it)."""
+    once, key = _once(), ("extractor", backbone, weights, options)
+    if once.ready(key):
+        return once.get(key, lambda: _build_extractor(backbone, weights, options))
+    with st.spinner("Loading the backbone…"):
+        return once.get(key, lambda: _build_extractor(backbone, weights, options))
+
+
+def weights_unavailable(error: BaseException) -> bool:
+    """Whether `error` is backbones.WeightsUnavailableError, imported only when there is an error to look at:
+    importing the backbones module imports timm (about 2 s)."""
+    from dlsr_core.backbones import WeightsUnavailableError
+
+    return isinstance(error, WeightsUnavailableError)
+
+
+@st.cache_resource(max_entries=8, show_spinner=False)
+def _experiment(run_dir: str, run_fingerprint: str, version: str, _detector: Detector) -> RunExperiment:
+    del run_fingerprint, version  # cache keys: a retrained run or an edited experiment is read again
+    return explorer.loaded_experiment(run_dir, _detector)
+
+
+def current_experiment(detector: Detector, run_dir: Path) -> RunExperiment:
+    """The loaded model's experiment (training set, ID evaluation set, OOD sets, class names): what every page
+    studies. `.experiment` holds the sets; `.source`, `.note`, `.problems` and `.overlap` say how it was found."""
+    return _experiment(str(run_dir), fingerprint(run_dir), explorer.experiment_version(run_dir), detector)
+
+
+def experiment_notes(current: RunExperiment, container=None) -> None:
+    """The experiment's problems (a damaged file), its fallback note and the training/evaluation overlap warning."""
+    container = container or st
+    for problem in current.problems:
+        container.error(f"The experiment file cannot be used: {problem}")
+    if current.source == "fallback":
+        container.info(current.note)
+    if current.overlap:
+        container.warning(current.overlap)
 
 
 @st.cache_resource
@@ -102,34 +145,180 @@ def _feature_store() -> tuple[dict, threading.Lock]:
     return {}, threading.Lock()
 
 
-def features_or_stop(detector: Detector, spec: str) -> FeatureSet:
-    """Features of `spec` for `detector`, extracted once with a progress bar; st.stop() with a message on failure."""
-    from dlsr_core.backbones import WeightsUnavailableError
-    from dlsr_core.data import DatasetError
+@st.cache_resource
+def _feature_jobs() -> explorer.FeatureJobs:
+    """Background extractions of sets whose features are not cached yet (one process-wide queue)."""
+    return explorer.FeatureJobs()
 
+
+def _feature_key(detector: Detector, spec: str) -> tuple:
+    return (detector.backbone, detector.info.weights, detector.input_size, detector.feature_options, spec)
+
+
+def _lookup(detector: Detector, spec: str, download: bool = False) -> FeatureSet | explorer.JobStatus | str:
+    """The features of `spec` when ready (memo, then the disk cache); else the background job's status (the job is
+    started when needed); or why the set cannot be used. A wrong-backbone checkpoint stops the page."""
     store, lock = _feature_store()
-    key = (detector.backbone, detector.info.weights, detector.input_size, detector.feature_options, spec)
-    try:
-        if key not in store:
+    jobs, key = _feature_jobs(), _feature_key(detector, spec)
+    if key in store:
+        try:  # memoised under this backbone, but a checkpoint may claim the backbone and want other features
+            detector.check_features(store[key].features, store[key].backbone)
+        except CheckpointError as error:
+            st.error(f"Wrong backbone for this checkpoint: {error}")
+            st.stop()
+        return store[key]
+    status = jobs.status(key)
+    if status is None:
+        from dlsr_core.data import DatasetError
+
+        try:
+            found = explorer.load_features(detector, spec, cache_only=True)
+        except CheckpointError as error:
+            st.error(f"Wrong backbone for this checkpoint: {error}")
+            st.stop()
+        except (DatasetError, OSError) as error:
+            return str(error)
+        if found is not None:
             with lock:
-                if key not in store:
-                    label = f"Extracting {detector.backbone} features of {spec} (runs once, then cached on disk)…"
-                    bar = st.progress(0.0, text=label)
-                    store[key] = explorer.load_features(
-                        detector, spec, progress=lambda done, total: bar.progress(done / max(total, 1), text=label)
-                    )
-                    bar.empty()
-        features = store[key]
-        detector.check_features(features.features, features.backbone)
-        return features
-    except CheckpointError as error:
-        st.error(f"Wrong backbone for this checkpoint: {error}")
-    except WeightsUnavailableError as error:
-        st.error(f"The backbone weights for this checkpoint are not available offline: {error}")
-    except DatasetError as error:
-        st.error(f"Dataset {spec} cannot be opened: {error}")
+                store[key] = found
+            return found
+        jobs.submit(key, lambda progress: explorer.load_features(detector, spec, progress=progress, download=download))
+        status = jobs.status(key)
+    if status.state == "done":
+        with lock:
+            store[key] = jobs.result(key)
+        jobs.forget(key)
+        return store[key]
+    if status.state == "failed":
+        return status.error
+    return status
+
+
+def ready_features(detector: Detector, spec: str) -> FeatureSet | None:
+    """The features of `spec` if they are ready now (memo, finished job or disk cache); never starts an extraction."""
+    store, lock = _feature_store()
+    key = _feature_key(detector, spec)
+    status = _feature_jobs().status(key)
+    if key in store or (status is not None and status.state == "done"):
+        found = _lookup(detector, spec)
+        return found if isinstance(found, FeatureSet) else None
+    if status is not None:
+        return None
+    found = explorer.cached_features_only(detector, spec)
+    if found is not None:
+        with lock:
+            store[key] = found
+    return found
+
+
+def extraction_status(detector: Detector, spec: str) -> explorer.JobStatus | None:
+    """The background extraction of `spec`, if one was started."""
+    return _feature_jobs().status(_feature_key(detector, spec))
+
+
+def start_extraction(detector: Detector, spec: str, download: bool = False) -> None:
+    """Extract `spec`'s features in the background now (a no-op when they are ready or being extracted)."""
+    if ready_features(detector, spec) is None:
+        status = extraction_status(detector, spec)
+        if status is not None and status.state == "failed":
+            retry_set(detector, spec)
+        _lookup(detector, spec, download)
+
+
+def retry_set(detector: Detector, spec: str) -> None:
+    """Forget a failed extraction of `spec`, so that the next lookup tries again."""
+    _feature_jobs().forget(_feature_key(detector, spec))
+
+
+def _progress_text(name: str, status: explorer.JobStatus) -> str:
+    if status.state == "queued":
+        return f"{name}: waiting for the extraction of another set"
+    if not status.total:
+        return f"{name}: opening the dataset… ({status.seconds:.0f} s)"
+    rate = status.done / max(status.seconds, 1e-6)
+    left = f", about {(status.total - status.done) / rate:.0f} s left" if status.done and rate > 0 else ""
+    return f"{name}: {status.done:,} of {status.total:,} images through the backbone{left}"
+
+
+def show_extraction(detector: Detector, pending: dict[str, str]) -> None:
+    """Progress of the background extractions of `pending` (spec -> display name), refreshed every second; the whole
+    page reruns when they have all finished."""
+
+    def poll() -> None:
+        jobs = _feature_jobs()
+        statuses = {spec: jobs.status(_feature_key(detector, spec)) for spec in pending}
+        if all(status is None or status.finished for status in statuses.values()):
+            st.rerun()
+        st.caption(
+            "Features of new sets are being extracted in the background (once; then they are cached on disk). "
+            "This page updates by itself; you can use other pages meanwhile."
+        )
+        for spec, status in statuses.items():
+            if status is not None and not status.finished:
+                st.progress(status.fraction, text=_progress_text(pending[spec], status))
+
+    st.fragment(run_every=1.0)(poll)()
+
+
+def experiment_features(
+    detector: Detector, experiment, specs: list[str] | None = None, required: tuple[str, ...] | None = None
+) -> dict[str, FeatureSet]:
+    """Features of the experiment's sets (`specs`, default: the ID set and every OOD set) that are ready now.
+
+    Sets still being extracted show progress (the page refreshes when they are done); sets that cannot be opened are
+    named with the reason. The page stops (with progress or the reason) while a `required` set (default: the ID
+    evaluation set) is not ready.
+    """
+    specs = experiment.specs if specs is None else specs
+    required = (experiment.id_set.spec,) if required is None else required
+    ready, pending, unavailable = {}, {}, {}
+    for spec in specs:
+        found = _lookup(detector, spec)
+        if isinstance(found, FeatureSet):
+            ready[spec] = found
+        elif isinstance(found, str):
+            unavailable[spec] = found
+        else:
+            pending[spec] = experiment.name_of(spec)
+    if unavailable:
+        st.caption(
+            "Not shown (unavailable here; see **Experiment / data**): "
+            + "; ".join(f"**{experiment.name_of(spec)}** — {reason[:300]}" for spec, reason in unavailable.items())
+        )
+    if pending:
+        show_extraction(detector, pending)
+    missing = [spec for spec in required if spec not in ready]
+    if missing:
+        if any(spec in unavailable for spec in missing):
+            spec = next(spec for spec in missing if spec in unavailable)
+            st.error(
+                f"The set {experiment.name_of(spec)} ({spec}) cannot be used: {unavailable[spec]}. Choose another on "
+                "the **Experiment / data** page."
+            )
+        st.stop()
+    return ready
+
+
+def features_or_stop(detector: Detector, spec: str, name: str | None = None) -> FeatureSet:
+    """Features of one set: at once when cached, else extracted in the background while the page shows progress
+    (and stops until they are ready); a message and st.stop() when the set cannot be opened."""
+    found = _lookup(detector, spec)
+    if isinstance(found, FeatureSet):
+        return found
+    if isinstance(found, str):
+        st.error(f"Dataset {name or spec} cannot be opened: {found}")
+    else:
+        show_extraction(detector, {spec: name or spec})
     st.stop()
     raise RuntimeError("unreachable")
+
+
+def set_scores_ready(
+    run_fingerprint: str, spec: str, timestep: int, steps: int | None, with_lr: bool, draws: int
+) -> bool:
+    """Whether set_scores would answer at once (computed before in this process, by any page or warm_up)."""
+    key = ("scores", run_fingerprint, spec, timestep, steps, draws)
+    return _once().ready(key + (True,)) or _once().ready(key + (with_lr,))
 
 
 def set_scores(
@@ -140,125 +329,30 @@ def set_scores(
     timestep: int,
     steps: int | None,
     with_lr: bool = False,
+    draws: int | None = None,
 ) -> dict[str, np.ndarray]:
-    """DLSR scores of a feature set at (timestep, steps) and the sidebar's noise draws; cached per run and spec.
-
-    LR costs a second model pass, so it is computed only when asked for.
-    """
-    return _set_scores(detector, run_fingerprint, spec, features, timestep, steps, with_lr, current_draws())
-
-
-@st.cache_data(max_entries=256, show_spinner=False)
-def _set_scores(
-    _detector: Detector,
-    run_fingerprint: str,
-    spec: str,
-    _features: FeatureSet,
-    timestep: int,
-    steps: int | None,
-    with_lr: bool,
-    draws: int,
-) -> dict[str, np.ndarray]:
-    return explorer.score_matrix(_detector, _features.features, timestep, steps, with_lr=with_lr, draws=draws)
-
-
-def _restore(key: str, default):
-    """The value to show in widget `key`: the one kept from the last change (any page), else the current or default."""
-    state = st.session_state
-    value = state[KEPT_PREFIX + key] if KEPT_PREFIX + key in state else state.get(key, default)
-    state[key] = state[KEPT_PREFIX + key] = value  # assigned here, after st.navigation: see KEPT_PREFIX
-    return value
-
-
-def _keep(key: str, value=None) -> None:
-    """Remember widget `key`'s value (on_change callback), or `value` when a page clamps it."""
-    state = st.session_state
-    state[KEPT_PREFIX + key] = state[key] if value is None else value
-    if value is not None:
-        state[key] = value
-
-
-def draws_control(container=None) -> int:
-    """The sidebar's "noise draws per score" control; every page scores with its value (see current_draws)."""
-    container = container or st.sidebar
-    if _restore(DRAWS_KEY, DEFAULT_DRAWS) not in DRAWS_CHOICES:
-        _keep(DRAWS_KEY, DEFAULT_DRAWS)
-    return container.select_slider(
-        "Noise draws per score",
-        DRAWS_CHOICES,
-        key=DRAWS_KEY,
-        on_change=_keep,
-        args=(DRAWS_KEY,),
-        help="Each score is averaged over this many noise draws. One draw gives the same AUROC as sixteen on the "
-        "shipped model; more draws steady the verdicts of images near the threshold (flips between seeds there: "
-        "8.1 % at 1 draw, 4.2 % at 4, 2.6 % at 16, MFsim). Scoring time grows with the number of draws.",
+    """DLSR scores of a feature set at (timestep, steps) and `draws` (default: the sidebar's), computed once per
+    process and shared by every page (explorer.score_matrix arrays; read-only). LR costs a second model pass, so it
+    is computed only when asked for; scores computed with LR serve the pages that do not need it."""
+    draws = current_draws() if draws is None else draws
+    once = _once()
+    with_both = ("scores", run_fingerprint, spec, timestep, steps, draws, True)
+    if not with_lr and once.ready(with_both):
+        return once.get(with_both, dict)
+    return once.get(
+        with_both[:-1] + (with_lr,),
+        lambda: explorer.score_matrix(detector, features.features, timestep, steps, with_lr=with_lr, draws=draws),
     )
 
 
-def current_draws() -> int:
-    """Noise draws per score chosen in the sidebar (the default before the sidebar has rendered)."""
-    return int(st.session_state.get(DRAWS_KEY, DEFAULT_DRAWS))
+def image_statistics(spec: str, indices: tuple[int, ...], progress=None) -> dict[str, np.ndarray]:
+    """explorer.image_statistics_of the images at `indices` of `spec`, measured once per process (by the Failure cases
+    page or warm_up); `progress(done, total)` while this call measures them."""
+    return _once().get(("statistics", spec, indices), lambda: explorer.image_statistics_of(spec, indices, progress))
 
 
-def sampling_controls(detector: Detector, container=None, with_score: bool = True) -> tuple[int, int, str]:
-    """Timestep, DDIM steps and score widgets shared by the pages (their values hold across pages)."""
-    container = container or st
-    top = min(MAX_TIMESTEP, detector.info.config.num_timesteps)
-    official = detector.scoring.sampler == "official"  # takes no steps setting, and no network step below t = 3
-    low = OFFICIAL_MIN_TIMESTEP if official else 1
-    # Default: the timestep the checkpoint's preset scores at (paper 5; official 4, where its sampler starts).
-    timestep = int(_restore("timestep", detector.scoring.timestep))
-    if not low <= timestep <= top:
-        _keep("timestep", timestep := min(max(timestep, low), top))
-    # Never more steps than the timestep allows: at t = 1 the (disabled) slider shows the 1 step actually used, and
-    # that is the value kept afterwards, not a number nobody chose.
-    steps = int(_restore("steps", DEFAULT_STEPS))
-    if not 1 <= steps <= min(timestep, MAX_STEPS):
-        _keep("steps", min(max(steps, 1), timestep, MAX_STEPS))
-    columns = container.columns(3 if with_score else 2)
-    timestep = columns[0].slider(
-        "Sampling timestep t",
-        low,
-        top,
-        key="timestep",
-        on_change=_keep,
-        args=("timestep",),
-        help="Noise level the features are diffused to before reconstruction (paper: 3-10).",
-    )
-    steps = columns[1].slider(
-        "DDIM steps",
-        1,
-        max(2, min(timestep, MAX_STEPS)),
-        key="steps",
-        on_change=_keep,
-        args=("steps",),
-        help=f"DDIM steps from t back to 0, at most t and at most {MAX_STEPS} here (default {DEFAULT_STEPS}: measured "
-        "as accurate as one per timestep, and t times cheaper)."
-        + (
-            " This model scores with the official sampler, which visits every level and ignores it." if official else ""
-        ),
-        disabled=timestep == 1 or official,
-    )
-    steps = min(steps, timestep)
-    score = score_control(detector, columns[2]) if with_score else "mfsim"
-    return timestep, steps, score
-
-
-def score_control(detector: Detector, container=None) -> str:
-    """The score selectbox (its value holds across pages); only scores this checkpoint can compute."""
-    container = container or st
-    scores = explorer.available_scores(detector)
-    if _restore("score", "mfsim") not in scores:
-        _keep("score", "mfsim" if "mfsim" in scores else scores[0])
-    return container.selectbox(
-        "Score",
-        scores,
-        key="score",
-        on_change=_keep,
-        args=("score",),
-        format_func=lambda s: explorer.SCORE_LABELS[s],
-        help="MFsim: per-stage cosine; MSE: squared error; LR: early minus final MSE. Higher = more OOD for all.",
-    )
+def image_statistics_ready(spec: str, indices: tuple[int, ...]) -> bool:
+    return _once().ready(("statistics", spec, indices))
 
 
 @st.cache_data(max_entries=16, show_spinner="Running the backbone on the uploaded images…")
@@ -275,32 +369,21 @@ def prepared_uploads(
     return explorer.prepare_uploads(get_extractor(backbone, weights, options), input_size, list(_files))
 
 
-def digest_files(files: list[tuple[str, bytes]]) -> tuple[tuple[str, str], ...]:
-    return tuple((name, hashlib.sha256(data).hexdigest()) for name, data in files)
-
-
-def model_caption(detector: Detector, run_dir: Path) -> str:
-    info = detector.info
-    return (
-        f"**Model:** `{run_dir.name}` · {info.backbone} @ {info.input_size}px · trained on {info.dataset} · "
-        f"epoch {info.epoch}"
-    )
-
-
 def reference_set(
     detector: Detector, run_dir: Path, id_features: FeatureSet, timestep: int, steps: int | None, score: str
 ) -> dict[str, np.ndarray]:
     """Scores and per-stage values (explorer.score_matrix) of every ID reference image at (timestep, steps) and
-    the sidebar's draws, cached per run and setting. The set never shrinks: all 2,000 demo ID images, always.
+    the sidebar's draws, cached per run and setting. The set never shrinks between settings: all images of the ID
+    evaluation set (the caller passes a stated fixed subset when the set is large, see reference_rows).
 
     Measured with one torch thread (benchmarks/score_page.py, MFsim, t = 10): 0.4 s at 1 step, 1.8 s at 5, 3.6 s at
-    10 (steps are capped at MAX_STEPS for that reason); LR doubles it and noise draws multiply it.
+    10 (steps are capped at widgets.MAX_STEPS for that reason); LR doubles it and noise draws multiply it.
     """
     draws = current_draws()
     work = f"t={timestep}, {steps or timestep} DDIM step(s), {draws} noise draw(s)"
     work += ", LR: two models" if score == "lr" else ""
     with st.spinner(f"Scoring all {len(id_features):,} ID reference images at {work} (once per setting)…"):
-        return _set_scores(
+        return set_scores(
             detector, fingerprint(run_dir), id_features.dataset, id_features, timestep, steps, score == "lr", draws
         )
 
@@ -312,103 +395,90 @@ def reference_scores(
     return reference_set(detector, run_dir, id_features, timestep, steps, score)[score]
 
 
-PROFILE_COLOURS = {"worse": "#b83b3b", "better": "#3b6fb6", "normal": "#9a9a9a"}
+@st.cache_resource
+def _running_pages() -> list:
+    """[number of page scripts running now, its lock]: the warm-up steps aside while a user waits for a page."""
+    return [0, threading.Lock()]
 
 
-def profile_html(profile: explorer.LayerProfile) -> str:
-    """The layer profile as small HTML rows: per stage, the ID 5-95 % band (grey) on a 0-100 percentile track and
-    this image's place on it; a stage is coloured only outside the band (red: less ID-like, blue: more)."""
-    rows = []
-    for name, percent, z_score, status in zip(
-        profile.names, profile.worse_than, profile.z_scores, profile.status, strict=True
-    ):
-        colour = PROFILE_COLOURS[status]
-        position = min(max(float(percent), 0.0), 100.0)
-        rows.append(
-            f'<div style="display:flex;align-items:center;gap:6px;font-size:12px;line-height:17px" '
-            f'title="{html.escape(name.label)}: worse than {percent:.1f} % of ID images, z = {z_score:+.1f}">'
-            f'<span style="width:128px;white-space:nowrap;overflow:hidden;text-overflow:ellipsis">'
-            f"{name.number} · {html.escape(name.role)}</span>"
-            f'<span style="position:relative;flex:1;height:12px;background:#f1f1f1;min-width:60px">'
-            f'<span style="position:absolute;left:5%;width:90%;top:3px;height:6px;background:#d9d9d9"></span>'
-            f'<span style="position:absolute;left:calc({position:.1f}% - 4px);top:1px;width:8px;height:10px;'
-            f'border-radius:2px;background:{colour}"></span></span>'
-            f'<span style="width:52px;text-align:right;color:{colour if status != "normal" else "#333"}">'
-            f"{explorer.percent_text(percent)} %</span></div>"
-        )
-    title = (
-        f'<div style="font-size:12px;color:#555">Layer profile ({html.escape(profile.quantity)}): stage · role, '
-        f"worse than … % of {profile.reference_size:,} ID images; grey band = ID 5–95 %</div>"
-    )
-    sentence = f'<div style="font-size:12px;margin-top:4px">{html.escape(profile.sentence)}</div>'
-    return title + "".join(rows) + sentence
+def page_started() -> None:
+    running = _running_pages()
+    with running[1]:
+        running[0] += 1
 
 
-def id_histogram(
-    id_scores: np.ndarray,
-    threshold: float,
-    score_label: str,
-    markers: list[tuple[str, str, float, str]],
-    title: str,
-    height: int = 320,
-) -> go.Figure:
-    """The ID reference histogram with the 95%-TPR threshold and numbered image markers below it.
+def page_finished() -> None:
+    running = _running_pages()
+    with running[1]:
+        running[0] -= 1
 
-    markers: (number, name, score, verdict) per image. Markers that would overlap are stacked in rows
-    (explorer.marker_rows) instead of piling labels on one spot; hovering a marker shows the image's name.
-    """
-    from plotly.subplots import make_subplots
 
-    values = [score for _, _, score, _ in markers]
-    span = float(max([*values, float(np.max(id_scores))]) - min([*values, float(np.min(id_scores))])) or 1.0
-    rows = explorer.marker_rows(values, 0.025 * span) if markers else np.zeros(0, dtype=int)
-    strip = max(1, int(rows.max()) + 1 if len(rows) else 1)
-    # The marker strip grows with its rows (about 22 px each) so that stacked markers never overlap.
-    histogram_px, strip_px = 0.72 * height, max(0.28 * height, 22.0 * strip + 16.0)
-    total_px = histogram_px + strip_px
-    figure = make_subplots(
-        rows=2,
-        cols=1,
-        shared_xaxes=True,
-        row_heights=[histogram_px / total_px, strip_px / total_px],
-        vertical_spacing=0.03,
-    )
-    figure.add_trace(
-        go.Histogram(x=id_scores, nbinsx=60, name="ID reference", marker_color="#7fa6dc", opacity=0.85), row=1, col=1
-    )
-    for verdict, colour in (("OOD", "#b83b3b"), ("ID", "#3c8d47")):
-        chosen = [i for i, marker in enumerate(markers) if marker[3] == verdict]
-        if not chosen:
-            continue
-        figure.add_trace(
-            go.Scatter(
-                x=[markers[i][2] for i in chosen],
-                y=[-float(rows[i]) for i in chosen],
-                mode="markers+text",
-                text=[markers[i][0] for i in chosen],
-                textfont=dict(color="white", size=10),
-                marker=dict(size=17, color=colour, line=dict(color="white", width=1)),
-                customdata=[[markers[i][1]] for i in chosen],
-                hovertemplate=f"#%{{text}} %{{customdata[0]}}<br>{score_label} %{{x:.4g}}<extra>{verdict}</extra>",
-                name=f"your image, verdict {verdict}",
-            ),
-            row=2,
-            col=1,
-        )
-    for row in (1, 2):
-        figure.add_vline(x=threshold, line_dash="dash", line_color="black", row=row, col=1)
-    figure.add_annotation(
-        x=threshold, y=1.0, yref="y domain", text="95%-TPR threshold", showarrow=False, xanchor="left", row=1, col=1
-    )
-    figure.update_yaxes(title_text="ID images", row=1, col=1)
-    figure.update_yaxes(visible=False, range=[-strip + 0.4, 0.6], row=2, col=1)
-    figure.update_xaxes(title_text=f"{score_label} score (higher = more OOD)", row=2, col=1)
-    figure.update_layout(
-        title=dict(text=title, font_size=12),
-        height=round(total_px) + 60,
-        margin=dict(l=10, r=10, t=40, b=70),
-        # below the axis title, in plot-area fractions: clear of the title and of Plotly's toolbar
-        legend=dict(orientation="h", yanchor="top", y=-48 / (total_px - 50), x=0),
-        bargap=0.02,
-    )
-    return figure
+def _wait_for_idle_pages(longest: float = 30.0) -> None:
+    """Sleep while a page script runs (at most `longest` seconds): background work would slow it down."""
+    deadline = time.monotonic() + longest
+    while _running_pages()[0] > 0 and time.monotonic() < deadline:
+        time.sleep(0.05)
+
+
+def warm_up(detector: Detector, run_dir: Path) -> None:
+    """Once per process, after the first page has rendered: load in a background thread, one step at a time and only
+    while no page script runs, what the other pages need first — the experiment's features already on disk, the
+    backbone (timm), the sets' scores at the model's own setting and their image statistics, the training set's
+    identity (the stored k-NN and Mahalanobis scores are keyed by it), the comparison baselines (diffusers) — so
+    that their first visit does not wait for it. Nothing is extracted or fitted here, and a failure is left for the
+    page to report."""
+    once = _once()
+    store, lock = _feature_store()
+    experiment = current_experiment(detector, run_dir).experiment  # read here: st.cache_* belongs to the page thread
+    specs = [*experiment.specs, f"{experiment.id_set.spec}+hflip"]  # + How DLSR works' first shift
+    run_fingerprint = fingerprint(run_dir)
+
+    def cached(spec: str) -> None:
+        key = _feature_key(detector, spec)
+        if key not in store:
+            found = explorer.cached_features_only(detector, spec)
+            if found is not None:
+                with lock:
+                    store.setdefault(key, found)
+
+    def default_scores(spec: str) -> None:
+        features = store.get(_feature_key(detector, spec))
+        if features is not None and len(features) <= explorer.REFERENCE_LIMIT:
+            timestep, with_lr = detector.scoring.timestep, detector.has_early
+            set_scores(detector, run_fingerprint, spec, features, timestep, DEFAULT_STEPS, with_lr, DEFAULT_DRAWS)
+
+    def statistics(spec: str) -> None:
+        features = store.get(_feature_key(detector, spec))
+        if features is not None:
+            subset = explorer.reference_subset(features, explorer.ANALYSED_ROWS)
+            image_statistics(spec, tuple(int(i) for i in subset.indices.numpy()))
+
+    def backbone():
+        weights = detector.backbone_weights()
+        key = ("extractor", detector.backbone, weights, detector.feature_options)
+        return once.get(key, lambda: _build_extractor(detector.backbone, weights, detector.feature_options))
+
+    def run() -> None:
+        tasks = [
+            *(lambda spec=spec: cached(spec) for spec in specs),
+            backbone,
+            *(lambda spec=spec: default_scores(spec) for spec in experiment.specs),
+            *(lambda spec=spec: statistics(spec) for spec in experiment.specs),  # what Failure cases measures
+            lambda: explorer.dataset_identity(experiment.training_set),
+            lambda: once.get(explorer.baselines_key(), explorer.load_baselines),
+        ]
+        for task in tasks:
+            _wait_for_idle_pages()
+            try:
+                task()
+            except Exception:  # noqa: BLE001 - the page that needs it shows the error
+                continue
+
+    # Not a daemon: the interpreter lets it finish its step (seconds) instead of killing it inside torch at exit.
+    once.get("warm_up", lambda: threading.Thread(target=run, name="dlsr-warm-up", daemon=False).start())
+
+
+def features_in_memory(detector: Detector, spec: str) -> bool:
+    """Whether this process holds `spec`'s features already (loaded by a page or a finished background job)."""
+    status = extraction_status(detector, spec)
+    return _feature_key(detector, spec) in _feature_store()[0] or (status is not None and status.state == "done")

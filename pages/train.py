@@ -8,7 +8,7 @@ import streamlit as st
 from dlsr_core import explorer
 from dlsr_core.backbones import BACKBONES
 from dlsr_core.checkpoint import CheckpointError, run_dir_for_name
-from dlsr_core.data import DatasetError, list_demo_sets, parse_dataset
+from dlsr_core.data import DatasetError, ExperimentError, builtin_sets, overlap_warning, parse_dataset
 from pages import shared
 
 JOB_KEY = "train_job"
@@ -18,38 +18,59 @@ job: explorer.TrainingJob | None = st.session_state.get(JOB_KEY)
 busy = job is not None and job.running
 
 
+try:  # the sets a new model starts from: the loaded model's experiment (the shipped one's without a usable model)
+    loaded = shared.current_experiment(shared.load_detector(shared.current_run_dir()), shared.current_run_dir())
+    loaded = loaded.experiment
+except CheckpointError:
+    loaded = explorer.shipped_experiment()
+
+
 @st.cache_data(show_spinner=False)
-def _default_training_set() -> str:
-    return explorer.default_training_set()
+def _default_training_set(experiment) -> str | None:
+    return explorer.default_training_set(experiment) if experiment is not None else None
 
 
+offered = builtin_sets()
+default_set = _default_training_set(loaded) or offered[0]
+kind = default_set.partition(":")[0]  # the form opens on the loaded model's kind of training data
+# Outside the form, so that choosing a source shows only that source's fields (a form reruns only on submit).
+source = st.radio(
+    "ID dataset",
+    ["Built-in", "torchvision by name", "Image folder"],
+    index={"torchvision": 1, "folder": 2}.get(kind, 0),
+    horizontal=True,
+)
 with st.form("train"):
-    source = st.radio("ID dataset", ["Built-in", "torchvision by name", "Image folder"], horizontal=True)
     columns = st.columns(3)
-    builtin_sets = [f"demo:{name}" for name in list_demo_sets()] + [
-        "fashion_mnist:train",
-        "digits",
-        "letters",
-        "textures",
-    ]
-    default_set = _default_training_set()
-    builtin = columns[0].selectbox(
-        "Built-in set",
-        builtin_sets,
-        index=builtin_sets.index(default_set) if default_set in builtin_sets else 0,
-        help=f"The app evaluates every model on {explorer.DEMO_ID_SET} as its ID set: train on another set (the "
-        f"default, {explorer.BASELINE_TRAIN_SET}, when installed), or the evaluation will look better than it is.",
-    )
-    torchvision_name = columns[1].text_input(
-        "torchvision dataset", "CIFAR10:train", help="Class[:split]; files must already be on disk unless downloading"
-    )
-    download = columns[1].checkbox("Allow download (needs network)")
-    folder = columns[2].text_input("Image folder path", "", help="All images below this folder, any format")
-    data_root = columns[2].text_input(
-        "Data folder (optional)",
-        "",
-        help="Where Fashion-MNIST or torchvision dataset files already are, if not in their default places",
-    )
+    builtin, torchvision_name, download, folder, data_root = None, "", False, "", ""
+    if source == "Built-in":
+        builtin = columns[0].selectbox(
+            "Built-in set",
+            offered,
+            index=offered.index(default_set) if default_set in offered else 0,
+            help="The images the new model learns as in-distribution (default: the loaded model's training set, when "
+            "installed). It is evaluated on other images: see **Evaluation sets** below.",
+        )
+    elif source == "torchvision by name":
+        torchvision_name = columns[0].text_input(
+            "torchvision dataset",
+            default_set.partition(":")[2] if kind == "torchvision" else "CIFAR10:train",
+            help="Class[:split]; files must already be on disk unless downloading",
+        )
+        download = columns[1].checkbox("Allow download (needs network)")
+    else:
+        folder = columns[0].text_input(
+            "Image folder path",
+            default_set.partition(":")[2] if kind == "folder" else "",
+            help="All images below this folder, any format; subfolders are the classes (torchvision's ImageFolder)",
+        )
+    if source != "Image folder":
+        data_root = columns[2].text_input(
+            "Data folder (optional)",
+            "",
+            help="Where the files of a built-in training split or of a torchvision dataset already are, if not in "
+            "their default places",
+        )
     columns = st.columns(4)
     backbone = columns[0].selectbox(
         "Backbone",
@@ -65,6 +86,22 @@ with st.form("train"):
     batch_size = columns[1].number_input("Batch size", 16, 4096, 256, step=16)
     learning_rate = columns[2].number_input("Learning rate", 1e-5, 1e-1, 1e-3, format="%.5f")
     run_name = columns[3].text_input("Run name", "my_run", help="Saved to checkpoints/<run name>")
+    with st.expander("Evaluation sets (the new model's experiment; editable later on **Experiment / data**)"):
+        id_text = st.text_input(
+            "ID evaluation set",
+            "",
+            help="Held-out images of the training data, e.g. torchvision:CIFAR10:test or "
+            "folder:/path/test. Blank: the training set's test split where one exists (a train/ folder: its test/ "
+            "or val/ sibling), else the training set itself, which every page then flags.",
+        )
+        ood_offered = loaded.groups if loaded is not None else {}
+        ood_choice = st.multiselect(
+            "OOD sets",
+            list(ood_offered),
+            default=list(ood_offered),
+            format_func=lambda spec: f"{loaded.name_of(spec)} ({ood_offered[spec]})",
+            help="Taken from the loaded model's experiment; add others later on the Experiment / data page.",
+        )
     start_over = st.checkbox(
         "Start over",
         help="A run of this name that already exists is continued by default (same width, depth and batch size "
@@ -78,11 +115,12 @@ if start:
         "torchvision by name": f"torchvision:{torchvision_name}",
         "Image folder": f"folder:{folder}",
     }[source]
-    run_dir, problem = None, None
+    run_dir, problem, new_experiment = None, None, None
     try:
         spec = str(parse_dataset(spec))
         run_dir = run_dir_for_name(run_name, explorer.checkpoints_root())  # only ever a folder directly inside it
-    except (DatasetError, CheckpointError) as error:
+        new_experiment = explorer.evaluation_sets(spec, loaded, id_text, tuple(ood_choice))
+    except (DatasetError, CheckpointError, ExperimentError) as error:
         problem = explorer.gui_message(str(error))
     if run_dir is not None and run_dir.resolve() == explorer.default_run_dir().resolve():
         problem = "that name is the shipped default model; pick another run name"
@@ -102,6 +140,7 @@ if start:
             data_root=data_root.strip() or None,
             download=download,
             resume=not start_over,
+            experiment=new_experiment,
         )
         if (run_dir / "resume.pt").exists():
             st.info(
@@ -112,11 +151,8 @@ if start:
                     else "training continues it (tick **Start over** to train it from scratch instead)."
                 )
             )
-        if spec == explorer.DEMO_ID_SET:
-            st.warning(
-                f"{spec} is the set the app evaluates every model on as ID: a model trained on it will look better on "
-                "the Score distributions and Failure cases pages than it is. Train on another set for a fair test."
-            )
+        if overlap_warning(new_experiment):
+            st.warning(overlap_warning(new_experiment))
         job = explorer.TrainingJob(request).start()
         st.session_state[JOB_KEY] = job
 

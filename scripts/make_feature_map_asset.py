@@ -31,7 +31,7 @@ def main() -> int:
     parser.add_argument("--out", default=str(maps.SHIPPED_MAP))
     args = parser.parse_args()
     detector = Detector.load(args.run, device="cpu")
-    specs = [explorer.DEMO_ID_SET, *explorer.DEMO_OOD_SETS]
+    specs = explorer.loaded_experiment(args.run, detector).experiment.specs  # the page maps the experiment's sets
     feature_sets = {spec: explorer.load_features(detector, spec) for spec in specs}
     points = explorer.map_points(
         detector,

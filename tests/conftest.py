@@ -1,3 +1,5 @@
+import os
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -11,6 +13,9 @@ from dlsr_core.training import Provenance, TrainConfig, train
 
 # Two cores are shared by the whole suite; one thread per test process keeps timings predictable.
 torch.set_num_threads(1)
+# Uploaded sets and edits of the shipped model's experiment go to a throwaway user data folder, never the user's own
+# (set before any test reads it; the browser test's server inherits it).
+os.environ["DLSR_DATA_DIR"] = tempfile.mkdtemp(prefix="dlsr-test-data-")
 
 
 @pytest.fixture(scope="session")
@@ -31,8 +36,13 @@ def detector(run_dir) -> Detector:
 def wrong_backbone_run(tmp_path_factory) -> Path:
     """A run that says efficientnet_lite0 (512-d) but was trained on 720-d (EfficientNet-B4-sized) features.
 
-    It is the only run in its parent folder, so tests can point DLSR_CHECKPOINTS_DIR there.
+    It is the only run in its parent folder, so tests can point DLSR_CHECKPOINTS_DIR there. It is studied on the
+    shipped model's sets (its experiment file), whose cached features are 512-d.
     """
+    import shipped
+
+    from dlsr_core.data import EXPERIMENT_NAME, save_experiment
+
     run = tmp_path_factory.mktemp("wrong") / "wrong_backbone"
     dims = (24, 32, 56, 160, 448)
     train(
@@ -42,4 +52,5 @@ def wrong_backbone_run(tmp_path_factory) -> Path:
         TrainConfig(epochs=1, batch_size=32),
         Provenance("efficientnet_lite0", "pretrained", 64, dims, "fake"),
     )
+    save_experiment(run / EXPERIMENT_NAME, shipped.EXPERIMENT)
     return run

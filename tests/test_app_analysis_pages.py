@@ -6,10 +6,11 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
+import shipped
 from test_app_pages import open_page, texts
 
 from dlsr_core import embedding, explorer
-from dlsr_core.data import FASHION_MNIST_CLASSES
+from dlsr_core.data import EXPERIMENT_NAME, FASHION_MNIST_CLASSES, load_experiment
 from dlsr_core.metrics import ood_metrics
 from dlsr_core.scoring import Detector
 
@@ -20,7 +21,7 @@ def by_label(elements, label: str):
 
 @pytest.fixture(scope="module")
 def demo_features(detector):
-    return {spec: explorer.load_features(detector, spec) for spec in [explorer.DEMO_ID_SET, *explorer.DEMO_OOD_SETS]}
+    return {spec: explorer.load_features(detector, spec) for spec in [shipped.ID_SET, *shipped.OOD_SETS]}
 
 
 def test_distributions_wide_table_equals_the_core_and_the_figures_render(detector, demo_features):
@@ -29,11 +30,11 @@ def test_distributions_wide_table_equals_the_core_and_the_figures_render(detecto
     assert list(table.columns.get_level_values(0).unique()) == ["MSE", "MFsim", "LR", "k-NN", "Mahalanobis"]
     mfsim = {spec: detector.score_features(f.features, 5).mfsim for spec, f in demo_features.items()}
     aurocs = {}
-    for spec, group in explorer.DEMO_OOD_SETS.items():
-        aurocs[spec] = 100 * ood_metrics(mfsim[explorer.DEMO_ID_SET], mfsim[spec]).auroc
+    for spec, group in shipped.OOD_SETS.items():
+        aurocs[spec] = 100 * ood_metrics(mfsim[shipped.ID_SET], mfsim[spec]).auroc
         row = f"{spec.removeprefix('demo:')} ({group})"
         assert table.loc[row, ("MFsim", "AUROC")] == pytest.approx(aurocs[spec], abs=0.006)
-    far = [aurocs[s] for s, g in explorer.DEMO_OOD_SETS.items() if g == "far"]
+    far = [aurocs[s] for s, g in shipped.OOD_SETS.items() if g == "far"]
     assert table.loc["average far", ("MFsim", "AUROC")] == pytest.approx(np.mean(far), abs=0.006)
     assert "k-NN, Mahalanobis:" in texts(app) and "model default@" in texts(app)
 
@@ -41,14 +42,15 @@ def test_distributions_wide_table_equals_the_core_and_the_figures_render(detecto
     app.radio(key="distributions_view").set_value("First vs last epoch (paper Fig. 3)").run()
     assert not app.exception
     early = Detector(detector.early)
-    pooled = np.concatenate([mfsim[s] for s in explorer.DEMO_OOD_SETS])
+    pooled = np.concatenate([mfsim[s] for s in shipped.OOD_SETS])
     early_mfsim = {spec: early.score_features(f.features, 5).mfsim for spec, f in demo_features.items()}
-    early_id = early_mfsim.pop(explorer.DEMO_ID_SET)
+    early_id = early_mfsim.pop(shipped.ID_SET)
     early_ood = np.concatenate(list(early_mfsim.values()))
     before = 100 * ood_metrics(early_id, early_ood).auroc
-    after = 100 * ood_metrics(mfsim[explorer.DEMO_ID_SET], pooled).auroc
-    assert f"AUROC {before:.1f}% → {after:.1f}%" in texts(app)
-    assert f"after epoch {detector.early.info.epoch}: ID" in texts(app) and len(app.get("plotly_chart")) == 2
+    after = 100 * ood_metrics(mfsim[shipped.ID_SET], pooled).auroc
+    assert f"AUROC {before:.1f} % → {after:.1f} %" in texts(app)
+    assert f"From epoch {detector.early.info.epoch} to epoch {detector.info.epoch}" in texts(app)
+    assert len(app.get("plotly_chart")) == 2
 
     # The paper's Figure 4 with its sentence of interpretation.
     app.radio(key="distributions_view").set_value("Timestep sweep (paper Fig. 4)").run()
@@ -66,7 +68,7 @@ def test_distributions_costly_settings_score_a_stated_subset(detector):
     app.slider(key="steps").set_value(5).run()
     print(f"\nsteps 1 -> 5 on Score distributions (MFsim only): {time.perf_counter() - started:.2f} s")
     assert not app.exception
-    assert "use a fixed random 1,996 of the 7,000 demo images" in texts(app)
+    assert "use a fixed random 1,996 of the 7,000 images" in texts(app)
     table = app.dataframe[0].value
     assert list(table.columns.get_level_values(0).unique()) == ["MFsim"]
     assert any(b.label == "Score all images at this setting" for b in app.button)
@@ -74,6 +76,8 @@ def test_distributions_costly_settings_score_a_stated_subset(detector):
 
 def test_distributions_adds_a_comparison_method_to_the_table_and_histograms(detector, demo_features):
     app = open_page("pages/distributions.py")
+    assert not any(m.label == "Add methods from the paper's comparison" for m in app.multiselect)  # not loaded yet
+    app.toggle(key="distributions_compare").set_value(True).run()
     adder = by_label(app.multiselect, "Add methods from the paper's comparison")
     assert {"Pixel DDPM", "Feature AE", "MSP", "EBO (energy)", "ViM"} <= set(adder.options)
     by_label(app.multiselect, "Methods in the table and histograms").set_value(["mfsim"])
@@ -81,13 +85,13 @@ def test_distributions_adds_a_comparison_method_to_the_table_and_histograms(dete
     assert not app.exception
     table = app.dataframe[0].value
     assert list(table.columns.get_level_values(0).unique()) == ["MFsim", "Feature AE"]
-    direct = explorer.compare_methods(detector, ["feature_ae"], explorer.DEMO_ID_SET, demo_features)
-    for spec, group in explorer.DEMO_OOD_SETS.items():
+    direct = explorer.compare_methods(detector, ["feature_ae"], shipped.ID_SET, demo_features)
+    for spec, group in shipped.OOD_SETS.items():
         expected = 100 * direct.metric("feature_ae", spec).auroc
         assert table.loc[f"{spec.removeprefix('demo:')} ({group})", ("Feature AE", "AUROC")] == pytest.approx(
             expected, abs=0.006
         )
-    assert "images/s from its cached input" in texts(app)
+    assert "images/s from its cached input" not in texts(app)  # not comparable across methods: see the speed table
     by_label(app.selectbox, "Histogram method").set_value("feature_ae").run()
     assert not app.exception and "Feature AE score (higher = more OOD)" in str(app.get("plotly_chart")[0].proto)
 
@@ -129,9 +133,9 @@ def test_feature_map_shows_the_shipped_umap_at_once_and_refits_only_when_positio
 def test_failure_cases_count_the_true_errors_and_name_classes(detector, demo_features):
     app = open_page("pages/failure_cases.py")
     mfsim = {spec: detector.score_features(f.features, 5).mfsim for spec, f in demo_features.items()}
-    threshold = explorer.id_threshold95(mfsim[explorer.DEMO_ID_SET])
-    id_errors = int((mfsim[explorer.DEMO_ID_SET] > threshold).sum())
-    ood_errors = sum(int((mfsim[s] <= threshold).sum()) for s in explorer.DEMO_OOD_SETS)
+    threshold = explorer.id_threshold95(mfsim[shipped.ID_SET])
+    id_errors = int((mfsim[shipped.ID_SET] > threshold).sum())
+    ood_errors = sum(int((mfsim[s] <= threshold).sum()) for s in shipped.OOD_SETS)
     metrics = {m.label: m.value for m in app.metric}
     assert metrics["ID images flagged as OOD"] == f"{id_errors} of 2000"
     assert metrics["OOD images accepted as ID"] == f"{ood_errors} of 5000"
@@ -166,7 +170,7 @@ def _start(app):
 def test_train_page_trains_a_selectable_model(tmp_path, monkeypatch):
     monkeypatch.setenv("DLSR_CHECKPOINTS_DIR", str(tmp_path))
     app = open_page("pages/train.py")
-    assert app.selectbox[0].value == explorer.default_training_set()
+    assert app.selectbox[0].value == explorer.default_training_set(shipped.EXPERIMENT)
     _tiny_training(app, "demo:fashion_mnist_rotated", "from_test")
     job = _start(app)
     job.join(timeout=180)
@@ -174,15 +178,20 @@ def test_train_page_trains_a_selectable_model(tmp_path, monkeypatch):
     app.run()
     assert "is now selectable" in texts(app)
     assert tmp_path / "from_test" in explorer.list_run_dirs()
+    # The run carries its experiment: no test split of the demo set, so it is evaluated on it (and flagged), against
+    # the loaded model's OOD sets except itself.
+    written = load_experiment(tmp_path / "from_test" / EXPERIMENT_NAME)
+    assert written.training_set == written.id_set.spec == "demo:fashion_mnist_rotated"
+    assert list(written.groups) == [s for s in shipped.OOD_SETS if s != "demo:fashion_mnist_rotated"]
     assert len(app.session_state["train_job"].snapshot().losses) == 2 * 4  # 1000 images / batch 256 = 4 steps
 
 
 def test_train_page_warns_about_the_evaluation_set_and_speaks_gui_not_cli(tmp_path, monkeypatch):
     monkeypatch.setenv("DLSR_CHECKPOINTS_DIR", str(tmp_path))
     app = open_page("pages/train.py")
-    _tiny_training(app, explorer.DEMO_ID_SET, "same_name", epochs=1)
+    _tiny_training(app, shipped.ID_SET, "same_name", epochs=1)
     job = _start(app)
-    assert "the set the app evaluates every model on as ID" in app.warning[0].value
+    assert f"The ID evaluation set {shipped.ID_SET} is the training set" in app.warning[0].value
     job.join(timeout=180)
     app.run()
     _tiny_training(app, "demo:fashion_mnist_rotated", "same_name", epochs=1, width=48)

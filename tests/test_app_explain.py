@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import shipped
 import torch
 from streamlit.testing.v1 import AppTest
 
@@ -55,7 +56,7 @@ def test_marker_rows_stack_only_markers_that_would_overlap():
 
 def test_duplicates_score_identically_and_every_image_gets_a_layer_profile(detector):
     app = open_page(SCORE_PAGE)
-    shirt, letter = demo_png(explorer.DEMO_ID_SET, 11), demo_png("demo:letters", 5)
+    shirt, letter = demo_png(shipped.ID_SET, 11), demo_png("demo:letters", 5)
     files = [("shirt.png", shirt, "image/png"), ("copy_of_shirt.png", shirt, "image/png")]
     app.file_uploader[0].set_value([*files, ("letter.png", letter, "image/png")]).run()
     assert not app.exception
@@ -157,7 +158,7 @@ def test_walkthrough_traces_an_image_and_the_timestep_visibly_moves_it(detector)
         "7 · Verdict",
     ]
     assert headers[7] == "What counts as OOD?"
-    features = explorer.load_features(detector, explorer.DEMO_ID_SET).features
+    features = explorer.load_features(detector, shipped.ID_SET).features
     reference = explorer.score_matrix(detector, features, 5)
     expected = explorer.trace_image(detector, features[0], reference, "mfsim", 5)
     trace = app.session_state["walkthrough_trace"]
@@ -185,7 +186,7 @@ def test_walkthrough_traces_an_image_and_the_timestep_visibly_moves_it(detector)
     assert not app.exception
     comparison = app.session_state["walkthrough_shift"]
     rows = explorer.shift_rows(len(features))
-    shifted = explorer.shifted_features(_extractor(detector), detector.input_size, explorer.DEMO_ID_SET, rows, "vflip")
+    shifted = explorer.shifted_features(_extractor(detector), detector.input_size, shipped.ID_SET, rows, "vflip")
     core = explorer.compare_shift(detector, features[torch.as_tensor(rows)], shifted, "vflip", "mfsim", 30)
     assert comparison.metrics.auroc == pytest.approx(core.metrics.auroc, abs=1e-9)
     assert app.metric[0].value == f"{100 * core.metrics.auroc:.1f} %"
@@ -203,7 +204,7 @@ def test_walkthrough_of_an_ood_demo_image_and_of_an_upload(detector):
     uploaded = app.session_state["walkthrough_trace"]
     files = [("texture.png", demo_png("demo:textures", 0))]
     features = explorer.prepare_uploads(_extractor(detector), detector.input_size, files).features
-    reference = explorer.score_matrix(detector, explorer.load_features(detector, explorer.DEMO_ID_SET).features, 5)
+    reference = explorer.score_matrix(detector, explorer.load_features(detector, shipped.ID_SET).features, 5)
     expected = explorer.trace_image(detector, features[0], reference, "mfsim", 5)
     assert uploaded.verdict == "OOD" and uploaded.score == expected.score
     np.testing.assert_array_equal(uploaded.features, expected.features)

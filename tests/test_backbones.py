@@ -170,9 +170,9 @@ def test_offline_hub_gives_actionable_error_fast(monkeypatch):
     def unreachable(timeout_s: float = 5.0) -> None:
         raise ConnectionError("Name or service not known")
 
-    monkeypatch.setattr(backbones, "_hub_cached_file", lambda hf_hub_id: None)
-    monkeypatch.setattr(backbones, "_probe_hub", unreachable)
-    monkeypatch.setattr(backbones, "_create_timm", lambda *a, **k: downloads.append(a))
+    monkeypatch.setattr(backbones.hub, "_hub_cached_file", lambda hf_hub_id: None)
+    monkeypatch.setattr(backbones.hub, "_probe_hub", unreachable)
+    monkeypatch.setattr(backbones.hub, "_create_timm", lambda *a, **k: downloads.append(a))
     with pytest.raises(WeightsUnavailableError, match="--weights PATH") as info:
         create_feature_extractor("efficientnet_b4", weights="pretrained")
     assert "efficientnet_b4" in str(info.value)
@@ -190,8 +190,8 @@ def test_hub_download_failure_is_wrapped(monkeypatch):
             raise LocalEntryNotFoundError("cannot find the requested files in the local cache")
         return real_create(*args, **kwargs)
 
-    monkeypatch.setattr(backbones, "_hub_cached_file", lambda hf_hub_id: None)
-    monkeypatch.setattr(backbones, "_probe_hub", lambda timeout_s=5.0: None)
+    monkeypatch.setattr(backbones.hub, "_hub_cached_file", lambda hf_hub_id: None)
+    monkeypatch.setattr(backbones.hub, "_probe_hub", lambda timeout_s=5.0: None)
     monkeypatch.setattr(timm, "create_model", fake_create)
     with pytest.raises(WeightsUnavailableError, match="Hugging Face hub") as info:
         create_feature_extractor("efficientnet_b4", weights="pretrained")
@@ -246,8 +246,8 @@ def test_cached_hub_file_is_loaded_without_network(monkeypatch, tmp_path):
     def unreachable(timeout_s: float = 5.0) -> None:
         raise AssertionError("the hub must not be contacted when the file is cached")
 
-    monkeypatch.setattr(backbones, "_hub_cached_file", lambda hf_hub_id: str(cached))
-    monkeypatch.setattr(backbones, "_probe_hub", unreachable)
+    monkeypatch.setattr(backbones.hub, "_hub_cached_file", lambda hf_hub_id: str(cached))
+    monkeypatch.setattr(backbones.hub, "_probe_hub", unreachable)
     fx = create_feature_extractor("resnet50", weights="pretrained", device="cpu")
     assert fx.weights_id == "timm-hub:resnet50.a1_in1k"
     torch.testing.assert_close(fx.model.layer3[0].conv1.weight, full.layer3[0].conv1.weight)

@@ -5,6 +5,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import shipped
 import torch
 from streamlit.testing.v1 import AppTest
 
@@ -24,7 +25,7 @@ from dlsr_core.data import open_dataset
 from dlsr_core.validation import TrainingData
 
 APP = str(Path(__file__).resolve().parent.parent / "app.py")
-SETS = [explorer.DEMO_ID_SET, "demo:letters", "demo:fashion_mnist_rotated"]
+SETS = [shipped.ID_SET, "demo:letters", "demo:fashion_mnist_rotated"]
 
 
 @pytest.fixture(scope="module")
@@ -35,7 +36,7 @@ def small_inputs(detector):
 
 def toy_records(detector) -> dict[str, object]:
     """Training records of small baselines fitted on the detector's training data."""
-    data = TrainingData(detector.info.dataset, None, 24)
+    data = TrainingData(shipped.EXPERIMENT.training_set, None, 24)
     return {
         "feature_ae": AutoencoderRecord(
             training_set=data,
@@ -54,8 +55,8 @@ def toy_records(detector) -> dict[str, object]:
 def toy_baselines(detector, small_inputs, tmp_path_factory) -> Path:
     """Small baselines trained in seconds on the ID subset, saved like the shipped ones."""
     folder = tmp_path_factory.mktemp("baselines")
-    ids = small_inputs[explorer.DEMO_ID_SET]
-    labels = torch.as_tensor(open_dataset(explorer.DEMO_ID_SET).labels)[ids.indices]
+    ids = small_inputs[shipped.ID_SET]
+    labels = torch.as_tensor(open_dataset(shipped.ID_SET).labels)[ids.indices]
     records = toy_records(detector)
     config = AutoencoderConfig(ids.features.shape[1], 32, 8)
     ae = train_feature_ae(ids.features, config, AutoencoderTrainConfig(2), records["feature_ae"])
@@ -75,7 +76,7 @@ def toy_baselines(detector, small_inputs, tmp_path_factory) -> Path:
 
 
 def test_score_methods_gives_each_method_its_own_input(detector, small_inputs, toy_baselines):
-    baselines = Baselines.load(toy_baselines, distance_train=small_inputs[explorer.DEMO_ID_SET].features[:12])
+    baselines = Baselines.load(toy_baselines, distance_train=small_inputs[shipped.ID_SET].features[:12])
     methods = baselines.available(detector)
     assert set(methods) == set(METHODS), "every method is available with all baselines and training features"
     results = score_methods(methods, small_inputs, detector, baselines)
@@ -91,7 +92,7 @@ def test_score_methods_gives_each_method_its_own_input(detector, small_inputs, t
     )
     assert all(result.count == 72 and result.seconds > 0 for result in results.values())
     report = ComparisonReport(
-        explorer.DEMO_ID_SET,
+        shipped.ID_SET,
         {"demo:letters": "far", "demo:fashion_mnist_rotated": "near"},
         {name: result.scores for name, result in results.items()},
     )
@@ -115,7 +116,7 @@ def test_compare_methods_for_the_distributions_page(detector, small_inputs, toy_
     addable = explorer.addable_methods(detector, baselines)
     assert addable == ["pixel_ddpm", "feature_ae", "msp", "energy", "dice", "ash_s", "react", "vim"]
     result = explorer.compare_methods(
-        detector, ["energy", "pixel_ddpm"], explorer.DEMO_ID_SET, features, baselines=baselines, pixel_images_per_set=5
+        detector, ["energy", "pixel_ddpm"], shipped.ID_SET, features, baselines=baselines, pixel_images_per_set=5
     )
     assert result.methods == ["energy", "pixel_ddpm"]
     assert len(result.scores["pixel_ddpm"]["demo:letters"]) == 5 and len(result.scores["energy"]["demo:letters"]) == 24
@@ -131,8 +132,8 @@ def test_benchmark_runs_end_to_end_on_a_small_subset(tmp_path, toy_baselines):
     from benchmarks import compare
 
     kinds = ("pixel_ddpm", "feature_ae", "classifier")
-    shipped = all((DEFAULT_BASELINES_DIR / f"{kind}.safetensors").is_file() for kind in kinds)
-    folder = DEFAULT_BASELINES_DIR if shipped else toy_baselines
+    all_shipped = all((DEFAULT_BASELINES_DIR / f"{kind}.safetensors").is_file() for kind in kinds)
+    folder = DEFAULT_BASELINES_DIR if all_shipped else toy_baselines
     compare.main(
         ["--subset", "8", "--speed-images", "8", "--pixel-settings", "0", "1", "--baselines", str(folder)]
         + ["--out", str(tmp_path), "--name", "smoke"]
@@ -170,7 +171,7 @@ def test_dlsr_inside_pytorch_ood_gives_dlsr_core_scores(detector, tmp_path):
         def __getitem__(self, index: int):
             return ood_detector.transform(self.images[index]), self.label
 
-    loader = DataLoader(ConcatDataset([Images(explorer.DEMO_ID_SET, 0), Images("demo:letters", -1)]), batch_size=16)
+    loader = DataLoader(ConcatDataset([Images(shipped.ID_SET, 0), Images("demo:letters", -1)]), batch_size=16)
     metrics, ours, reference = OODMetrics(), [], []
     for images, labels in loader:
         scores = ood_detector(images)  # pytorch-ood's Detector.__call__ -> predict
@@ -203,9 +204,9 @@ def test_feature_vs_pixel_core_and_page(detector, toy_baselines, monkeypatch):
     pixel_model = PixelDDPM.load(toy_baselines / "pixel_ddpm.safetensors")
     extractor = create_feature_extractor(detector.backbone, detector.backbone_weights())
     images = [open_dataset("demo:letters")[i] for i in range(3)]
-    ids = load_inputs(detector, [explorer.DEMO_ID_SET], pixels=False, limit=40)
+    ids = load_inputs(detector, [shipped.ID_SET], pixels=False, limit=40)
     result = explorer.feature_vs_pixel(
-        detector, pixel_model, extractor, images, id_features=ids[explorer.DEMO_ID_SET].features
+        detector, pixel_model, extractor, images, id_features=ids[shipped.ID_SET].features
     )
     assert result.originals.shape == (3, 28, 28) and result.reconstructions.shape == (2, 3, 28, 28)
     np.testing.assert_allclose(result.pixel_scores, pixel_model.score_images(images), rtol=1e-5)
@@ -258,3 +259,18 @@ def test_baselines_are_offered_only_to_models_whose_inputs_they_were_trained_on(
     damaged = Baselines.load(tmp_path)
     assert set(damaged.problems) == {"pixel_ddpm", "feature_ae", "classifier"} and damaged.pixel_ddpm is None
     assert all(str(tmp_path) in reason and "\n" not in reason for reason in damaged.problems.values())
+
+
+def test_the_apps_baselines_memo_follows_the_folder_and_retrained_files(toy_baselines, tmp_path, monkeypatch):
+    import shutil
+
+    monkeypatch.delenv("DLSR_BASELINES_DIR", raising=False)
+    shipped_key = explorer.baselines_key()
+    monkeypatch.setenv("DLSR_BASELINES_DIR", str(tmp_path))
+    for path in toy_baselines.iterdir():
+        shutil.copy2(path, tmp_path / path.name)
+    copied = explorer.baselines_key()
+    assert copied != shipped_key and explorer.baselines_key() == copied  # stable while nothing changes
+    model = PixelDDPM.load(tmp_path / "pixel_ddpm.safetensors")
+    model.save(tmp_path / "pixel_ddpm.safetensors")  # retrained (rewritten) in place
+    assert explorer.baselines_key() != copied

@@ -403,7 +403,7 @@ class FakeBackground(_FakeBase):
 @pytest.fixture
 def fake_torchvision(monkeypatch):
     module = types.SimpleNamespace(FakeTrainFlag=FakeTrainFlag, FakeSplit=FakeSplit, FakeBackground=FakeBackground)
-    monkeypatch.setattr(data, "_torchvision_datasets", lambda: module)
+    monkeypatch.setattr(data.torchvision_sets, "_torchvision_datasets", lambda: module)
     return module
 
 
@@ -417,9 +417,9 @@ def test_torchvision_split_mapping_with_fakes(fake_torchvision, tmp_path):
     split = open_dataset("torchvision:FakeSplit:extra+invert", data_root=tmp_path)
     assert split.labels == [5, 6, 7, 8] and split.name == "torchvision:FakeSplit:extra+invert"
     assert split[2].size == (6, 5) and split[2].getpixel((0, 0)) == (255 - 18,) * 3
-    assert data._split_kwargs(FakeTrainFlag, "train") == {"train": True}
-    assert data._split_kwargs(FakeSplit, "extra") == {"split": "extra"}
-    assert data._split_kwargs(FakeBackground, "evaluation") == {"background": False}
+    assert data.torchvision_sets._split_kwargs(FakeTrainFlag, "train") == {"train": True}
+    assert data.torchvision_sets._split_kwargs(FakeSplit, "extra") == {"split": "extra"}
+    assert data.torchvision_sets._split_kwargs(FakeBackground, "evaluation") == {"background": False}
     with pytest.raises(DatasetError, match="splits"):
         open_dataset("torchvision:FakeTrainFlag:val", data_root=tmp_path)
     with pytest.raises(DatasetError, match="no class"):
@@ -439,7 +439,7 @@ def test_torchvision_missing_files_say_how_to_get_them(fake_torchvision, tmp_pat
 def test_torchvision_real_mnist_class_on_local_fake_files(tmp_path):
     """The real torchvision.datasets.MNIST reading tiny idx files written in its raw/ layout."""
     try:
-        data._torchvision_datasets()
+        data.torchvision_sets._torchvision_datasets()
     except (ImportError, RuntimeError) as exc:  # torchvision missing or unusable on this torch
         pytest.skip(f"torchvision not importable here: {exc}")
     raw = tmp_path / "MNIST" / "raw"

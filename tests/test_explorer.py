@@ -7,6 +7,7 @@ import io
 
 import numpy as np
 import pytest
+import shipped
 import torch
 from PIL import Image
 
@@ -52,7 +53,7 @@ BAD = {"not_an_image.png", "truncated.png", "zero.jpg", "bomb.png"}
 
 @pytest.fixture(scope="module")
 def id_features(detector):
-    return explorer.load_features(detector, explorer.DEMO_ID_SET)
+    return explorer.load_features(detector, shipped.ID_SET)
 
 
 def test_decode_uploads_reports_each_bad_file_and_keeps_the_rest():
@@ -118,8 +119,8 @@ def test_id_features_score_mostly_in_distribution(detector, id_features):
 def test_wrong_backbone_checkpoint_gets_a_clear_error(wrong_backbone_run):
     detector = Detector.load(wrong_backbone_run, device="cpu")
     with pytest.raises(CheckpointError, match="720-d.*512-d|512-d.*720-d"):
-        explorer.load_features(detector, explorer.DEMO_ID_SET)
-    assert explorer.cached_features_only(detector, explorer.DEMO_ID_SET) is None
+        explorer.load_features(detector, shipped.ID_SET)
+    assert explorer.cached_features_only(detector, shipped.ID_SET) is None
 
 
 def test_list_run_dirs_finds_trained_runs(tmp_path, monkeypatch, wrong_backbone_run):

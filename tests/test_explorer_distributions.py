@@ -5,6 +5,7 @@ import io
 
 import numpy as np
 import pytest
+import shipped
 import torch
 
 from dlsr_core import explorer
@@ -97,7 +98,7 @@ def test_baselines_without_training_features_use_halves_of_the_id_set_and_say_so
 
 
 def test_dlsr_methods_equal_the_detector_scores_on_the_chosen_rows(detector):
-    id_features = explorer.load_features(detector, explorer.DEMO_ID_SET).features[:64]
+    id_features = explorer.load_features(detector, shipped.ID_SET).features[:64]
     ood = explorer.load_features(detector, "demo:digits").features[:32]
     rows = {"id": np.arange(0, 64, 2), "digits": np.arange(32)}
     seen = []
@@ -108,7 +109,19 @@ def test_dlsr_methods_equal_the_detector_scores_on_the_chosen_rows(detector):
     reference = detector.score_features(id_features[0::2], 3, 1, draws=2)
     np.testing.assert_allclose(methods[1].scores["id"], reference.mfsim, rtol=1e-5)
     np.testing.assert_allclose(methods[2].scores["id"], reference.lr, rtol=1e-4, atol=1e-4)
-    assert seen[0] == (0, 2, "id") and seen[-1] == (2, 2, "")
+    assert seen[0] == (0, 64, "id") and seen[1] == (32, 64, "digits") and seen[-1] == (64, 64, "")  # rows scored
+
+
+def test_dlsr_methods_score_large_sets_in_chunks_with_the_same_scores(detector, monkeypatch):
+    from dlsr_core.explorer import distributions
+
+    features = {"id": explorer.load_features(detector, shipped.ID_SET).features[:50]}
+    whole = explorer.dlsr_methods(detector, features, 5, with_lr=False)
+    monkeypatch.setattr(distributions, "CHUNK_ROWS", 16)
+    seen = []
+    chunked = explorer.dlsr_methods(detector, features, 5, with_lr=False, progress=lambda *a: seen.append(a))
+    assert [done for done, _, _ in seen] == [0, 16, 32, 48, 50]
+    np.testing.assert_allclose(chunked[1].scores["id"], whole[1].scores["id"], rtol=1e-5)
 
 
 def test_sweep_summary_reads_the_measured_curve():
@@ -126,7 +139,7 @@ def test_page_mahalanobis_drops_the_redundant_stage_channels_like_the_evaluation
     """Per-stage-standardized features have a singular covariance; the page's Mahalanobis must use the stage dims."""
     from dlsr_core.baselines import MahalanobisBaseline
 
-    id_features = explorer.load_features(detector, explorer.DEMO_ID_SET).features
+    id_features = explorer.load_features(detector, shipped.ID_SET).features
     rotated = explorer.load_features(detector, "demo:fashion_mnist_rotated").features
     features = {"id": id_features, "rotated": rotated}
     page = explorer.baseline_methods("id", features, tuple(detector.stage_dims))[1]

@@ -5,6 +5,7 @@ import io
 
 import numpy as np
 import pytest
+import shipped
 from PIL import Image
 
 from dlsr_core import explorer
@@ -107,5 +108,5 @@ def test_failure_csv_has_classes_categories_and_settings():
 
 
 def test_set_labels_give_class_names_of_the_demo_sets():
-    labels, names = explorer.set_labels(explorer.DEMO_ID_SET, [0, 1, 2])
+    labels, names = explorer.set_labels(shipped.ID_SET, [0, 1, 2])
     assert len(labels) == 3 and names[0] == "T-shirt/top" and len(names) == 10

@@ -2,6 +2,7 @@
 
 import numpy as np
 import pytest
+import shipped
 
 from dlsr_core import explorer
 from dlsr_core.explorer import maps
@@ -10,7 +11,7 @@ from dlsr_core.scoring import DEFAULT_DRAWS, DEFAULT_STEPS
 
 @pytest.fixture(scope="module")
 def id_features(detector):
-    return explorer.load_features(detector, explorer.DEMO_ID_SET)
+    return explorer.load_features(detector, shipped.ID_SET)
 
 
 def test_map_points_stack_originals_and_reconstructions_with_every_score(detector, id_features):
@@ -53,7 +54,7 @@ def test_the_shipped_map_matches_the_feature_map_pages_first_view(detector):
     from pages.shared import DEFAULT_TIMESTEP
 
     assert maps.DEFAULT_TIMESTEP == DEFAULT_TIMESTEP == detector.scoring.timestep  # pages open at the model's own t
-    specs = [explorer.DEMO_ID_SET, *explorer.DEMO_OOD_SETS]
+    specs = [shipped.ID_SET, *shipped.OOD_SETS]
     sizes = {spec: len(explorer.load_features(detector, spec)) for spec in specs}
     setting = explorer.map_setting(
         explorer.model_id(detector), sizes, maps.DEFAULT_PER_SET, True, DEFAULT_TIMESTEP, DEFAULT_STEPS, DEFAULT_DRAWS
@@ -68,7 +69,6 @@ def test_rank_percentiles_spread_colours_and_share_ties():
     values = np.array([5.0, 1000.0, 1.0, 5.0, 2.0])
     np.testing.assert_allclose(explorer.rank_percentiles(values), [62.5, 100.0, 0.0, 62.5, 25.0])
     assert explorer.rank_percentiles(np.array([3.0])).tolist() == [50.0]
-    np.testing.assert_allclose(explorer.reference_percentiles([0.5, 10.0, -1.0], [0.0, 1.0, 2.0, 3.0]), [25, 100, 0])
 
 
 def test_share_among_id_counts_ood_points_inside_the_id_area():

@@ -7,8 +7,10 @@ import json
 import numpy as np
 import pytest
 from PIL import Image
+from test_app_pages import open_page, texts
 
 from benchmarks import reproduce_cifar10, reproduce_paper
+from dlsr_core.data import EXPERIMENT_NAME, load_experiment
 
 
 class FakeTorchvisionSet:
@@ -83,6 +85,29 @@ def test_cifar100_reproduction_runs_end_to_end_and_compares_with_the_paper(tmp_p
     assert table["average_over"] == "3 of 6 sets (partial)"
     assert "93.90 /" in (out / "paper_comparison.md").read_text()
 
+    # The run carries the setting's experiment file, and the app opens it with evaluate's numbers.
+    experiment = load_experiment(out / EXPERIMENT_NAME)
+    assert experiment.training_set == "torchvision:CIFAR100:train"
+    assert (
+        experiment.id_set.spec == "torchvision:CIFAR100:test"
+        and experiment.groups["torchvision:CIFAR10:test"] == "near"
+    )
+    assert experiment.names[f"folder:{ood_root / 'LSUN'}"] == "LSUN-c"
+    assert experiment.names[f"folder:{ood_root / 'LSUN_resize'}"] == "LSUN-r"  # listed, though missing here
+    monkeypatch.setenv("DLSR_RUN_DIR", str(out))
+    monkeypatch.setenv("DLSR_CACHE_DIR", str(tmp_path / "cache"))
+    app = open_page("pages/distributions.py")
+    page = app.dataframe[0].value
+    assert page.loc["SVHN (far)", ("MFsim", "AUROC")] == pytest.approx(mine, abs=0.006)
+    assert page.loc["CIFAR-10 (near)", ("MSE", "AUROC")] == pytest.approx(
+        100
+        * next(
+            r["auroc"] for r in report["rows"] if r["ood_set"] == "torchvision:CIFAR10:test" and r["score"] == "mse"
+        ),
+        abs=0.006,
+    )
+    assert "**LSUN-r**" in texts(app) and "is not a directory" in texts(app)  # named as not available here
+
 
 def test_comparison_known_answer_and_table4():
     rows = [
@@ -137,7 +162,10 @@ def test_cifar10_commands_cover_tables_1_and_3(tmp_path):
     joined = " ".join(train)
     assert "--width 1440 --depth 16" in joined and "--input-size 224" in joined and "--download" in joined
     assert "--preset official" in joined and "--epochs" not in joined  # the preset's 150 epochs
-    assert evaluate[evaluate.index("--ood") + 1 : evaluate.index("--train")] == [
+    sets = ["--experiment", str(reproduce_paper.experiment_file("cifar10")), "--sets-root", str(tmp_path)]
+    assert joined.count(" ".join(sets)) == 1 and " ".join(sets) in " ".join(evaluate)  # the sets: the experiment
+    assert "--id" not in evaluate and "--ood" not in evaluate
+    assert list(reproduce_paper.ood_sets("cifar10", str(tmp_path))) == [
         "torchvision:SVHN:test",
         "torchvision:MNIST:test",
         "torchvision:FashionMNIST:test",
@@ -146,6 +174,12 @@ def test_cifar10_commands_cover_tables_1_and_3(tmp_path):
         f"folder:{tmp_path / 'iSUN'}",
         "torchvision:CIFAR100:test",
     ]
+    assert reproduce_paper.ood_sets("cifar10", str(tmp_path))[f"folder:{tmp_path / 'iSUN'}"] == {"table3": "iSUN"}
+    (tmp_path / "LSUN").mkdir()
+    assert reproduce_paper.ood_sets("cifar10", str(tmp_path))[f"folder:{tmp_path / 'LSUN'}"] == {
+        "table1": "LSUN",
+        "table3": "LSUN-c",
+    }  # Table 1's LSUN is the cropped set
     assert "-t" not in evaluate  # the checkpoint's preset picks the timestep
 
 

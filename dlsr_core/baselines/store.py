@@ -18,7 +18,6 @@ model is refused in milliseconds; the tensor names and shapes are compared with 
 from __future__ import annotations
 
 import json
-import math
 import os
 import re
 from collections.abc import Callable
@@ -31,7 +30,7 @@ import torch
 from torch import Tensor
 
 from dlsr_core.atomic import atomic_write_bytes, sha256_hex
-from dlsr_core.checkpoint import DIGEST_KEY, CheckpointError, checksum_path, content_digest
+from dlsr_core.checkpoint import DIGEST_KEY, CheckpointError, checksum_path, content_digest, header_tensors
 from dlsr_core.schema import SchemaError, from_json
 from dlsr_core.validation import TrainingData
 
@@ -41,6 +40,8 @@ METADATA_KEYS = frozenset({"format", "format_version", "kind", "config", "info",
 # The shipped baselines together stay under 8 MB; no baseline file this code writes comes near this bound.
 MAX_FILE_BYTES = 256 * 1024 * 1024
 _DTYPE_BYTES = {"F16": 2, "BF16": 2, "F32": 4, "I64": 8}
+# The files of a baselines folder: <kind>.safetensors.
+BASELINE_KINDS = ("pixel_ddpm", "feature_ae", "classifier")
 # The shipped baselines live beside the default DLSR model.
 DEFAULT_BASELINES_DIR = Path(__file__).resolve().parent.parent.parent / "checkpoints" / "baselines"
 
@@ -153,26 +154,7 @@ def parse_header(path: Path, data: bytes) -> Header:
     metadata = header.pop("__metadata__", None) or {}
     if not isinstance(metadata, dict) or not all(isinstance(v, str) for v in metadata.values()):
         raise BaselineFileError(f"{path}: its metadata must map names to strings")
-    payload, covered, tensors = len(data) - 8 - length, 0, {}
-    for name, entry in header.items():
-        try:
-            dtype, shape, (begin, end) = entry["dtype"], entry["shape"], entry["data_offsets"]
-            valid = (
-                dtype in _DTYPE_BYTES
-                and isinstance(shape, list)
-                and all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape)
-                and all(isinstance(o, int) and not isinstance(o, bool) for o in (begin, end))
-                and 0 <= begin <= end <= payload
-                and end - begin == math.prod(shape) * _DTYPE_BYTES[dtype]
-            )
-        except (KeyError, TypeError, ValueError):
-            valid = False
-        if not valid:
-            raise BaselineFileError(f"{damaged} (tensor {name!r} is described wrongly or lies outside the file)")
-        tensors[name] = (dtype, tuple(shape))
-        covered += end - begin
-    if covered != payload:
-        raise BaselineFileError(f"{damaged} ({payload} data bytes, tensors describe {covered})")
+    tensors = header_tensors(header, len(data) - 8 - length, _DTYPE_BYTES, damaged, BaselineFileError)
     return Header(tensors, metadata)
 
 

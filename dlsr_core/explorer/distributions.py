@@ -18,7 +18,7 @@ import torch
 from torch import Tensor
 
 from dlsr_core.evaluation import timestep_sweep
-from dlsr_core.explorer.sets import BASELINE_TRAIN_SET, SCORE_LABELS, subsample_rows
+from dlsr_core.explorer.sets import SCORE_LABELS, subsample_rows
 from dlsr_core.metrics import OODMetrics, ood_metrics
 from dlsr_core.scoring import DEFAULT_DRAWS, DEFAULT_STEPS, Detector
 
@@ -30,6 +30,9 @@ METRIC_LABELS = {"auroc": "AUROC", "fpr95": "FPR95", "aupr_in": "AUPR-In", "aupr
 EVALUATION_BUDGET = 14_000
 SUBSET_BUDGET = 10_000
 MINIMUM_ROWS = 200
+# Sets larger than this are scored in chunks, so a progress bar moves every second or so even with a large LFDN
+# (smaller sets are scored in one batch, as always).
+CHUNK_ROWS = 4096
 # A sweep whose average AUROC varies less than this (percentage points) is described as flat, not as peaking.
 FLAT_SWEEP_POINTS = 0.5
 
@@ -52,7 +55,8 @@ class Evaluation:
     """Metrics of every method on every OOD set against one ID set.
 
     groups: OOD set -> "far" | "near" (any label works); metrics[(method, OOD set)]; settings: what produced the
-    scores (model id, t, steps, draws, seed, …) — carried into every export.
+    scores (model id, t, steps, draws, seed, …) — carried into every export; names: set -> display name (the
+    experiment's), used for table rows.
     """
 
     id_set: str
@@ -60,6 +64,10 @@ class Evaluation:
     methods: dict[str, MethodScores]
     metrics: dict[tuple[str, str], OODMetrics]
     settings: dict[str, object] = field(default_factory=dict)
+    names: dict[str, str] = field(default_factory=dict)
+
+    def name_of(self, dataset: str) -> str:
+        return self.names.get(dataset, dataset)
 
     @property
     def ood_sets(self) -> list[str]:
@@ -90,12 +98,17 @@ class Evaluation:
 
 
 def evaluate_methods(
-    id_set: str, groups: dict[str, str], methods: Sequence[MethodScores], settings: dict[str, object] | None = None
+    id_set: str,
+    groups: dict[str, str],
+    methods: Sequence[MethodScores],
+    settings: dict[str, object] | None = None,
+    names: dict[str, str] | None = None,
 ) -> Evaluation:
-    """Metrics of each method on each OOD set of `groups`; every method must score the ID set and each OOD set."""
+    """Metrics of each method on each OOD set of `groups`; every method must score the ID set and each OOD set.
+    `names` (set -> display name) label the table's rows."""
     if not groups:
         raise ValueError("need at least one OOD set")
-    evaluation = Evaluation(id_set, dict(groups), {}, {}, dict(settings or {}))
+    evaluation = Evaluation(id_set, dict(groups), {}, {}, dict(settings or {}), dict(names or {}))
     return with_methods(evaluation, methods)
 
 
@@ -144,28 +157,46 @@ def dlsr_methods(
     with_lr: bool = True,
     rows: dict[str, np.ndarray] | None = None,
     progress: ProgressCallback | None = None,
+    names: dict[str, str] | None = None,
 ) -> list[MethodScores]:
     """MSE, MFsim and (with `with_lr` and an early checkpoint) LR on every set (features (N, D) each).
 
-    With `rows`, only those rows of each set are scored (and the note says how many).
+    With `rows`, only those rows of each set are scored (and the note says how many, by the sets' display `names`).
+    `progress(done, total, what)` counts rows; sets above CHUNK_ROWS are scored (and reported) in chunks.
     """
     with_lr = with_lr and detector.has_early
-    collected: dict[str, dict[str, np.ndarray]] = {"mse": {}, "mfsim": {}, **({"lr": {}} if with_lr else {})}
-    for position, (name, matrix) in enumerate(features.items()):
-        if progress is not None:
-            progress(position, len(features), name)
-        chosen = matrix if rows is None else matrix[torch.as_tensor(rows[name])]
-        with torch.inference_mode():
-            result = detector.score_features(chosen, timestep, steps, 1.0, seed, with_lr=with_lr, draws=draws)
-        for score in collected:
-            collected[score][name] = result.get(score)
+    names = names or {}
+    per_set: dict[str, dict[str, np.ndarray]] = {}
+    chosen = {name: m if rows is None else m[torch.as_tensor(rows[name])] for name, m in features.items()}
+    total, done = sum(len(matrix) for matrix in chosen.values()), 0
+    for name, matrix in chosen.items():
+        parts = []
+        for start in range(0, max(len(matrix), 1), CHUNK_ROWS):
+            if progress is not None:
+                progress(done, total, names.get(name, name))
+            with torch.inference_mode():
+                parts.append(
+                    detector.score_features(
+                        matrix[start : start + CHUNK_ROWS], timestep, steps, 1.0, seed, with_lr=with_lr, draws=draws
+                    )
+                )
+            done += len(matrix[start : start + CHUNK_ROWS])
+        scores = ("mse", "mfsim", *(("lr",) if with_lr else ()))
+        per_set[name] = {score: np.concatenate([part.get(score) for part in parts]) for score in scores}
     if progress is not None:
-        progress(len(features), len(features), "")
+        progress(total, total, "")
     note = ""
     if rows is not None:
-        counts = ", ".join(f"{name.removeprefix('demo:')} {len(r)}/{len(features[name])}" for name, r in rows.items())
+        counts = ", ".join(f"{names.get(name, name)} {len(r)}/{len(features[name])}" for name, r in rows.items())
         note = f"a fixed random subset of each set is scored at this setting ({counts})"
-    return [MethodScores(score, SCORE_LABELS[score], "DLSR", values, note) for score, values in collected.items()]
+    return dlsr_method_scores(per_set, with_lr, note)
+
+
+def dlsr_method_scores(per_set: dict[str, dict[str, np.ndarray]], with_lr: bool, note: str = "") -> list[MethodScores]:
+    """MSE, MFsim and (with `with_lr`) LR as MethodScores from each set's score arrays (explorer.score_matrix)."""
+    names = ("mse", "mfsim", *(("lr",) if with_lr else ()))
+    by_score = {score: {spec: arrays[score] for spec, arrays in per_set.items()} for score in names}
+    return [MethodScores(score, SCORE_LABELS[score], "DLSR", values, note) for score, values in by_score.items()]
 
 
 def baseline_methods(
@@ -173,7 +204,7 @@ def baseline_methods(
     features: dict[str, Tensor],
     stage_dims: tuple[int, ...] | None,
     train_features: Tensor | None = None,
-    train_name: str = BASELINE_TRAIN_SET,
+    train_name: str = "the training set",
     knn_k: int = 50,
     progress: ProgressCallback | None = None,
 ) -> list[MethodScores]:
@@ -246,7 +277,7 @@ def wide_table(
             else:
                 m = evaluation.average(method, group)
             row += [100.0 * getattr(m, key) for key in metrics]
-        labels.append(label.removeprefix("demo:") + (f" ({evaluation.groups[label]})" if group == "set" else ""))
+        labels.append(evaluation.name_of(label) + (f" ({evaluation.groups[label]})" if group == "set" else ""))
         values.append(row)
     return labels, columns, values
 
@@ -332,9 +363,11 @@ def sweep(
         )
 
 
-def sweep_summary(timesteps: Sequence[int], curves: dict[str, list[float]], score_label: str) -> str:
+def sweep_summary(
+    timesteps: Sequence[int], curves: dict[str, list[float]], score_label: str, names: dict[str, str] | None = None
+) -> str:
     """One sentence reading the measured AUROC-vs-t curve: where the average peaks, how it falls, which set moves
-    most — and why, in the paper's terms."""
+    most (by its display name in `names`) — and why, in the paper's terms."""
     order = np.argsort(timesteps)
     ts = np.asarray(timesteps)[order]
     per_set = {name: np.asarray(values, dtype=np.float64)[order] * 100 for name, values in curves.items()}
@@ -357,7 +390,8 @@ def sweep_summary(timesteps: Sequence[int], curves: dict[str, list[float]], scor
     worst = max(drops, key=drops.get)
     text += f" and falls to {mean[-1]:.1f} % at t = {ts[-1]}"
     if drops[worst] > 0.5:
-        text += f"; {worst.removeprefix('demo:')} loses most ({per_set[worst][peak]:.1f} → {per_set[worst][-1]:.1f} %)"
+        label = (names or {}).get(worst, worst)
+        text += f"; {label} loses most ({per_set[worst][peak]:.1f} → {per_set[worst][-1]:.1f} %)"
     if peak > 0 and mean[peak] - mean[0] > 0.2:
         text += f", after rising from {mean[0]:.1f} % at t = {ts[0]}"
     return text + (

@@ -15,13 +15,16 @@ measurement, always against the ID set's own statistics:
 
 An error may carry several tags. Every tag also comes with its base rate (the share of all images of that kind that
 meet the criterion), so a tag that is no more frequent among errors than overall is seen to explain nothing.
+
+Without ID labels, the ID features are grouped into a few clusters (`id_clusters`) that stand in for the classes:
+an OOD error then "resembles ID cluster k", shown with that cluster's most typical images.
 """
 
 from __future__ import annotations
 
 import csv
 import io
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 
 import numpy as np
@@ -45,6 +48,12 @@ LOW_QUANTILE = 0.10
 RANGE_QUANTILES = (0.05, 0.95)
 INTENSITY_STATISTICS = ("brightness", "contrast", "ink")
 INK_LEVEL = 0.1  # grey level (0-1) above which a pixel counts as part of the object (the sets are light on dark)
+# Sets larger than this are analysed on a fixed random subset of this many images (each image is decoded to measure
+# its statistics: minutes for tens of thousands of large images); the page states it.
+ANALYSED_ROWS = 2000
+STATISTICS_CHUNK = 256
+MAX_CLUSTERS = 8
+TYPICAL_PER_CLUSTER = 4
 
 
 def image_statistics(images: Sequence[Image.Image | None]) -> dict[str, np.ndarray]:
@@ -69,6 +78,51 @@ def image_statistics(images: Sequence[Image.Image | None]) -> dict[str, np.ndarr
         out["texture"][row] = gradient[inked].mean() if inked.any() else 0.0
         out["saturation"][row] = np.asarray(image.convert("HSV"), dtype=np.float64)[..., 1].mean() / 255.0
     return out
+
+
+def image_statistics_of(
+    spec: str, indices: Sequence[int], progress: Callable[[int, int], None] | None = None
+) -> dict[str, np.ndarray]:
+    """image_statistics of the images at dataset positions `indices` of `spec`, decoded STATISTICS_CHUNK at a time
+    (a large set never sits in memory decoded), with `progress(done, total)` after each chunk."""
+    from dlsr_core.data import open_dataset
+
+    dataset = open_dataset(spec)
+    parts = []
+    for start in range(0, len(indices), STATISTICS_CHUNK):
+        chunk = [dataset[int(i)] for i in indices[start : start + STATISTICS_CHUNK]]
+        parts.append(image_statistics(chunk))
+        if progress is not None:
+            progress(min(start + STATISTICS_CHUNK, len(indices)), len(indices))
+    if not parts:
+        return image_statistics([])
+    return {name: np.concatenate([part[name] for part in parts]) for name in parts[0]}
+
+
+@dataclass(frozen=True)
+class Clusters:
+    """Groups of unlabelled ID features standing in for classes: labels (N,) in 0..k-1, names ("ID cluster 1", …)
+    and, per cluster, the rows of its most typical members (closest to its mean direction), most typical first."""
+
+    labels: np.ndarray
+    names: tuple[str, ...]
+    typical: dict[int, np.ndarray]
+
+
+def id_clusters(features: np.ndarray, clusters: int = MAX_CLUSTERS, seed: int = 0) -> Clusters:
+    """k-means (cosine: on unit vectors) of ID features (N, D) into at most `clusters` groups of 20+ images."""
+    from sklearn.cluster import KMeans
+
+    unit = _unit(features)
+    k = int(max(1, min(clusters, len(unit) // 20)))
+    labels = KMeans(n_clusters=k, n_init=4, random_state=seed).fit_predict(unit) if k > 1 else np.zeros(len(unit))
+    labels = np.asarray(labels, dtype=np.int64)
+    typical = {}
+    for cluster in range(k):
+        rows = np.flatnonzero(labels == cluster)
+        centre = _unit(unit[rows].mean(axis=0, keepdims=True))[0]
+        typical[cluster] = rows[np.argsort(-(unit[rows] @ centre), kind="stable")[:TYPICAL_PER_CLUSTER]]
+    return Clusters(labels, tuple(f"ID cluster {c + 1}" for c in range(k)), typical)
 
 
 @dataclass(frozen=True)
@@ -262,6 +316,14 @@ def analyse_errors(id_set: str, sets: dict[str, SetData], threshold: float) -> E
         cases.append(replace(case, rank=rank))
         tags_by_kind[OOD_KIND].append(case.categories)
 
+    counts = _category_counts(tags_by_kind, base)
+    return ErrorAnalysis(threshold, id_set, len(id_rows), len(id_data.scores), ood_errors, ood_totals, cases, counts)
+
+
+def _category_counts(
+    tags_by_kind: dict[str, list[tuple[str, ...]]], base: dict[tuple[str, str], float]
+) -> list[CategoryCount]:
+    """Errors per category and kind, with each category's base rate where it is measurable (not without labels)."""
     counts = []
     for kind, categories in (
         (ID_KIND, (LOW_CONTENT, ATYPICAL, UNEXPLAINED)),
@@ -277,7 +339,7 @@ def analyse_errors(id_set: str, sets: dict[str, SetData], threshold: float) -> E
                     kind, category, errors, errors / len(tagged) if tagged else 0.0, base.get((kind, category))
                 )
             )
-    return ErrorAnalysis(threshold, id_set, len(id_rows), len(id_data.scores), ood_errors, ood_totals, cases, counts)
+    return counts
 
 
 def failure_csv(
@@ -326,12 +388,20 @@ def failure_csv(
     return buffer.getvalue()
 
 
-def set_labels(spec: str, indices: Sequence[int]) -> tuple[np.ndarray | None, tuple[str, ...] | None]:
-    """(labels at dataset positions `indices` (N,), class names) of `spec`, or (None, None) without labels."""
+def set_labels(
+    spec: str, indices: Sequence[int], class_names: Sequence[str] | None = None
+) -> tuple[np.ndarray | None, tuple[str, ...] | None]:
+    """(labels at dataset positions `indices` (N,), class names) of `spec`, or (None, None) without labels.
+
+    `class_names` (the experiment's, for its ID set) name the labels when the dataset has none of its own or
+    as many of them."""
     from dlsr_core.data import open_dataset
 
     dataset = open_dataset(spec)
     if dataset.labels is None:
         return None, None
     labels = np.asarray(dataset.labels, dtype=np.int64)[np.asarray(indices, dtype=np.int64)]
-    return labels, tuple(dataset.class_names) if dataset.class_names is not None else None
+    names = tuple(dataset.class_names) if dataset.class_names is not None else None
+    if class_names is not None and (names is None or len(names) == len(class_names)):
+        names = tuple(class_names)
+    return labels, names

@@ -128,16 +128,11 @@ def load_pixel_model(path: str | Path | None = None):
     return PixelDDPM.load(path or pixel_model_path())
 
 
-def pixel_model_mismatch(detector: Detector, pixel_model) -> str | None:
-    """Why the pixel DDPM does not belong to `detector`'s experiment (it was trained on other images), or None."""
-    from dlsr_core.validation import training_data_matches
-
-    record = pixel_model.info.training_set
-    if training_data_matches(record, detector.info.dataset):
-        return None
-    trained_on = "unrecorded images" if record is None else record.dataset
-    return (
-        f"the pixel DDPM was trained on {trained_on}, the loaded model on {detector.info.dataset}: their scores would "
-        "not describe the same ID data. Load a model trained on the pixel DDPM's data, or train a pixel DDPM on yours "
-        "(dlsr_core.baselines.pixel_training)."
-    )
+def pixel_reference_images(pixel_model) -> str:
+    """Which held-out ID images the pixel DDPM's scores and 95% threshold are measured on, in words."""
+    calibration, trained = pixel_model.info.calibration, pixel_model.info.training_set
+    if calibration is None:
+        return "held-out images of its training set" + ("" if trained is None else f" {trained.dataset}")
+    count = "" if calibration.images is None else f"{calibration.images:,} "
+    rule = "" if calibration.subset is None else f" ({calibration.subset})"
+    return f"{count}held-out images of {calibration.dataset}{rule}, none of them trained on"

@@ -100,3 +100,12 @@ def summarize(detector: Detector, run_dir: str | Path) -> ModelSummary:
 def available_scores(detector: Detector) -> list[str]:
     """DLSR score names this detector can compute (LR needs the early checkpoint)."""
     return [name for name in SCORE_NAMES if name != "lr" or detector.has_early]
+
+
+def model_caption(detector: Detector, run_dir: Path) -> str:
+    """One Markdown line naming the loaded model: run folder, backbone and input size, training set, epoch."""
+    info = detector.info
+    return (
+        f"**Model:** `{run_dir.name}` · {info.backbone} @ {info.input_size}px · trained on {info.dataset} · "
+        f"epoch {info.epoch}"
+    )

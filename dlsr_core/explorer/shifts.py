@@ -37,8 +37,9 @@ def shift_rows(count: int, limit: int = SHIFT_SAMPLE, seed: int = 0) -> np.ndarr
     return subsample_rows(count, limit, seed)
 
 
-def shifted_features(extractor, input_size: int, spec: str, positions: np.ndarray, shift: str) -> Tensor:
-    """Backbone features (n, D) of the images at dataset `positions` of `spec` after `shift` (a SHIFT_LABELS key)."""
+def shifted_features(extractor, input_size: int, spec: str, positions: np.ndarray, shift: str, progress=None) -> Tensor:
+    """Backbone features (n, D) of the images at dataset `positions` of `spec` after `shift` (a SHIFT_LABELS key);
+    `progress(done, total)` as the images go through the backbone."""
     from dlsr_core.data import open_dataset
     from dlsr_core.features import extract_features
 
@@ -46,7 +47,7 @@ def shifted_features(extractor, input_size: int, spec: str, positions: np.ndarra
         raise ValueError(f"unknown shift {shift!r}; choose one of {', '.join(SHIFT_LABELS)}")
     dataset = open_dataset(f"{spec}+{shift}")
     images = [dataset[int(position)] for position in positions]
-    return extract_features(extractor, images, input_size, dataset_name=f"{spec}+{shift}").features
+    return extract_features(extractor, images, input_size, progress=progress, dataset_name=f"{spec}+{shift}").features
 
 
 @dataclass(frozen=True)

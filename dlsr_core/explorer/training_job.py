@@ -12,8 +12,9 @@ import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from dlsr_core.data import Experiment
 from dlsr_core.explorer.epochs import clear_snapshots, keep_snapshot
-from dlsr_core.explorer.sets import BASELINE_TRAIN_SET, DEMO_ID_SET
+from dlsr_core.explorer.experiments import describe_set
 
 # CLI advice in core messages -> what the Train page offers instead. Applied in order; the last rule marks any other
 # `--option` as a command-line option, so a GUI user is never told to pass a flag the page does not have.
@@ -60,10 +61,51 @@ def poll_interval(job: TrainingJob | None, seconds: float = 1.0) -> float | None
     return seconds if job is not None and job.running else None
 
 
-def default_training_set() -> str:
-    """The Train page's default: Fashion-MNIST's training split when installed, so that the model is not trained on
-    the images the app evaluates it on (DEMO_ID_SET); that set otherwise, with a warning on the page."""
-    return BASELINE_TRAIN_SET if dataset_available(BASELINE_TRAIN_SET) else DEMO_ID_SET
+def default_training_set(experiment: Experiment) -> str:
+    """The Train page's default: the loaded experiment's training set when it can be opened here, so that a new
+    model is not trained on the images it is evaluated on; its ID evaluation set otherwise (the page warns)."""
+    return experiment.training_set if dataset_available(experiment.training_set) else experiment.id_set.spec
+
+
+def evaluation_sets(
+    training_set: str, loaded: Experiment | None, id_text: str = "", ood: tuple[str, ...] | None = None
+) -> Experiment:
+    """The experiment a run trained on the Train page gets: the ID evaluation set typed (else the training set's
+    test split, see dlsr_core.data.default_id_set) and the loaded experiment's OOD sets named in `ood` (default:
+    all of them), minus any that is the training or the ID evaluation set."""
+    from dlsr_core.data import NamedSet, default_id_set, default_name, parse_dataset
+
+    id_spec = str(parse_dataset(id_text)) if id_text.strip() else default_id_set(training_set)[0]
+    if loaded is not None and id_spec == loaded.id_set.spec:
+        id_set, classes = loaded.id_set, loaded.class_names
+    else:
+        id_set, classes = NamedSet(id_spec, default_name(id_spec)), describe_set(id_spec).classes
+    if loaded is None:
+        return Experiment(training_set=training_set, id_set=id_set, class_names=classes)
+    wanted = set(loaded.groups) if ood is None else set(ood)
+    kept = tuple(s for s in loaded.ood_sets if s.spec in wanted and s.spec not in (training_set, id_spec))
+    if id_set.name.casefold() in {s.name.casefold() for s in kept}:  # names must differ: mark the ID one
+        id_set = NamedSet(id_set.spec, f"{id_set.name[:35]} (ID)")
+    return Experiment(training_set=training_set, id_set=id_set, ood_sets=kept, class_names=classes)
+
+
+def end_message(result, state: TrainState, epochs: int) -> str:
+    """What the page says when `train` returned (result: training.TrainResult): how far it got, the loss the curve
+    ends on, and where the checkpoints are — or that none was saved (a checkpoint is written at the end of an epoch,
+    so a run stopped during its first epoch leaves no folder behind)."""
+    phase = "stopped" if result.stopped_early else "finished"
+    last_step = f"last step's loss {state.losses[-1]:.4f}" if state.losses else "no training step was taken"
+    if not (Path(result.run_dir) / "last.safetensors").is_file():
+        return (
+            f"{phase} during epoch {max(state.epoch, 1)} of {epochs}, before its end, where the first checkpoint is "
+            f"saved: nothing was saved ({last_step}). Let at least one epoch finish to get a usable model."
+        )
+    epoch_loss = (
+        f"mean loss of the last whole epoch {result.last_loss:.4f}, " if result.last_loss == result.last_loss else ""
+    )
+    return (
+        f"{phase} after {result.epochs_done}/{epochs} epochs ({epoch_loss}{last_step}); checkpoints in {result.run_dir}"
+    )
 
 
 @dataclass(frozen=True)
@@ -85,6 +127,7 @@ class TrainRequest:
     download: bool = False
     resume: bool = True  # continue a run of the same name; False starts it over (its old checkpoints are replaced)
     keep_epochs: bool = True  # keep a few intermediate epochs in <run>/epochs/ for the epoch-evolution view
+    experiment: Experiment | None = None  # written to <run>/experiment.json before training (train's own default)
 
 
 @dataclass
@@ -151,6 +194,15 @@ class TrainingJob:
         if self._stop.is_set():
             raise _StopRequested
 
+    def _write_experiment(self) -> None:
+        """<run>/experiment.json, as `train` writes it: on a new run or a restart; a continued run keeps its own."""
+        from dlsr_core.data import EXPERIMENT_NAME, save_experiment, user_data_dir
+
+        request = self.request
+        path = Path(request.run_dir) / EXPERIMENT_NAME
+        if request.experiment is not None and (not request.resume or not path.is_file()):
+            save_experiment(path, request.experiment, user_data_dir())
+
     def _run(self) -> None:
         from dlsr_core.cache import cached_features
         from dlsr_core.diffusion import LFDNConfig
@@ -186,6 +238,8 @@ class TrainingJob:
                     self._state.losses.append(loss)
 
             def on_epoch(report) -> None:
+                if report.checkpoint_saved and not self._state.checkpoints:
+                    self._write_experiment()  # with the first checkpoint: a failed run leaves no new file
                 if report.checkpoint_saved and request.keep_epochs:
                     keep_snapshot(request.run_dir, report.epoch)
                 with self._lock:
@@ -204,11 +258,7 @@ class TrainingJob:
                 should_stop=self._stop.is_set,
             )
             phase = "stopped" if result.stopped_early else "finished"
-            self._update(
-                phase=phase,
-                message=f"{phase} after {result.epochs_done}/{request.epochs} epochs, final "
-                f"loss {result.last_loss:.4f}; checkpoints in {result.run_dir}",
-            )
+            self._update(phase=phase, message=end_message(result, self.snapshot(), request.epochs))
         except _StopRequested:
             self._update(phase="stopped", message="stopped during feature extraction; nothing was trained or cached")
         except Exception as error:  # shown in the page; the last saved checkpoint stays usable

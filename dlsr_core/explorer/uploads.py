@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import hashlib
 import io
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -13,9 +14,15 @@ from PIL import Image
 from torch import Tensor
 
 from dlsr_core.checkpoint import CheckpointError
-from dlsr_core.explorer.explanation import LayerProfile, layer_profiles, stage_names, stage_reference, stage_values
-from dlsr_core.explorer.scores import id_threshold95, score_matrix, verdict
-from dlsr_core.explorer.sets import DEMO_ID_SET, DEMO_OOD_SETS
+from dlsr_core.explorer.explanation import (
+    LayerProfile,
+    layer_profiles,
+    profile_arrays,
+    stage_names,
+    stage_reference,
+    stage_values,
+)
+from dlsr_core.explorer.scores import id_threshold95, percent_below, score_matrix, verdict
 from dlsr_core.scoring import DEFAULT_DRAWS, DEFAULT_STEPS, Detector
 
 UPLOAD_TYPES = ("png", "jpg", "jpeg", "webp", "bmp", "tif", "tiff", "gif")
@@ -138,7 +145,7 @@ class ImageScore:
     score: float
     threshold: float
     verdict: str
-    id_percentile: float  # share of ID reference scores below this image's score, in percent
+    id_percentile: float  # percent of ID reference scores below this image's score, ties half (scores.percent_below)
     stage_cos: tuple[float, ...]
     profile: LayerProfile | None = None  # per-stage evidence under the chosen score
 
@@ -166,21 +173,21 @@ def score_uploads(
         raise CheckpointError(f"score {score!r} is not available for this checkpoint")
     id_scores = np.asarray(reference[score], dtype=np.float64)
     threshold = id_threshold95(id_scores)
-    ordered = np.sort(id_scores)
+    id_percents = percent_below(id_scores, scores[score])
     names_of_stages = stage_names(detector.backbone, tuple(detector.stage_dims))
     stages = stage_reference(stage_values(reference, score), score, names_of_stages)
-    profiles = layer_profiles(stages, stage_values(scores, score))
+    profiled = profile_arrays(detector, features, score, timestep, steps, draws, seed)
+    profiles = layer_profiles(stages, stage_values(profiled, score))
     results = []
     for row, name in enumerate(names):
         value = float(scores[score][row])
-        below = np.searchsorted(ordered, value, side="left")
         results.append(
             ImageScore(
                 name=name,
                 score=value,
                 threshold=threshold,
                 verdict=verdict(value, threshold),
-                id_percentile=100.0 * below / len(ordered),
+                id_percentile=float(id_percents[row]),
                 stage_cos=tuple(float(v) for v in scores["stage_cos"][row]),
                 profile=profiles[row],
             )
@@ -202,14 +209,27 @@ def thumbnail_uri(image: Image.Image, size: int = 56) -> str:
     return "data:image/png;base64," + base64.b64encode(encode_png(thumb)).decode()
 
 
-def sample_uploads(per_set: int = 2, seed: int = 0) -> list[tuple[str, bytes]]:
-    """A few demo images (ID and OOD) as in-memory PNG "uploads", for a demo without files at hand."""
+def sample_uploads(sets: Mapping[str, str], per_set: int = 2, seed: int = 0) -> list[tuple[str, bytes]]:
+    """A few images of each set (`sets`: spec -> display name; the experiment's ID and OOD sets) as in-memory PNG
+    "uploads", for a demo without files at hand. Sets that cannot be opened here, and unreadable images, are left
+    out."""
+    from dlsr_core.data import DatasetError, open_dataset
+
     rng = np.random.default_rng(seed)
     files = []
-    for spec in [DEMO_ID_SET, *DEMO_OOD_SETS]:
-        from dlsr_core.data import open_dataset
-
-        dataset = open_dataset(spec)
-        for index in rng.choice(len(dataset), size=per_set, replace=False):
-            files.append((f"{spec.removeprefix('demo:')}_{int(index)}.png", encode_png(dataset[int(index)])))
+    for spec, name in sets.items():
+        try:
+            dataset = open_dataset(spec)
+        except (DatasetError, OSError):
+            continue
+        label = "".join(c if c.isalnum() or c in "-_" else "_" for c in name)
+        for index in rng.choice(len(dataset), size=min(per_set, len(dataset)), replace=False):
+            image = dataset[int(index)]
+            if image is not None:
+                files.append((f"{label}_{int(index)}.png", encode_png(image)))
     return files
+
+
+def digest_files(files: list[tuple[str, bytes]]) -> tuple[tuple[str, str], ...]:
+    """(name, sha256 hex) of every upload: what identifies a batch of uploads in caches."""
+    return tuple((name, hashlib.sha256(data).hexdigest()) for name, data in files)

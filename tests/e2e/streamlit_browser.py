@@ -66,7 +66,10 @@ PAGES = (
         click="Start training",
         choose=(("Built-in set", "demo:fashion_mnist_rotated"),),
     ),
+    # Last: the set it uploads joins the loaded model's experiment, which the pages above are meant to open without.
+    PageCheck("experiment", "Experiment / data", "Add a set"),
 )
+UPLOADED_SET = "my_shapes"  # the set the browser uploads as a ZIP on the Experiment / data page
 
 
 def missing_requirements() -> str | None:
@@ -91,9 +94,11 @@ class StreamlitServer:
     """`streamlit run app.py --server.headless true --server.port <free port>` as a context manager."""
 
     def __init__(self, env: dict[str, str] | None = None) -> None:
-        # Runs trained from the Train page go to a throwaway folder, never into the repository's checkpoints/.
+        # Runs trained from the Train page and uploaded sets go to throwaway folders, never into the repository's
+        # checkpoints/ or the user's data folder.
         self.checkpoints = tempfile.TemporaryDirectory(prefix="dlsr-e2e-runs-")
-        env = {"DLSR_CHECKPOINTS_DIR": self.checkpoints.name, **(env or {})}
+        self.data = tempfile.TemporaryDirectory(prefix="dlsr-e2e-data-")
+        env = {"DLSR_CHECKPOINTS_DIR": self.checkpoints.name, "DLSR_DATA_DIR": self.data.name, **(env or {})}
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.env = {**os.environ, **(env or {})}
@@ -148,6 +153,7 @@ class StreamlitServer:
             except subprocess.TimeoutExpired:
                 self.process.kill()
         self.checkpoints.cleanup()
+        self.data.cleanup()
 
 
 def make_driver(user_data_dir: str):
@@ -417,7 +423,8 @@ def _interactions(driver, page: PageCheck, timings: dict[str, float], extra_shot
         _wait_idle(driver, page.timeout)
         timings["distributions_steps_back_cached"] = _press_on_slider(driver, 1, ", 1 DDIM step(s)", key="ARROW_LEFT")
         _wait_idle(driver, page.timeout)
-        timings["distributions_fig3_view"] = _choose_radio(driver, "First vs last epoch (paper Fig. 3)", "Medians")
+        fig3 = "First vs last epoch (paper Fig. 3)"
+        timings["distributions_fig3_view"] = _choose_radio(driver, fig3, "The separation")
         _wait_idle(driver, page.timeout)
         _screenshot(driver, extra_shots / "distributions_fig3.png", scroll_to_radio="paper Fig. 3")
         timings["distributions_fig4_view"] = _choose_radio(driver, "Timestep sweep (paper Fig. 4)", "Run sweep")
@@ -436,6 +443,50 @@ def _interactions(driver, page: PageCheck, timings: dict[str, float], extra_shot
             timings[name] = _watched_seconds(driver, f"hover: {score}", 120)
     elif page.name == "train":
         timings["train_page_reruns_in_5s_after_the_run"] = _count_reruns(driver, 5.0)
+    elif page.name == "experiment":
+        timings["experiment_zip_upload"] = _upload_zip_set(driver, page.timeout)
+
+
+def _shapes_zip(path: Path) -> None:
+    """A ZIP of a small ImageFolder set: shapes/<class>/<n>.png for two classes, and a text file (skipped)."""
+    import io
+    import zipfile
+
+    from PIL import Image, ImageDraw
+
+    with zipfile.ZipFile(path, "w") as archive:
+        for label, draw_shape in (("circle", "ellipse"), ("square", "rectangle")):
+            for n in range(8):
+                image = Image.new("RGB", (28, 28))
+                getattr(ImageDraw.Draw(image), draw_shape)([4 + n % 3, 4, 22, 22 - n % 4], fill=(255, 255, 255))
+                buffer = io.BytesIO()
+                image.save(buffer, "PNG")
+                archive.writestr(f"shapes/{label}/{n}.png", buffer.getvalue())
+        archive.writestr("shapes/README.txt", "not an image")
+
+
+def _upload_zip_set(driver, timeout: float) -> float:
+    """On the Experiment / data page: upload a ZIP as a new OOD set; seconds until it is in the set table."""
+    from selenium.webdriver.common.by import By
+
+    with tempfile.TemporaryDirectory(prefix="dlsr-e2e-zip-") as folder:
+        archive = Path(folder) / "shapes.zip"
+        _shapes_zip(archive)
+        next(tab for tab in driver.find_elements(By.CSS_SELECTOR, '[role="tab"]') if "uploading" in tab.text).click()
+        started = time.perf_counter()
+        driver.find_element(By.CSS_SELECTOR, 'input[type="file"]').send_keys(str(archive))
+        _wait_text(driver, "shapes.zip", timeout)  # listed by the uploader once it has arrived
+        name = driver.find_element(By.CSS_SELECTOR, 'input[aria-label="Set name"]')
+        name.send_keys(UPLOADED_SET)
+        click_button(driver, "Store and add as OOD set", timeout)
+        _wait_text(driver, "1 file(s) skipped", timeout)  # README.txt
+        deadline = time.time() + timeout
+        while time.time() < deadline:
+            tables = driver.find_elements(By.CSS_SELECTOR, '[data-testid="stTable"]')
+            if tables and UPLOADED_SET in tables[0].text:
+                return time.perf_counter() - started
+            time.sleep(0.3)
+        raise AssertionError(f"the uploaded set {UPLOADED_SET!r} did not appear in the set table")
 
 
 def _upload_duplicates(driver, timeout: float = 120) -> float:

@@ -42,6 +42,7 @@ TIMING_ROWS = (
     ("failure_cases", "Failure cases: first visit"),
     ("feature_vs_pixel", "Feature vs pixel: first visit (6 images through the pixel DDPM and DLSR)"),
     ("train_page_reruns_in_5s_after_the_run", "Train page: script reruns in 5 s after the run ended (count)"),
+    ("experiment_zip_upload", "Experiment / data: upload a ZIP of 16 images as a set until it is in the set table"),
 )
 
 

@@ -16,7 +16,8 @@ from PIL import Image
 from streamlit.testing.v1 import AppTest
 
 from dlsr_core import explorer
-from dlsr_core.checkpoint import LAST_NAME
+from dlsr_core.atomic import sha256_hex
+from dlsr_core.checkpoint import DIGEST_KEY, FIRST_NAME, LAST_NAME, checksum_path, content_digest
 
 APP = str(Path(__file__).resolve().parents[2] / "app.py")
 
@@ -96,7 +97,40 @@ def test_a_damaged_model_is_explained_on_every_page(shipped, tmp_path, monkeypat
         assert "width must be an integer" in _texts(app, "error"), page
 
 
-@pytest.mark.parametrize("name", ["..", "../outside", "/tmp/abs", ".", "default"])
+@pytest.mark.parametrize(
+    "change,needle",
+    [
+        ({"sampler": "bogus"}, "sampler must be one of"),
+        ({"timestep": 0}, "timestep must be >= 1"),
+        ({"pooling": "bogus"}, "pooling must be one of"),
+        ({"std_eps": 0}, "std_eps must be in (0, 1)"),
+    ],
+    ids=["sampler-bogus", "timestep-0", "pooling-bogus", "std-eps-0"],
+)
+def test_bad_options_in_a_consistent_checkpoint_are_explained_on_every_page(
+    change, needle, shipped, tmp_path, monkeypatch
+):
+    """The file is intact (embedded digest and checksum file match); only the option values it records are bad."""
+    run = tmp_path / "bad_options"
+    shutil.copytree(shipped, run)
+    for name in (LAST_NAME, FIRST_NAME):
+        path = run / name
+        tensors = safetensors.torch.load_file(str(path))
+        with safetensors.safe_open(str(path), framework="pt") as handle:
+            metadata = dict(handle.metadata())
+        metadata["info"] = json.dumps({**json.loads(metadata["info"]), **change})
+        metadata[DIGEST_KEY] = content_digest(tensors, metadata)
+        data = safetensors.torch.save(tensors, metadata=metadata)
+        path.write_bytes(data)
+        checksum_path(path).write_text(f"{sha256_hex(data)}  {name}\n")
+    monkeypatch.setenv("DLSR_RUN_DIR", str(run))
+    for page in (None, "pages/score_images.py", "pages/distributions.py", "pages/how_dlsr_works.py"):
+        app = _open(page)
+        assert not app.exception, (page, [e.value for e in app.exception])
+        assert needle in _texts(app, "error"), page
+
+
+@pytest.mark.parametrize("name", ["..", "../outside", "/tmp/abs", ".", "default", "default\n", "run\n", "run\r\n"])
 def test_train_page_refuses_run_names_outside_the_checkpoints_folder(name, tmp_path, monkeypatch):
     root = tmp_path / "checkpoints"
     root.mkdir()

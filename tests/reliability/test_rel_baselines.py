@@ -18,12 +18,12 @@ import safetensors
 import safetensors.torch
 import torch
 from conftest import REPO
+from test_rel_checkpoints import _read, _write, metadata_edit  # the same file surgery as for LFDN checkpoints
 
-from dlsr_core.atomic import sha256_hex
 from dlsr_core.baselines import classifier, feature_ae, pixel_ddpm
 from dlsr_core.baselines.cnn import CNNConfig, CNNTrainConfig, train_cnn
 from dlsr_core.baselines.store import MAX_FILE_BYTES, BaselineFileError
-from dlsr_core.checkpoint import DIGEST_KEY, checksum_path, content_digest
+from dlsr_core.checkpoint import checksum_path
 from dlsr_core.comparison import Baselines
 from dlsr_core.validation import TrainingData
 
@@ -61,30 +61,6 @@ def good_baselines(tmp_path_factory) -> Path:
     fitted = classifier.ClassifierBaselines.fit(net, images, labels, classifier.DetectorSettings(vim_dim=4), info)
     fitted.save(folder / "classifier.safetensors")
     return folder
-
-
-def _read(path: Path) -> tuple[dict, dict]:
-    tensors = safetensors.torch.load_file(str(path))
-    with safetensors.safe_open(str(path), framework="pt") as handle:
-        return tensors, dict(handle.metadata())
-
-
-def _write(path: Path, tensors: dict, metadata: dict, redigest: bool = True) -> None:
-    """Save with a consistent embedded digest and `.sha256` file (unless `redigest` is False)."""
-    if redigest:
-        metadata[DIGEST_KEY] = content_digest(tensors, metadata)
-    data = safetensors.torch.save(tensors, metadata=metadata)
-    path.write_bytes(data)
-    checksum_path(path).write_text(f"{sha256_hex(data)}  {path.name}\n")
-
-
-def metadata_edit(**changes):
-    def edit(path):
-        tensors, metadata = _read(path)
-        metadata.update(changes)
-        _write(path, tensors, metadata)
-
-    return edit
 
 
 def drop_metadata(key):
@@ -364,6 +340,7 @@ def test_score_distributions_lists_damaged_baselines_and_keeps_working(good_base
     folder = damaged_copy(good_baselines, tmp_path / "baselines", "classifier", "info-is-a-list")
     metadata_edit(config="{")(folder / "pixel_ddpm.safetensors")
     app = _app("pages/distributions.py", folder, monkeypatch)
+    app.toggle(key="distributions_compare").set_value(True).run()  # the comparison's models load when asked for
     assert not app.exception, [e.value for e in app.exception]
     captions = "\n".join(c.value for c in app.caption)
     assert "classifier.safetensors" in captions and "info must be a JSON object" in captions

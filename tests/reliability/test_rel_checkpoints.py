@@ -132,6 +132,25 @@ CORPUS = {
     "header-length-garbage": (raw_bytes(lambda data: b"\xff" * 8 + data[8:]), "damaged"),
     "text-file": (raw_bytes(lambda data: b"just some text, not weights\n"), "damaged"),
     "stale-checksum-file": (stale_checksum_file, "checksum file"),
+    # Option values the checkpoint records for scoring: digest-consistent, refused when read (issue 17, defect 7).
+    "sampler-bogus": (info_edit(lambda info: info.update(sampler="bogus")), "sampler must be one of"),
+    "timestep-zero": (info_edit(lambda info: info.update(timestep=0)), "timestep must be >= 1"),
+    "timestep-above-T": (info_edit(lambda info: info.update(timestep=101)), "timestep must be in 1..100"),
+    "official-timestep-2": (
+        info_edit(lambda info: info.update(sampler="official", timestep=2)),
+        "official sampler needs timestep >= 3",
+    ),
+    "mfsim-stages-bogus": (info_edit(lambda info: info.update(mfsim_stages="bogus")), "mfsim_stages must be one of"),
+    "pooling-bogus": (info_edit(lambda info: info.update(pooling="bogus")), "pooling must be one of"),
+    "std-eps-zero": (info_edit(lambda info: info.update(std_eps=0)), "std_eps must be in (0, 1)"),
+    "std-eps-above-one": (info_edit(lambda info: info.update(std_eps=1.5)), "std_eps must be in (0, 1)"),
+    "resize-bogus": (info_edit(lambda info: info.update(resize="bogus")), "resize must be one of"),
+    "normalization-bogus": (info_edit(lambda info: info.update(normalization="x")), "normalization must be one of"),
+    "same-padding-bogus": (info_edit(lambda info: info.update(same_padding="x")), "same_padding must be one of"),
+    "stage-sizes-permuted": (
+        info_edit(lambda info: info.update(stage_dims=[320, 112, 40, 24, 16])),
+        "are not those of efficientnet_lite0",
+    ),
 }
 
 

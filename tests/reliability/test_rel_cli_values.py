@@ -59,7 +59,7 @@ PARSE_CASES = [
     ("out-is-a-file", ["train", "-d", TRAIN_SET, "--out", "<file>"], "is a file; give a folder"),
     ("skipped-csv-is-a-folder", [*SCORE, "--skipped-csv", "<folder>"], "is a folder"),
     ("unknown-option", [*SCORE, "--frobnicate"], "unrecognized arguments: --frobnicate"),
-    ("missing-required", ["evaluate", "--ood", OOD_SET], "the following arguments are required: --id"),
+    ("missing-required", ["train", "--out", "<folder>"], "the following arguments are required: --dataset"),
 ]
 
 

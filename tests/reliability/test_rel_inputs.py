@@ -146,6 +146,12 @@ def test_previews_of_any_aspect_ratio_stay_valid(size):
         ("with space", "not allowed"),
         ("x" * 65, "not allowed"),
         ("nul\x00byte", "not allowed"),
+        # `$` matches before a final newline: a name ending in one must still be refused (issue 17, defect 9)
+        ("default\n", "not allowed"),
+        ("my_run\n", "not allowed"),
+        ("my_run\r\n", "not allowed"),
+        ("..\n", "not allowed"),
+        ("run\n\n", "not allowed"),
         ("default", "shipped default model"),
         ("a_file", "exists and is not a run folder"),
         ("a_link", "directly inside"),
@@ -178,3 +184,18 @@ def test_all_images_unreadable_is_one_error_line(sandbox, cli, tiny_run):
     (sandbox.inputs / "a.png").write_bytes(b"nope")
     outcome = cli("score", "--checkpoint", tiny_run, "--images", sandbox.inputs / "a.png")
     assert_clean_error(outcome, 2, "none of the given files could be read", alone=False)  # after the skip line
+
+
+@pytest.mark.parametrize("name", ["epoch_0001.safetensors\n", "epoch_\u0660\u0660\u0660\u0661.safetensors"])
+def test_only_plain_snapshot_names_are_listed_as_epochs(name, tiny_run, sandbox):
+    """A file whose name merely starts like a snapshot (a trailing newline, non-ASCII digits) is not an epoch."""
+    from dlsr_core.checkpoint import FIRST_NAME
+    from dlsr_core.explorer import epoch_checkpoints
+    from dlsr_core.explorer.epochs import SNAPSHOT_DIR
+    from dlsr_core.scoring import Detector
+
+    run = sandbox.copy_run(tiny_run)
+    (run / SNAPSHOT_DIR).mkdir()
+    (run / FIRST_NAME).rename(run / SNAPSHOT_DIR / name)  # epoch 1 now exists only under the odd name
+    epochs = epoch_checkpoints(Detector.load(run, device="cpu"))
+    assert [(c.epoch, c.path.name) for c in epochs] == [(2, "last.safetensors")]
