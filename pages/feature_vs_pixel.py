@@ -5,7 +5,7 @@ import pandas as pd
 import streamlit as st
 
 from dlsr_core import explorer
-from dlsr_core.checkpoint import CheckpointError
+from dlsr_core.baselines.store import BaselineFileError
 from pages import shared, widgets
 
 st.title("Feature vs pixel")
@@ -36,14 +36,14 @@ def _pixel_model(path: str, fingerprint: str):
 try:
     path = explorer.pixel_model_path()
     pixel_model = _pixel_model(str(path), explorer.run_fingerprint(path))
-except CheckpointError as error:
+except BaselineFileError as error:
     st.error(f"The pixel DDPM baseline is not available: {error}")
     st.stop()
-pixel_training_set = explorer.baseline_training_set(pixel_model.info)
-if pixel_training_set != experiment.training_set:
+mismatch = explorer.baseline_mismatch(pixel_model.info, experiment.training_set)
+if mismatch:
     st.info(
         f"No pixel DDPM trained on this model's training set ({experiment.training_set}) is available: the one in "
-        f"`{path.parent}` {'records no training set' if pixel_training_set is None else 'was trained on other data'}, "
+        f"`{path.parent}` does not ({mismatch}), "
         "so comparing it with this model would compare detectors of different data. A pixel DDPM is trained with "
         "`python -m dlsr_core.baselines.train --only pixel_ddpm --out DIR` and read from `$DLSR_BASELINES_DIR`; this "
         "page uses it once its metadata records this model's training set."
@@ -145,9 +145,9 @@ table = pd.DataFrame(
 st.dataframe(table, hide_index=True, width="stretch")
 st.caption(
     f"Pixel DDPM score: mean over noise levels of the reconstruction error, in standard deviations of held-out ID "
-    f"images' errors; ID threshold {result.pixel_threshold95:.3g} (95% of held-out images of its training set "
-    f"{pixel_training_set} score at or below it). DLSR MFsim at t={timestep}: minus the mean per-stage cosine between "
-    f"features and their reconstruction; ID threshold {result.dlsr_threshold95:.4g} (95% of the "
-    f"{len(id_features):,} ID evaluation images of {experiment.id_set.name}). Above a threshold = OOD. `cos stage k`: "
-    "how well DLSR reconstructed stage k's features (1 = perfectly)."
+    f"images' errors; ID threshold {result.pixel_threshold95:.3g} (95% of "
+    f"{explorer.pixel_reference_images(pixel_model)} score at or below it). DLSR MFsim at t={timestep}: minus the "
+    f"mean per-stage cosine between features and their reconstruction; ID threshold {result.dlsr_threshold95:.4g} "
+    f"(95% of the {len(id_features):,} ID evaluation images of {experiment.id_set.name}). Above a threshold = OOD. "
+    "`cos stage k`: how well DLSR reconstructed stage k's features (1 = perfectly)."
 )

@@ -60,11 +60,11 @@ def _once() -> explorer.ComputedOnce:
 def comparison_baselines():
     """The shipped baselines of the paper's comparison (dlsr_core.comparison.Baselines), loaded once per process
     (importing the pixel DDPM's diffusers takes about 2 s: warm_up starts it in the background)."""
-    once = _once()
-    if once.ready("baselines"):
-        return once.get("baselines", explorer.load_baselines)
+    once, key = _once(), explorer.baselines_key()  # follows $DLSR_BASELINES_DIR and retrained files
+    if once.ready(key):
+        return once.get(key, explorer.load_baselines)
     with st.spinner("Loading the comparison baselines…"):
-        return once.get("baselines", explorer.load_baselines)
+        return once.get(key, explorer.load_baselines)
 
 
 @st.cache_resource(max_entries=4)
@@ -465,7 +465,7 @@ def warm_up(detector: Detector, run_dir: Path) -> None:
             *(lambda spec=spec: default_scores(spec) for spec in experiment.specs),
             *(lambda spec=spec: statistics(spec) for spec in experiment.specs),  # what Failure cases measures
             lambda: explorer.dataset_identity(experiment.training_set),
-            lambda: once.get("baselines", explorer.load_baselines),
+            lambda: once.get(explorer.baselines_key(), explorer.load_baselines),
         ]
         for task in tasks:
             _wait_for_idle_pages()

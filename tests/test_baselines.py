@@ -1,4 +1,4 @@
-"""Baselines: agreement with pytorch-ood called directly, known answers, shipped weights and their checksums."""
+"""Baselines: agreement with pytorch-ood called directly, known answers, shipped weights and their digests."""
 
 import shutil
 import time
@@ -13,7 +13,11 @@ from dlsr_core import tv_compat  # noqa: F401  (pytorch_ood imports torchvision)
 from pytorch_ood.detector import ASH, DICE, KNN, EnergyBased, Mahalanobis, MaxSoftmax, ReAct, ViM
 
 from dlsr_core.baselines import KNNBaseline, MahalanobisBaseline
-from dlsr_core.baselines.classifier import ClassifierBaselines, DetectorSettings, HeadTrainConfig, train_linear_head
+from dlsr_core.baselines import classifier as classifier_module
+from dlsr_core.baselines import feature_ae as feature_ae_module
+from dlsr_core.baselines import pixel_ddpm as pixel_ddpm_module
+from dlsr_core.baselines.classifier import ClassifierBaselines, DetectorSettings
+from dlsr_core.baselines.cnn import CNNConfig, CNNTrainConfig, build_cnn, predict, train_cnn
 from dlsr_core.baselines.feature_ae import (
     AutoencoderConfig,
     AutoencoderTrainConfig,
@@ -21,11 +25,14 @@ from dlsr_core.baselines.feature_ae import (
     train_feature_ae,
 )
 from dlsr_core.baselines.pixel_ddpm import PixelDDPM, PixelDDPMConfig, ReconstructionSetting, images_to_pixels
-from dlsr_core.baselines.store import DEFAULT_BASELINES_DIR, load_baseline
-from dlsr_core.checkpoint import CheckpointError
+from dlsr_core.baselines.store import DEFAULT_BASELINES_DIR, BaselineFileError, load_baseline
 from dlsr_core.diffusion import ConfigError
 
-SHIPPED = ("pixel_ddpm", "feature_ae", "classifier")
+SHIPPED = {
+    "pixel_ddpm": pixel_ddpm_module.FILE_KIND,
+    "feature_ae": feature_ae_module.FILE_KIND,
+    "classifier": classifier_module.FILE_KIND,
+}
 
 
 def stage_standardized(rows: int, stage_dims: tuple[int, ...], seed: int) -> torch.Tensor:
@@ -74,23 +81,53 @@ def test_mahalanobis_refuses_stage_sizes_that_do_not_fit():
         MahalanobisBaseline((3, 3)).fit(torch.randn(10, 7))
 
 
-def toy_classifier(seed: int = 0, vim_dim: int = 12):
+def toy_images(rows: int, classes: int = 4, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """8 x 8 grayscale images in [-1, 1] whose class is a texture (horizontal stripes, vertical stripes, checkerboard,
+    flat), with noise; and their labels. A globally pooled CNN can tell textures apart wherever they are."""
     generator = torch.Generator().manual_seed(seed)
-    classes, channels, rows = 4, 48, 400
+    grid = torch.arange(8)
+    textures = torch.stack(
+        [
+            (grid[:, None] % 2).expand(8, 8),
+            (grid[None, :] % 2).expand(8, 8),
+            (grid[:, None] + grid[None, :]) % 2,
+            torch.full((8, 8), 0.5),
+        ]
+    ).float()
     labels = torch.arange(rows) % classes
-    centres = torch.rand(classes, channels, generator=generator) * 3
-    features = torch.relu(centres[labels] + torch.randn(rows, channels, generator=generator))
-    head, record = train_linear_head(features, labels, classes, HeadTrainConfig(epochs=30))
-    model = ClassifierBaselines.fit(head, features, labels, DetectorSettings(vim_dim=vim_dim))
-    return model, features, labels, record
+    images = 2 * textures[labels][:, None] - 1 + torch.randn(rows, 1, 8, 8, generator=generator) * 0.3
+    return images.clamp(-1, 1), labels
+
+
+def toy_classifier(seed: int = 0, vim_dim: int = 6):
+    images, labels = toy_images(400, seed=seed)
+    config = CNNConfig(num_classes=4, image_size=8, widths=(4, 12))
+    net, record = train_cnn(images, labels, config, CNNTrainConfig(epochs=3, batch_size=32, shift=0, flip=False))
+    model = ClassifierBaselines.fit(net, images, labels, DetectorSettings(vim_dim=vim_dim))
+    return model, images, labels, record
+
+
+def test_cnn_learns_a_separable_task_and_reports_validation_accuracy():
+    images, labels = toy_images(400)
+    held_out = toy_images(200, seed=1)
+    config = CNNConfig(num_classes=4, image_size=8, widths=(4, 12))
+    epochs = []
+    train = CNNTrainConfig(epochs=6, batch_size=32, shift=1, flip=False)
+    net, record = train_cnn(images, labels, config, train, held_out, epochs.append)
+    assert [point["epoch"] for point in epochs] == [1, 2, 3, 4, 5, 6] and record["curve"] == epochs
+    assert epochs[-1]["validation_accuracy"] >= 0.95 and epochs[-1]["train_loss"] < epochs[0]["train_loss"]
+    features, logits = predict(net, held_out[0])
+    assert features.shape == (200, 12) and (features >= 0).all() and logits.shape == (200, 4)
 
 
 def test_wrapped_classifier_detectors_equal_direct_pytorch_ood_calls(tmp_path):
-    model, features, labels, _ = toy_classifier()
+    model, images, labels, _ = toy_classifier()
     model.save(tmp_path / "classifier.safetensors")
     loaded = ClassifierBaselines.load(tmp_path / "classifier.safetensors")  # only the fitted state is restored
-    queries = torch.relu(torch.randn(60, features.shape[1], generator=torch.Generator().manual_seed(5)) * 2)
-    head = loaded.head
+    features = loaded.features(images)  # the float16-rounded network's, as fitted
+    queries_images = torch.rand(60, 1, 8, 8, generator=torch.Generator().manual_seed(5)) * 2 - 1
+    queries = loaded.features(queries_images)
+    head = loaded.net.head
     on_maps = lambda maps: head(maps.flatten(1))  # noqa: E731
     maps = queries[:, :, None, None]
     direct = {
@@ -101,25 +138,42 @@ def test_wrapped_classifier_detectors_equal_direct_pytorch_ood_calls(tmp_path):
         "react": ReAct(None, on_maps, percentile=0.9)
         .fit_feature_maps(features[:, :, None, None], labels)
         .predict_feature_maps(maps),
-        "vim": ViM(None, 12, head.weight, head.bias).fit_features(features, labels).predict_features(queries),
+        "vim": ViM(None, 6, head.weight, head.bias).fit_features(features, labels).predict_features(queries),
     }
     for name, expected in direct.items():
         expected = expected.detach().double().numpy()
+        np.testing.assert_array_equal(model.score(name, queries_images), loaded.score(name, queries_images))
         if name == "vim":  # its residual basis is rebuilt from the stored principal directions
-            np.testing.assert_allclose(loaded.score(name, queries), expected, rtol=1e-5, atol=1e-5)
+            np.testing.assert_allclose(loaded.score(name, queries_images), expected, rtol=1e-5, atol=1e-5)
         else:
-            np.testing.assert_array_equal(loaded.score(name, queries), expected)
+            np.testing.assert_allclose(loaded.score(name, queries_images), expected, rtol=1e-6, atol=1e-6)
 
 
-def test_classifier_input_checks():
-    model, features, _, record = toy_classifier(seed=1)
-    assert record["train_accuracy"] > 0.8
+def test_classifier_adapts_images_and_checks_inputs():
+    model, images, _, _ = toy_classifier(seed=1)
+    rgb_large = torch.nn.functional.interpolate(images[:5].expand(-1, 3, -1, -1), size=(16, 16), mode="nearest")
+    np.testing.assert_allclose(model.score("msp", rgb_large), model.score("msp", images[:5]), atol=1e-5)
     with pytest.raises(KeyError, match="unknown classifier detector"):
-        model.score("odin", features)
-    with pytest.raises(ConfigError, match="pre-logits must be"):
-        model.score("msp", features[:, :10])
-    with pytest.raises(ConfigError, match="labels must be"):
-        train_linear_head(features, torch.full((len(features),), 9), 4)
+        model.score("odin", images)
+    with pytest.raises(ConfigError, match="images must be"):
+        model.score("msp", images[:, 0])
+    with pytest.raises(ConfigError, match="labels in 0..3"):
+        train_cnn(images, torch.full((len(images),), 9), CNNConfig(num_classes=4, image_size=8, widths=(4,)))
+    with pytest.raises(ConfigError, match="pool a 8-px image below one pixel"):
+        CNNConfig(num_classes=4, image_size=8, widths=(4, 4, 4, 4, 4))
+
+
+def test_detectors_are_fitted_on_the_float16_weights_that_are_stored(tmp_path):
+    model, images, _, _ = toy_classifier(seed=2)
+    for value in model.net.state_dict().values():
+        if value.is_floating_point():
+            assert torch.equal(value, value.half().float())
+    model.save(tmp_path / "c.safetensors")
+    loaded = ClassifierBaselines.load(tmp_path / "c.safetensors")
+    assert loaded.react_threshold == model.react_threshold and loaded.settings == model.settings
+    for name in classifier_module.DETECTOR_NAMES:
+        np.testing.assert_array_equal(loaded.score(name, images[:20]), model.score(name, images[:20]))
+    build_cnn(loaded.config)  # the stored config rebuilds the network
 
 
 def test_feature_autoencoder_learns_its_training_data_and_round_trips(tmp_path):
@@ -135,6 +189,7 @@ def test_feature_autoencoder_learns_its_training_data_and_round_trips(tmp_path):
     np.testing.assert_allclose(loaded.score(inliers), model.score(inliers), rtol=2e-2, atol=1e-3)
     with pytest.raises(ConfigError, match="32-d"):
         loaded.score(torch.randn(3, 31))
+    assert loaded.info.train_features == 600 and loaded.info.parameters == model.info.parameters
 
 
 def test_pixel_settings_are_validated():
@@ -181,53 +236,56 @@ def test_pixel_ddpm_scores_an_image_the_same_in_any_batch(pixel_model):
     np.testing.assert_allclose(alone, together[:3], rtol=1e-4, atol=1e-4)
 
 
-# The shipped head classifies 89.0% of these 200 images correctly (86.8% of all 2,000 demo ID images); the floor
-# leaves a margin for other CPUs and thread counts.
-HEAD_ACCURACY_FLOOR = 0.85
+# Recorded with the shipped classifier: its accuracy on all 10,000 Fashion-MNIST test images. This test re-measures
+# it on the first 500 (reported numbers come from the training script, not from here).
+CLASSIFIER_ACCURACY_FLOOR = 0.92
 
 
-def test_shipped_linear_head_reaches_its_measured_id_accuracy():
-    from dlsr_core.baselines.prelogits import create_prelogit_extractor
-    from dlsr_core.data import open_dataset
+def test_shipped_classifier_reaches_its_recorded_test_accuracy():
+    from dlsr_core.baselines.cnn import accuracy
+    from dlsr_core.baselines.images import labelled_images
 
     path = DEFAULT_BASELINES_DIR / "classifier.safetensors"
     if not path.is_file():
-        pytest.skip("no shipped classifier head")
+        pytest.skip("no shipped classifier")
     model = ClassifierBaselines.load(path)
-    extractor = create_prelogit_extractor(model.info["backbone"], model.info["weights"])
-    dataset = open_dataset("demo:fashion_mnist_test")
-    images = [dataset[i] for i in range(200)]
-    prelogits = extractor(extractor.preprocess(images, model.info["input_size"]))
-    accuracy = (model.logits(prelogits).argmax(dim=1) == torch.as_tensor(dataset.labels[:200])).float().mean().item()
-    print(f"\nlinear head accuracy on the first 200 demo ID images: {accuracy:.3f}")
-    assert accuracy >= HEAD_ACCURACY_FLOOR
+    assert model.info.test_accuracy >= CLASSIFIER_ACCURACY_FLOOR and model.info.validation_accuracy >= 0.9
+    assert model.info.training_set.subset == "i % 12 != 11" and model.info.training_set.images == 55_000
+    images, labels, classes, _ = labelled_images("fashion_mnist:test", np.arange(500))
+    measured = accuracy(model.net, images, labels)
+    print(f"\nshipped CNN: {measured:.3f} on the first 500 test images, recorded {model.info.test_accuracy:.4f}")
+    assert measured >= CLASSIFIER_ACCURACY_FLOOR - 0.02 and classes == model.info.classes
 
 
-@pytest.mark.parametrize("kind", SHIPPED)
-def test_shipped_baselines_load_and_verify_their_checksums(kind, tmp_path):
+@pytest.mark.parametrize("kind", list(SHIPPED))
+def test_shipped_baselines_load_and_verify_their_digests(kind, tmp_path):
     path = DEFAULT_BASELINES_DIR / f"{kind}.safetensors"
     if not path.is_file():
         pytest.skip(f"no shipped {kind} baseline")
-    stored = load_baseline(path, kind)
-    assert stored.info["train_seconds"] > 0 and stored.tensors
+    stored = load_baseline(path, SHIPPED[kind])
+    assert stored.info.train_seconds > 0 and stored.tensors
+    assert stored.info.training_set.dataset == "fashion_mnist:train"
     copy = tmp_path / path.name
     shutil.copy(path, copy)
     shutil.copy(path.with_name(path.name + ".sha256"), copy.with_name(copy.name + ".sha256"))
     data = bytearray(copy.read_bytes())
     data[-10] ^= 0xFF
     copy.write_bytes(bytes(data))
-    with pytest.raises(CheckpointError, match="checksum"):
-        load_baseline(copy, kind)
+    with pytest.raises(BaselineFileError, match="checksum file"):
+        load_baseline(copy, SHIPPED[kind])
     copy.with_name(copy.name + ".sha256").unlink()
-    with pytest.raises(CheckpointError, match="no checksum file"):
-        load_baseline(copy, kind)
-    with pytest.raises(CheckpointError, match="is not a"):
-        load_baseline(path, "something_else")
+    with pytest.raises(BaselineFileError, match="digest stored inside"):
+        load_baseline(copy, SHIPPED[kind])
+    other = next(spec for name, spec in SHIPPED.items() if name != kind)
+    with pytest.raises(BaselineFileError, match="is not a"):
+        load_baseline(path, other)
 
 
 def test_shipped_baselines_fit_in_the_size_budget():
     folder = DEFAULT_BASELINES_DIR
     if not folder.is_dir():
         pytest.skip("no shipped baselines")
+    baselines = sum(path.stat().st_size for path in folder.rglob("*") if path.is_file())
     total = sum(path.stat().st_size for path in folder.parent.rglob("*") if path.is_file())
-    assert total <= 40e6, f"checkpoints/ holds {total / 1e6:.1f} MB, the budget is 40 MB"
+    assert baselines <= 8e6, f"checkpoints/baselines holds {baselines / 1e6:.1f} MB, its budget is 8 MB"
+    assert total <= 45e6, f"checkpoints/ holds {total / 1e6:.1f} MB, the budget is 45 MB"

@@ -10,12 +10,19 @@ import torch
 from streamlit.testing.v1 import AppTest
 
 from dlsr_core import explorer
-from dlsr_core.baselines.classifier import ClassifierBaselines, DetectorSettings, HeadTrainConfig, train_linear_head
-from dlsr_core.baselines.feature_ae import AutoencoderConfig, AutoencoderTrainConfig, train_feature_ae
-from dlsr_core.baselines.pixel_ddpm import PixelDDPM, PixelDDPMConfig, ReconstructionSetting, build_unet
+from dlsr_core.baselines.classifier import ClassifierBaselines, ClassifierRecord, DetectorSettings
+from dlsr_core.baselines.cnn import CNNConfig, CNNTrainConfig, train_cnn
+from dlsr_core.baselines.feature_ae import (
+    AutoencoderConfig,
+    AutoencoderRecord,
+    AutoencoderTrainConfig,
+    train_feature_ae,
+)
+from dlsr_core.baselines.pixel_ddpm import PixelDDPM, PixelDDPMConfig, PixelRecord, ReconstructionSetting, build_unet
 from dlsr_core.baselines.store import DEFAULT_BASELINES_DIR
 from dlsr_core.comparison import METHODS, Baselines, ComparisonReport, MissingInputError, load_inputs, score_methods
 from dlsr_core.data import open_dataset
+from dlsr_core.validation import TrainingData
 
 APP = str(Path(__file__).resolve().parent.parent / "app.py")
 SETS = [shipped.ID_SET, "demo:letters", "demo:fashion_mnist_rotated"]
@@ -23,32 +30,48 @@ SETS = [shipped.ID_SET, "demo:letters", "demo:fashion_mnist_rotated"]
 
 @pytest.fixture(scope="module")
 def small_inputs(detector):
-    """Features, pre-logits and pixels of 24 images of three demo sets (the backbone runs only on those)."""
+    """Features and pixels of 24 images of three demo sets (the backbone runs only on those)."""
     return load_inputs(detector, SETS, limit=24, seed=3)
 
 
+def toy_records(detector) -> dict[str, object]:
+    """Training records of small baselines fitted on the detector's training data."""
+    data = TrainingData(shipped.EXPERIMENT.training_set, None, 24)
+    return {
+        "feature_ae": AutoencoderRecord(
+            training_set=data,
+            backbone=detector.backbone,
+            weights=detector.info.weights,
+            input_size=detector.input_size,
+            stage_dims=tuple(detector.stage_dims),
+            feature_options=detector.feature_options,
+        ),
+        "classifier": ClassifierRecord(training_set=data, classes=tuple(f"class {k}" for k in range(10))),
+        "pixel_ddpm": PixelRecord(training_set=data, train_seconds=2.0),
+    }
+
+
 @pytest.fixture(scope="module")
-def toy_baselines(small_inputs, tmp_path_factory) -> Path:
+def toy_baselines(detector, small_inputs, tmp_path_factory) -> Path:
     """Small baselines trained in seconds on the ID subset, saved like the shipped ones."""
     folder = tmp_path_factory.mktemp("baselines")
     ids = small_inputs[shipped.ID_SET]
     labels = torch.as_tensor(open_dataset(shipped.ID_SET).labels)[ids.indices]
-    ae = train_feature_ae(ids.features, AutoencoderConfig(ids.features.shape[1], 32, 8), AutoencoderTrainConfig(2))
-    ae.info.update(train_seconds=1.0, dataset=shipped.EXPERIMENT.training_set)
+    records = toy_records(detector)
+    config = AutoencoderConfig(ids.features.shape[1], 32, 8)
+    ae = train_feature_ae(ids.features, config, AutoencoderTrainConfig(2), records["feature_ae"])
     ae.save(folder / "feature_ae.safetensors")
-    head, record = train_linear_head(ids.prelogits, labels, 10, HeadTrainConfig(epochs=5))
-    ClassifierBaselines.fit(head, ids.prelogits, labels, DetectorSettings(vim_dim=8), record).save(
+    cnn = CNNConfig(num_classes=10, widths=(4, 8))
+    net, _ = train_cnn(ids.pixels, labels, cnn, CNNTrainConfig(epochs=2, batch_size=8))
+    ClassifierBaselines.fit(net, ids.pixels, labels, DetectorSettings(vim_dim=4), records["classifier"]).save(
         folder / "classifier.safetensors"
     )
     config = PixelDDPMConfig(block_out_channels=(8, 8, 8), norm_num_groups=4)
     torch.manual_seed(0)
-    PixelDDPM.calibrated(
-        build_unet(config),
-        config,
-        ReconstructionSetting(levels=(100, 300)),
-        ids.pixels[:8],
-        {"train_seconds": 2.0, "dataset": shipped.EXPERIMENT.training_set},
-    ).save(folder / "pixel_ddpm.safetensors")
+    setting = ReconstructionSetting(levels=(100, 300))
+    PixelDDPM.calibrated(build_unet(config), config, setting, ids.pixels[:8], records["pixel_ddpm"]).save(
+        folder / "pixel_ddpm.safetensors"
+    )
     return folder
 
 
@@ -59,7 +82,7 @@ def test_score_methods_gives_each_method_its_own_input(detector, small_inputs, t
     results = score_methods(methods, small_inputs, detector, baselines)
     letters = small_inputs["demo:letters"]
     scores = {name: result.scores["demo:letters"] for name, result in results.items()}
-    np.testing.assert_array_equal(scores["dice"], baselines.classifier.score("dice", letters.prelogits))
+    np.testing.assert_array_equal(scores["dice"], baselines.classifier.score("dice", letters.pixels))
     np.testing.assert_array_equal(scores["feature_ae"], baselines.feature_ae.score(letters.features))
     np.testing.assert_allclose(
         results["pixel_ddpm"].scores["demo:letters"], baselines.pixel_ddpm.score_pixels(letters.pixels), rtol=1e-5
@@ -109,8 +132,8 @@ def test_benchmark_runs_end_to_end_on_a_small_subset(tmp_path, toy_baselines):
     from benchmarks import compare
 
     kinds = ("pixel_ddpm", "feature_ae", "classifier")
-    shipped = all((DEFAULT_BASELINES_DIR / f"{kind}.safetensors").is_file() for kind in kinds)
-    folder = DEFAULT_BASELINES_DIR if shipped else toy_baselines
+    all_shipped = all((DEFAULT_BASELINES_DIR / f"{kind}.safetensors").is_file() for kind in kinds)
+    folder = DEFAULT_BASELINES_DIR if all_shipped else toy_baselines
     compare.main(
         ["--subset", "8", "--speed-images", "8", "--pixel-settings", "0", "1", "--baselines", str(folder)]
         + ["--out", str(tmp_path), "--name", "smoke"]
@@ -121,7 +144,10 @@ def test_benchmark_runs_end_to_end_on_a_small_subset(tmp_path, toy_baselines):
         assert 0 <= record["average"]["all"]["auroc"] <= 1 and record["images_per_second_end_to_end"] > 0
     assert len(summary["pixel_ablation"]) == 2 and summary["speed_ratio_mfsim_over_pixel_ddpm"] > 0
     markdown = (tmp_path / "smoke.md").read_text()
-    assert "ID as the positive class" in markdown and "Pixel DDPM ablation" in markdown
+    assert "ID as the positive class" in markdown and "oracle rows" in markdown
+    # the main table's pixel DDPM is the shipped one: its setting is never chosen on the test sets
+    shipped_setting = Baselines.load(folder).pixel_ddpm.setting.label()
+    assert any(shipped_setting in note for note in summary["notes"])
     assert (tmp_path / "smoke.csv").read_text().count("\n") == 1 + len(METHODS) * 8
 
 
@@ -178,7 +204,7 @@ def test_feature_vs_pixel_core_and_page(detector, toy_baselines, monkeypatch):
     pixel_model = PixelDDPM.load(toy_baselines / "pixel_ddpm.safetensors")
     extractor = create_feature_extractor(detector.backbone, detector.backbone_weights())
     images = [open_dataset("demo:letters")[i] for i in range(3)]
-    ids = load_inputs(detector, [shipped.ID_SET], prelogits=False, pixels=False, limit=40)
+    ids = load_inputs(detector, [shipped.ID_SET], pixels=False, limit=40)
     result = explorer.feature_vs_pixel(
         detector, pixel_model, extractor, images, id_features=ids[shipped.ID_SET].features
     )
@@ -208,20 +234,43 @@ def test_feature_vs_pixel_page_explains_a_missing_pixel_model(tmp_path, monkeypa
     assert "python -m dlsr_core.baselines.train --only pixel_ddpm" in app.error[0].value
 
 
-def test_baselines_are_offered_only_to_models_whose_inputs_they_were_trained_on(detector, tmp_path):
-    from dataclasses import asdict
+def test_baselines_are_offered_only_to_models_whose_inputs_they_were_trained_on(detector, toy_baselines, tmp_path):
+    from dataclasses import replace
 
     from dlsr_core.presets import PRESETS
 
-    shipped = Baselines.load()
-    assert {"feature_ae", "msp", "vim", "pixel_ddpm"} <= set(shipped.available(detector))
-    shipped.feature_ae.info = {**shipped.feature_ae.info, "feature_options": asdict(PRESETS["official"].features)}
-    shipped.classifier.info = {**shipped.classifier.info, "input_size": detector.input_size * 2}
-    offered = shipped.available(detector)
-    assert "feature_ae" not in offered and "msp" not in offered and "pixel_ddpm" in offered
+    loaded = Baselines.load(toy_baselines)
+    assert {"feature_ae", "msp", "vim", "pixel_ddpm"} <= set(loaded.available(detector))
+    ae_info = loaded.feature_ae.info
+    loaded.feature_ae.info = replace(ae_info, feature_options=PRESETS["official"].features)
+    assert "feature_ae" not in loaded.available(detector)
+    loaded.feature_ae.info = replace(ae_info, input_size=detector.input_size * 2)
+    assert "feature_ae" not in loaded.available(detector)
+    other_data = TrainingData("folder:/somewhere/else")
+    loaded.feature_ae.info = ae_info
+    loaded.classifier.info = replace(loaded.classifier.info, training_set=other_data)
+    loaded.pixel_ddpm.info = replace(loaded.pixel_ddpm.info, training_set=TrainingData(detector.info.dataset, "c0-5"))
+    offered = loaded.available(detector)
+    assert "feature_ae" in offered and "msp" not in offered and "pixel_ddpm" not in offered
 
-    # A damaged file of any kind is listed in `problems`, never raised.
+    # A damaged file of any kind is listed in `problems` with its one-line reason, never raised.
     for kind in ("pixel_ddpm", "feature_ae", "classifier"):
         (tmp_path / f"{kind}.safetensors").write_bytes(b"\x08\x00\x00\x00\x00\x00\x00\x00{}      ")
     damaged = Baselines.load(tmp_path)
     assert set(damaged.problems) == {"pixel_ddpm", "feature_ae", "classifier"} and damaged.pixel_ddpm is None
+    assert all(str(tmp_path) in reason and "\n" not in reason for reason in damaged.problems.values())
+
+
+def test_the_apps_baselines_memo_follows_the_folder_and_retrained_files(toy_baselines, tmp_path, monkeypatch):
+    import shutil
+
+    monkeypatch.delenv("DLSR_BASELINES_DIR", raising=False)
+    shipped_key = explorer.baselines_key()
+    monkeypatch.setenv("DLSR_BASELINES_DIR", str(tmp_path))
+    for path in toy_baselines.iterdir():
+        shutil.copy2(path, tmp_path / path.name)
+    copied = explorer.baselines_key()
+    assert copied != shipped_key and explorer.baselines_key() == copied  # stable while nothing changes
+    model = PixelDDPM.load(tmp_path / "pixel_ddpm.safetensors")
+    model.save(tmp_path / "pixel_ddpm.safetensors")  # retrained (rewritten) in place
+    assert explorer.baselines_key() != copied

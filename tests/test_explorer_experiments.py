@@ -9,7 +9,9 @@ import pytest
 import shipped
 
 from dlsr_core import explorer
+from dlsr_core.baselines.store import TrainingRecord
 from dlsr_core.data import Experiment, NamedSet, OODSet, StoredSet
+from dlsr_core.validation import FIT_RULE, TrainingData
 
 
 def test_feature_jobs_run_one_at_a_time_report_progress_and_keep_errors():
@@ -63,8 +65,12 @@ def test_the_set_table_says_what_each_set_holds(tmp_path):
     assert row["features"].startswith("unavailable:") and row["features"].endswith("— get it")
 
 
+def _record(dataset: str, subset: str | None = None) -> TrainingRecord:
+    return TrainingRecord(training_set=TrainingData(dataset, subset) if dataset else None)
+
+
 def _baselines(**datasets):
-    models = {kind: SimpleNamespace(info={"dataset": value} if value else {}) for kind, value in datasets.items()}
+    models = {kind: SimpleNamespace(info=_record(value)) for kind, value in datasets.items()}
     return SimpleNamespace(classifier=models.get("classifier"), pixel_ddpm=models.get("pixel_ddpm"),
                            feature_ae=models.get("feature_ae"))  # fmt: skip
 
@@ -76,7 +82,15 @@ def test_comparison_baselines_are_offered_only_when_trained_on_the_experiments_t
     baselines = _baselines(classifier="letters", pixel_ddpm="")
     offered, left_out = explorer.baselines_for_experiment(["msp", "vim", "pixel_ddpm"], baselines, "letters")
     assert offered == ["msp", "vim"] and left_out == {"pixel_ddpm": "records no training set"}
-    assert explorer.baseline_training_set({"dataset": "x"}) == "x" and explorer.baseline_training_set({}) is None
+    assert explorer.baseline_training_set(_record("x")) == TrainingData("x")
+    assert explorer.baseline_training_set(_record("")) is None and explorer.baseline_training_set({}) is None
+    # One check (dlsr_core.validation.training_data_matches): a baseline fitted on the fit set of a model's
+    # training set belongs to it (every class kept); one fitted on some classes of it does not.
+    fit = SimpleNamespace(classifier=SimpleNamespace(info=_record("fashion_mnist:train", FIT_RULE)))
+    assert explorer.baselines_for_experiment(["msp"], fit, "fashion_mnist:train") == (["msp"], {})
+    some_classes = SimpleNamespace(classifier=SimpleNamespace(info=_record("fashion_mnist:train", "classes 0-5")))
+    offered, left_out = explorer.baselines_for_experiment(["msp"], some_classes, "fashion_mnist:train")
+    assert offered == [] and left_out == {"msp": "trained on another training set"}
 
 
 def test_a_template_keeps_the_models_training_set_and_warns_when_it_differs():

@@ -8,15 +8,25 @@ without noise or diffusion. Training follows dlsr_core.training: AdamW, a seeded
 from __future__ import annotations
 
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
 import torch
 from torch import Tensor, nn
 
-from dlsr_core.baselines.store import DEFAULT_BASELINES_DIR, load_baseline, save_baseline
+from dlsr_core.baselines.store import (
+    DEFAULT_BASELINES_DIR,
+    BaselineKind,
+    Header,
+    TrainingRecord,
+    bound_by_tensors,
+    load_baseline,
+    meta_shapes,
+    save_baseline,
+)
 from dlsr_core.diffusion import ConfigError
+from dlsr_core.presets import FeatureOptions
 
 KIND = "feature_ae"
 DEFAULT_PATH = DEFAULT_BASELINES_DIR / "feature_ae.safetensors"
@@ -26,9 +36,37 @@ DEFAULT_PATH = DEFAULT_BASELINES_DIR / "feature_ae.safetensors"
 class AutoencoderConfig:
     """Layer sizes: feature_dim -> hidden -> bottleneck -> hidden -> feature_dim."""
 
-    feature_dim: int
-    hidden: int = 256
-    bottleneck: int = 64
+    feature_dim: int = field(metadata={"range": (1, 1_000_000)})
+    hidden: int = field(default=256, metadata={"range": (1, 1_000_000)})
+    bottleneck: int = field(default=64, metadata={"range": (1, 1_000_000)})
+
+
+@dataclass(frozen=True)
+class AutoencoderRecord(TrainingRecord):
+    """How the training features were made (backbone, weights, input size, stages, feature options), which images
+    they came from, and the training record."""
+
+    backbone: str | None = None
+    weights: str | None = None
+    input_size: int | None = None
+    stage_dims: tuple[int, ...] | None = None
+    feature_options: FeatureOptions | None = None
+    final_loss: float | None = None
+    train_features: int | None = None
+    parameters: int | None = None
+
+
+def _bound(config: AutoencoderConfig, header: Header) -> None:
+    bound_by_tensors(asdict(config), header)
+
+
+def _shapes(config: AutoencoderConfig) -> dict[str, tuple[int, ...]]:
+    return meta_shapes(lambda: FeatureAutoencoder(config), "model.")
+
+
+def _check_values(config: AutoencoderConfig, info: AutoencoderRecord, tensors: dict[str, Tensor]) -> None:
+    if info.stage_dims is not None and sum(info.stage_dims) != config.feature_dim:
+        raise ValueError(f"info.stage_dims {info.stage_dims} do not sum to the feature size {config.feature_dim}")
 
 
 @dataclass(frozen=True)
@@ -62,7 +100,7 @@ class FeatureAutoencoder(nn.Module):
 class FeatureAEBaseline:
     """A trained feature autoencoder plus how its training features were made (backbone, input size, stages)."""
 
-    def __init__(self, model: FeatureAutoencoder, info: dict) -> None:
+    def __init__(self, model: FeatureAutoencoder, info: AutoencoderRecord) -> None:
         self.model = model.eval().requires_grad_(False)
         self.info = info
 
@@ -74,7 +112,7 @@ class FeatureAEBaseline:
         """Reconstructions (N, D) of features (N, D)."""
         if features.ndim != 2 or features.shape[1] != self.feature_dim:
             raise ConfigError(
-                f"the feature autoencoder was trained on {self.info.get('backbone', '?')} features "
+                f"the feature autoencoder was trained on {self.info.backbone or '?'} features "
                 f"({self.feature_dim}-d), got features of shape {tuple(features.shape)}"
             )
         with torch.no_grad():
@@ -86,13 +124,14 @@ class FeatureAEBaseline:
 
     def save(self, path: str | Path) -> None:
         tensors = {f"model.{k}": v for k, v in self.model.state_dict().items()}
-        save_baseline(path, KIND, tensors, asdict(self.model.config), self.info, half_keys=("model.",))
+        save_baseline(path, KIND, tensors, self.model.config, self.info, half_keys=("model.",))
 
     @classmethod
     def load(cls, path: str | Path = DEFAULT_PATH) -> FeatureAEBaseline:
-        stored = load_baseline(path, KIND)
-        model = FeatureAutoencoder(AutoencoderConfig(**stored.config))
-        model.load_state_dict({k.removeprefix("model."): v for k, v in stored.tensors.items()}, strict=True)
+        """Check and rebuild a saved autoencoder; raises store.BaselineFileError for any bad file."""
+        stored = load_baseline(path, FILE_KIND)
+        model = FeatureAutoencoder(stored.config)
+        model.load_state_dict({k.removeprefix("model."): v for k, v in stored.tensors.items()})
         return cls(model, stored.info)
 
 
@@ -100,9 +139,10 @@ def train_feature_ae(
     features: Tensor,
     config: AutoencoderConfig,
     train_config: AutoencoderTrainConfig = AutoencoderTrainConfig(),
-    info: dict | None = None,
+    info: AutoencoderRecord | None = None,
 ) -> FeatureAEBaseline:
-    """Train on ID features (N, D); `info` (backbone, input size, stage sizes, dataset) is stored with the model."""
+    """Train on ID features (N, D); `info` (backbone, input size, stage sizes, training data) is stored with the
+    model, completed with the training record."""
     if features.ndim != 2 or features.shape[1] != config.feature_dim or len(features) == 0:
         raise ConfigError(f"training features must be (N, {config.feature_dim}), got {tuple(features.shape)}")
     torch.manual_seed(train_config.seed)
@@ -124,12 +164,15 @@ def train_feature_ae(
             optimizer.step()
             total += loss.item() * len(rows)
         last_loss = total / len(features)
-    record = {
-        **(info or {}),
-        "train": asdict(train_config),
-        "train_seconds": time.perf_counter() - started,
-        "final_loss": last_loss,
-        "train_features": len(features),
-        "parameters": sum(p.numel() for p in model.parameters()),
-    }
+    record = replace(
+        info or AutoencoderRecord(),
+        train=asdict(train_config),
+        train_seconds=time.perf_counter() - started,
+        final_loss=last_loss,
+        train_features=len(features),
+        parameters=sum(p.numel() for p in model.parameters()),
+    )
     return FeatureAEBaseline(model, record)
+
+
+FILE_KIND = BaselineKind(KIND, AutoencoderConfig, AutoencoderRecord, _bound, _shapes, _check_values)

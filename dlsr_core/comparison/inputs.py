@@ -1,4 +1,4 @@
-"""The inputs every compared method reads, for named datasets: DLSR features, pre-logits and pixels of the same rows.
+"""The inputs every compared method reads, for named datasets: DLSR features and pixels of the same rows.
 
 Full sets come from the on-disk feature cache (extracted once). With `limit`, a fixed random subset of rows is used
 and, when the set is not cached yet, only those images go through the backbone, so a small comparison stays small.
@@ -57,64 +57,49 @@ def load_inputs(
     detector: Detector,
     specs: list[str],
     *,
-    prelogits: bool = True,
     pixels: bool = True,
     limit: int | None = None,
     seed: int = 0,
     cache_dir: str | Path | None = None,
     extractors: dict[str, object] | None = None,
 ) -> dict[str, SetInputs]:
-    """Inputs of each dataset spec for `detector`'s backbone: features, and optionally pre-logits and pixels.
+    """Inputs of each dataset spec for `detector`'s backbone: features, and optionally the images as pixels.
 
-    `extractors` ("features" / "prelogits") reuse already built backbones; they are built on demand otherwise.
+    `extractors` ("features") reuse an already built backbone; it is built on demand otherwise.
     """
     from dlsr_core.backbones import create_feature_extractor
     from dlsr_core.baselines.pixel_ddpm import images_to_pixels
-    from dlsr_core.baselines.prelogits import cached_prelogits, create_prelogit_extractor
     from dlsr_core.cache import cached_features
     from dlsr_core.data import open_dataset
 
     built = dict(extractors or {})
     weights, size = detector.backbone_weights(), detector.input_size
 
-    # DLSR features are made the way the checkpoint's training features were; pre-logits always the default way
-    # (the classifier head was trained on those).
-    options = {"options": detector.feature_options}
+    def extractor():
+        if "features" not in built:
+            # DLSR features are made the way the checkpoint's training features were.
+            built["features"] = create_feature_extractor(detector.backbone, weights, options=detector.feature_options)
+        return built["features"]
 
-    def extractor(kind: str):
-        if kind not in built:
-            if kind == "features":
-                built[kind] = create_feature_extractor(detector.backbone, weights, **options)
-            else:
-                built[kind] = create_prelogit_extractor(detector.backbone, weights)
-        return built[kind]
-
-    def load(cache: Callable, kind: str, spec: str, dataset, positions) -> tuple[Tensor, Tensor]:
-        def cached(only: bool):
-            return cache(
-                spec,
-                detector.backbone,
-                weights=weights,
-                input_size=size,
-                cache_dir=cache_dir,
-                cache_only=only,
-                extractor=None if only else extractor(kind),
-                **(options if kind == "features" else {}),
-            )
-
-        return _features_of(spec, dataset, positions, cached, lambda: extractor(kind), size)
+    def cached(spec: str, only: bool):
+        return cached_features(
+            spec,
+            detector.backbone,
+            weights=weights,
+            input_size=size,
+            cache_dir=cache_dir,
+            cache_only=only,
+            extractor=None if only else extractor(),
+            options=detector.feature_options,
+        )
 
     result: dict[str, SetInputs] = {}
     for spec in specs:
         dataset = open_dataset(spec)
         positions = None if limit is None else subsample_rows(len(dataset), limit, seed)
-        features, indices = load(cached_features, "features", spec, dataset, positions)
+        from_cache = lambda only, s=spec: cached(s, only)  # noqa: E731
+        features, indices = _features_of(spec, dataset, positions, from_cache, extractor, size)
         detector.check_features(features)
-        logits_input = None
-        if prelogits:
-            logits_input, prelogit_indices = load(cached_prelogits, "prelogits", spec, dataset, positions)
-            if not torch.equal(prelogit_indices, indices):
-                raise ValueError(f"{spec}: DLSR features and pre-logits cover different images; clear the cache")
         pixel_input = images_to_pixels([dataset[int(i)] for i in indices]) if pixels else None
-        result[spec] = SetInputs(features, indices, logits_input, pixel_input)
+        result[spec] = SetInputs(features, indices, pixel_input)
     return result

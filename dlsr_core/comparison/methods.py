@@ -1,8 +1,8 @@
 """Every method of the paper's comparison behind one call: inputs of each set in, scores and scoring time out.
 
 Methods differ in what they read: DLSR, the feature autoencoder, k-NN and Mahalanobis read the cached DLSR feature
-vectors; the classifier-based detectors read the backbone's pooled pre-logits; the pixel DDPM reads the images.
-`SetInputs` carries all three for one set, and `score_methods` times each method on its own input only (fitting and
+vectors; the pixel DDPM and the classifier-based detectors (a CNN trained on the images) read the images as pixels.
+`SetInputs` carries both for one set, and `score_methods` times each method on its own input only (fitting and
 feature extraction excluded), so the numbers say what re-scoring cached inputs costs.
 """
 
@@ -10,18 +10,18 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
 from torch import Tensor
 
-from dlsr_core.baselines.store import baselines_dir
-from dlsr_core.checkpoint import CheckpointError
+from dlsr_core.baselines.store import BaselineFileError, baselines_dir
 from dlsr_core.evaluation import EvaluationSettings, score_all
 from dlsr_core.presets import DEFAULT_FEATURES
 from dlsr_core.scoring import Detector
+from dlsr_core.validation import training_data_matches
 
 
 @dataclass(frozen=True)
@@ -31,7 +31,7 @@ class Method:
     name: str
     label: str
     family: str
-    input: str  # "features" (DLSR vectors), "prelogits" (classifier features) or "pixels"
+    input: str  # "features" (DLSR vectors) or "pixels" (the images)
     needs_labels: bool = False
 
 
@@ -43,12 +43,12 @@ METHODS: dict[str, Method] = {
         Method("lr", "DLSR LR", "DLSR (feature diffusion)", "features"),
         Method("pixel_ddpm", "Pixel DDPM", "generative, pixels", "pixels"),
         Method("feature_ae", "Feature AE", "generative, features", "features"),
-        Method("msp", "MSP", "classifier", "prelogits", needs_labels=True),
-        Method("energy", "EBO (energy)", "classifier", "prelogits", needs_labels=True),
-        Method("dice", "DICE", "classifier", "prelogits", needs_labels=True),
-        Method("ash_s", "ASH-S", "classifier", "prelogits", needs_labels=True),
-        Method("react", "ReAct", "classifier", "prelogits", needs_labels=True),
-        Method("vim", "ViM", "classifier", "prelogits", needs_labels=True),
+        Method("msp", "MSP", "classifier", "pixels", needs_labels=True),
+        Method("energy", "EBO (energy)", "classifier", "pixels", needs_labels=True),
+        Method("dice", "DICE", "classifier", "pixels", needs_labels=True),
+        Method("ash_s", "ASH-S", "classifier", "pixels", needs_labels=True),
+        Method("react", "ReAct", "classifier", "pixels", needs_labels=True),
+        Method("vim", "ViM", "classifier", "pixels", needs_labels=True),
         Method("knn", "k-NN", "distance", "features"),
         Method("mahalanobis", "Mahalanobis", "distance", "features"),
     )
@@ -60,14 +60,13 @@ DISTANCE_METHODS = ("knn", "mahalanobis")
 
 @dataclass(frozen=True)
 class SetInputs:
-    """One set's inputs: DLSR features (N, D), pre-logits (N, C) or None, pixels (N, 1, S, S) in [-1, 1] or None.
+    """One set's inputs: DLSR features (N, D) and the images as pixels (N, 1, S, S) in [-1, 1] or None.
 
     Row i of each is the same image; `indices` (N,) are the images' positions in their dataset.
     """
 
     features: Tensor
     indices: Tensor
-    prelogits: Tensor | None = None
     pixels: Tensor | None = None
 
     def __len__(self) -> int:
@@ -82,12 +81,12 @@ class Baselines:
     feature_ae: object | None = None  # dlsr_core.baselines.feature_ae.FeatureAEBaseline
     classifier: object | None = None  # dlsr_core.baselines.classifier.ClassifierBaselines
     distance_train: Tensor | None = None  # ID training features (N, D) for k-NN and Mahalanobis
-    problems: dict[str, str] = field(default_factory=dict)  # kind -> why it could not be loaded
+    problems: dict[str, str] = field(default_factory=dict)  # kind -> why it could not be loaded (one line)
 
     @classmethod
     def load(cls, folder: str | Path | None = None, distance_train: Tensor | None = None) -> Baselines:
-        """Load every baseline file in `folder` (default: baselines_dir()), checksums verified; failures are kept in
-        `problems`."""
+        """Load every baseline file in `folder` (default: baselines_dir()), each checked before it is built; a
+        missing or damaged one is listed in `problems` (its BaselineFileError message) and the others load."""
         from dlsr_core.baselines.classifier import ClassifierBaselines
         from dlsr_core.baselines.feature_ae import FeatureAEBaseline
         from dlsr_core.baselines.pixel_ddpm import PixelDDPM
@@ -102,40 +101,38 @@ class Baselines:
         ):
             try:
                 loaded[kind] = loader(folder / f"{kind}.safetensors")
-            except Exception as error:  # noqa: BLE001 - any damage (checksum, metadata, weights) is listed, not raised
-                problems[kind] = (
-                    f"{type(error).__name__}: {error}" if not isinstance(error, CheckpointError) else str(error)
-                )
+            except BaselineFileError as error:
+                problems[kind] = str(error)
         return cls(**loaded, distance_train=distance_train, problems=problems)
 
     def available(self, detector: Detector) -> list[str]:
-        """Method names that can be scored with these baselines and `detector`, in METHODS order. The feature
-        autoencoder and the classifier head count only when they were trained on inputs made like `detector`'s: the
-        same backbone, weights and input size, and for the autoencoder the same feature options (a baseline that
-        records none was trained on the default ones)."""
-
-        def same_backbone(model: object | None) -> bool:
-            if model is None:
-                return False
-            made = {"backbone": detector.backbone, "weights": detector.info.weights, "input_size": detector.input_size}
-            return all(model.info.get(key, value) == value for key, value in made.items())
-
-        def same_features(model: object) -> bool:
-            recorded = model.info.get("feature_options", asdict(DEFAULT_FEATURES))
-            return (
-                recorded == asdict(detector.feature_options) and model.feature_dim == detector.info.config.feature_dim
-            )
-
+        """Method names that can be scored with these baselines and `detector`, in METHODS order. A baseline counts
+        only when it was fitted on the detector's training data (dlsr_core.validation.training_data_matches); the
+        feature autoencoder also only on features made like the detector's (backbone, weights, input size,
+        feature options, size)."""
+        dataset = detector.info.dataset
         names = [name for name in DLSR_METHODS if name != "lr" or detector.has_early]
-        if self.pixel_ddpm is not None:
+        if self.pixel_ddpm is not None and training_data_matches(self.pixel_ddpm.info.training_set, dataset):
             names.append("pixel_ddpm")
-        if same_backbone(self.feature_ae) and same_features(self.feature_ae):
+        if self.feature_ae is not None and _same_features(self.feature_ae, detector):
             names.append("feature_ae")
-        if same_backbone(self.classifier):
+        if self.classifier is not None and training_data_matches(self.classifier.info.training_set, dataset):
             names.extend(CLASSIFIER_METHODS)
         if self.distance_train is not None:
             names.extend(DISTANCE_METHODS)
         return names
+
+
+def _same_features(feature_ae, detector: Detector) -> bool:
+    """Whether the autoencoder was trained on features made exactly like `detector`'s, from its training data."""
+    info = feature_ae.info
+    made = (detector.backbone, detector.info.weights, detector.input_size)
+    return (
+        training_data_matches(info.training_set, detector.info.dataset)
+        and (info.backbone, info.weights, info.input_size) == made
+        and (info.feature_options or DEFAULT_FEATURES) == detector.feature_options
+        and feature_ae.feature_dim == detector.info.config.feature_dim
+    )
 
 
 @dataclass(frozen=True)
@@ -218,8 +215,8 @@ def _score_baseline(name: str, inputs: dict[str, SetInputs], baselines: Baseline
         scorer = lambda s: model.score(s.features)  # noqa: E731
     else:
         model = _required(baselines.classifier, "classifier", baselines)
-        _require_inputs(inputs, "prelogits", name)
-        scorer = lambda s: model.score(name, s.prelogits)  # noqa: E731
+        _require_inputs(inputs, "pixels", name)
+        scorer = lambda s: model.score(name, s.pixels)  # noqa: E731
     scores, seconds = {}, 0.0
     with torch.inference_mode():
         for set_name, set_inputs in inputs.items():

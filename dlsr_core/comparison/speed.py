@@ -38,7 +38,6 @@ def pipelines(
     size = detector.input_size
     sampling = (settings.timestep, settings.steps, settings.eta, settings.seed)
     features_of = lambda images: _embed(extractors["features"], images, size)  # noqa: E731
-    prelogits_of = lambda images: _embed(extractors["prelogits"], images, size)  # noqa: E731
     fitted = {}
     if baselines.distance_train is not None:
         fitted["knn"] = KNNBaseline(settings.knn_k).fit(baselines.distance_train)
@@ -55,7 +54,7 @@ def pipelines(
         elif name == "feature_ae" and baselines.feature_ae is not None:
             result[name] = lambda images: baselines.feature_ae.score(features_of(images))
         elif name in CLASSIFIER_METHODS and baselines.classifier is not None:
-            result[name] = lambda images, n=name: baselines.classifier.score(n, prelogits_of(images))
+            result[name] = lambda images, n=name: baselines.classifier.score_images(n, images)
         elif name in fitted:
             result[name] = lambda images, n=name: fitted[n].score(features_of(images))
         else:
@@ -74,15 +73,12 @@ def end_to_end_images_per_second(
 ) -> dict[str, float]:
     """Images/s of each method from decoded images (PIL) to scores, measured on the same `images`."""
     from dlsr_core.backbones import create_feature_extractor
-    from dlsr_core.baselines.prelogits import create_prelogit_extractor
 
     settings = settings or EvaluationSettings()
     extractors = dict(extractors or {})
     weights = detector.backbone_weights()
     if "features" not in extractors:
         extractors["features"] = create_feature_extractor(detector.backbone, weights, options=detector.feature_options)
-    if "prelogits" not in extractors and any(name in CLASSIFIER_METHODS for name in methods):
-        extractors["prelogits"] = create_prelogit_extractor(detector.backbone, weights)
     runs = pipelines(methods, detector, baselines, settings, extractors)
     warm_up = list(images[: min(len(images), 32)])
     speeds = {}

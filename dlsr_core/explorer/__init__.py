@@ -15,6 +15,7 @@ from dlsr_core.explorer.comparison import (
     PIXEL_IMAGES_PER_SET,
     MethodComparison,
     addable_methods,
+    baselines_key,
     compare_methods,
     load_baselines,
 )
@@ -48,6 +49,7 @@ from dlsr_core.explorer.experiments import (
     ROLE_LABELS,
     TEMPLATES_DIR,
     SetInfo,
+    baseline_mismatch,
     baseline_training_set,
     baselines_for_experiment,
     describe_set,
@@ -95,7 +97,13 @@ from dlsr_core.explorer.failures import (
     image_statistics_of,
     set_labels,
 )
-from dlsr_core.explorer.feature_vs_pixel import FeatureVsPixel, feature_vs_pixel, load_pixel_model, pixel_model_path
+from dlsr_core.explorer.feature_vs_pixel import (
+    FeatureVsPixel,
+    feature_vs_pixel,
+    load_pixel_model,
+    pixel_model_path,
+    pixel_reference_images,
+)
 from dlsr_core.explorer.maps import DEFAULT_PER_SET as DEFAULT_MAP_PER_SET
 from dlsr_core.explorer.maps import (
     MapPoints,
@@ -228,8 +236,10 @@ __all__ = [
     "analyse_errors",
     "available_scores",
     "baseline_methods",
+    "baseline_mismatch",
     "baseline_training_set",
     "baselines_for_experiment",
+    "baselines_key",
     "budget_rows",
     "cached_features_only",
     "checkpoints_root",
@@ -286,6 +296,7 @@ __all__ = [
     "percent_below",
     "percent_text",
     "pixel_model_path",
+    "pixel_reference_images",
     "poll_interval",
     "prepare_uploads",
     "profile_html",

@@ -65,7 +65,7 @@ class MethodComparison:
                 most = max(map(len, self.rows[name].values()))
                 notes.append(f"at most {most} fixed random images per set (it is slow)")
             if method.needs_labels:
-                notes.append("needs the ID class labels (a classifier head), DLSR does not")
+                notes.append("needs the ID class labels (a CNN trained with them), DLSR does not")
             entries.append(MethodScores(name, method.label, method.family, self.scores[name], "; ".join(notes)))
         return entries
 
@@ -107,31 +107,30 @@ def compare_methods(
 ) -> MethodComparison:
     """Scores of `methods` on every set of `features` (spec -> cached DLSR FeatureSet; `id_set` among them).
 
-    Pre-logits (classifier methods) come from the feature cache and are extracted once when missing; pixels (pixel
-    DDPM) are decoded from the datasets. k-NN and Mahalanobis need `baselines.distance_train`. Raises
-    comparison.MissingInputError naming what is missing, KeyError for an unknown method.
+    The images (pixel DDPM, and the classifier's CNN) are decoded from the datasets: all of them for the classifier
+    methods, a fixed random subset for the slow pixel DDPM. k-NN and Mahalanobis need `baselines.distance_train`.
+    Raises comparison.MissingInputError naming what is missing, KeyError for an unknown method.
     """
     from dlsr_core.baselines.pixel_ddpm import images_to_pixels
-    from dlsr_core.baselines.prelogits import cached_prelogits
     from dlsr_core.data import open_dataset
 
     if id_set not in features:
         raise KeyError(f"the ID set {id_set} is not among the feature sets given")
     baselines = baselines if baselines is not None else Baselines.load()
     settings = EvaluationSettings(timestep=timestep, steps=steps, seed=seed)
-    wants_prelogits = any(METHODS[name].input == "prelogits" for name in methods)
+    wants_images = any(METHODS[name].input == "pixels" and name != "pixel_ddpm" for name in methods)
+
+    def pixels_of(spec: str, indices: Tensor) -> Tensor:
+        dataset = open_dataset(spec)
+        return images_to_pixels([dataset[int(i)] for i in indices])
+
     full: dict[str, SetInputs] = {}
     for spec, feature_set in features.items():
         detector.check_features(feature_set.features, feature_set.backbone)
-        prelogits = None
-        if wants_prelogits:
-            if progress:
-                progress(f"pre-logit features of {spec}")
-            found = cached_prelogits(
-                spec, detector.backbone, weights=detector.backbone_weights(), input_size=detector.input_size
-            )
-            prelogits = _aligned(found, feature_set.indices, spec)
-        full[spec] = SetInputs(feature_set.features, feature_set.indices, prelogits)
+        if wants_images and progress:
+            progress(f"images of {spec}")
+        pixels = pixels_of(spec, feature_set.indices) if wants_images else None
+        full[spec] = SetInputs(feature_set.features, feature_set.indices, pixels)
 
     scores: dict[str, dict[str, np.ndarray]] = {}
     rows: dict[str, dict[str, np.ndarray]] = {}
@@ -148,9 +147,9 @@ def compare_methods(
         rows["pixel_ddpm"] = {}
         for spec, inputs in full.items():
             chosen = subsample_rows(len(inputs), pixel_images_per_set, seed)
-            dataset = open_dataset(spec)
-            pixels = images_to_pixels([dataset[int(inputs.indices[i])] for i in chosen])
-            subset[spec] = SetInputs(inputs.features[torch.as_tensor(chosen)], inputs.indices[chosen], None, pixels)
+            taken = torch.as_tensor(chosen)
+            pixels = inputs.pixels[taken] if inputs.pixels is not None else pixels_of(spec, inputs.indices[taken])
+            subset[spec] = SetInputs(inputs.features[taken], inputs.indices[taken], pixels)
             rows["pixel_ddpm"][spec] = chosen
         result = score_methods(["pixel_ddpm"], subset, detector, baselines, settings, progress)["pixel_ddpm"]
         scores["pixel_ddpm"], seconds["pixel_ddpm"], images["pixel_ddpm"] = result.scores, result.seconds, result.count
@@ -172,17 +171,16 @@ def load_baselines() -> Baselines:
     return Baselines.load()
 
 
+def baselines_key() -> tuple[str, ...]:
+    """What `load_baselines()` returns depends on: the folder ($DLSR_BASELINES_DIR or the shipped one) and each
+    file's fingerprint, so a process-wide memo keyed by it follows another folder or a retrained file."""
+    from dlsr_core.baselines.store import BASELINE_KINDS, baselines_dir
+    from dlsr_core.explorer.runs import run_fingerprint
+
+    folder = baselines_dir()
+    return ("baselines", *(run_fingerprint(folder / f"{kind}.safetensors") for kind in BASELINE_KINDS))
+
+
 def addable_methods(detector: Detector, baselines: Baselines) -> list[str]:
     """Methods the Score-distributions page can add to its table: the loaded baselines it does not compute itself."""
     return [name for name in baselines.available(detector) if name not in PAGE_METHODS]
-
-
-def _aligned(found: FeatureSet | None, indices: Tensor, spec: str) -> Tensor:
-    """The pre-logit rows of the images at dataset positions `indices`, in that order."""
-    if found is None:
-        raise ValueError(f"no pre-logit features for {spec}")
-    position = {int(index): row for row, index in enumerate(found.indices.tolist())}
-    try:
-        return found.features[torch.as_tensor([position[int(i)] for i in indices])]
-    except KeyError as error:
-        raise ValueError(f"{spec}: pre-logits miss image {error}; clear the feature cache and retry") from error

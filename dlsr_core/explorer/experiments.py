@@ -28,6 +28,7 @@ from dlsr_core.data import (
 )
 from dlsr_core.data.experiment_defaults import unique_name
 from dlsr_core.scoring import Detector
+from dlsr_core.validation import TrainingData, training_data_matches
 
 # Experiment files of the paper's settings, openable from the Experiment / data page and used by
 # benchmarks/reproduce_paper.py; their relative folder paths are read from the user data folder.
@@ -193,13 +194,23 @@ def from_template(experiment: Experiment, path: str | Path) -> tuple[Experiment,
     return result, warning
 
 
-def baseline_training_set(info: dict) -> str | None:
-    """The training set a stored baseline records in its metadata (`dataset`), or None when it records none.
+def baseline_training_set(info: object) -> TrainingData | None:
+    """The training-set record a loaded baseline keeps in its `info` (dlsr_core.validation.TrainingData: dataset
+    spec, row rule, image count), or None when it records none. The comparison baselines (dlsr_core.baselines)
+    write it when they are trained; one that records none cannot be matched to an experiment and is not offered."""
+    record = getattr(info, "training_set", None)
+    return record if isinstance(record, TrainingData) else None
 
-    The comparison baselines (dlsr_core.baselines) write it when they are trained; one that records none cannot be
-    matched to an experiment and is not offered."""
-    value = info.get("dataset") if isinstance(info, dict) else None
-    return value if isinstance(value, str) and value else None
+
+def baseline_mismatch(info: object, training_set: str) -> str | None:
+    """Why a baseline with training record `info` is not offered to a model trained on `training_set` ("records no
+    training set" / "trained on another training set"), or None when it belongs to it. The one check is
+    dlsr_core.validation.training_data_matches (the same dataset; a row rule that keeps every class, such as the
+    fit set, counts as the same data)."""
+    record = baseline_training_set(info)
+    if training_data_matches(record, training_set):
+        return None
+    return "records no training set" if record is None else "trained on another training set"
 
 
 def baselines_for_experiment(methods: list[str], baselines, training_set: str) -> tuple[list[str], dict[str, str]]:
@@ -211,9 +222,9 @@ def baselines_for_experiment(methods: list[str], baselines, training_set: str) -
     offered, left_out = [], {}
     for method in methods:
         model = baselines.classifier if method in CLASSIFIER_METHODS else getattr(baselines, method, None)
-        trained_on = baseline_training_set(getattr(model, "info", {}) or {})
-        if trained_on == training_set:
+        reason = baseline_mismatch(getattr(model, "info", None), training_set)
+        if reason is None:
             offered.append(method)
         else:  # the other set is not named: the page is about this model's data
-            left_out[method] = "records no training set" if trained_on is None else "trained on another training set"
+            left_out[method] = reason
     return offered, left_out

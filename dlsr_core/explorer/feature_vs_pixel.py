@@ -20,12 +20,13 @@ from dlsr_core.scoring import DEFAULT_DRAWS, DEFAULT_STEPS, Detector
 class FeatureVsPixel:
     """Both methods on the same N images.
 
-    originals (N, S, S) uint8: the images as the pixel DDPM sees them (grayscale, S x S); reconstructions
-    (L, N, S, S) uint8: its reconstruction from each noise level `levels`; pixel_errors (N, L): mean squared pixel
-    error per level (pixels in [-1, 1]); pixel_scores (N,) and pixel_threshold95: its score and the value 95% of
-    held-out ID images stay below. stage_cos (N, K): cosine similarity of each DLSR stage's features with their
-    reconstruction; dlsr_scores (N,) MFsim and dlsr_threshold95 (from `id_features`, NaN without). Times in seconds:
-    pixel_seconds (all levels), backbone_seconds and diffusion_seconds (DLSR = their sum).
+    originals (N, S, S) uint8 ((N, S, S, 3) for an RGB model): the images as the pixel DDPM sees them (S x S);
+    reconstructions (L, N, S, S) uint8 (or (L, N, S, S, 3)): its reconstruction from each noise level `levels`;
+    pixel_errors (N, L): mean squared pixel error per level (pixels in [-1, 1]); pixel_scores (N,) and
+    pixel_threshold95: its score and the value 95% of held-out ID images stay below. stage_cos (N, K): cosine similarity
+    of each DLSR stage's features with their reconstruction; dlsr_scores (N,) MFsim and dlsr_threshold95 (from
+    `id_features`, NaN without). Times in seconds: pixel_seconds (all levels), backbone_seconds and diffusion_seconds
+    (DLSR = their sum).
     """
 
     originals: np.ndarray
@@ -52,8 +53,9 @@ class FeatureVsPixel:
 
 
 def _to_uint8(pixels: torch.Tensor) -> np.ndarray:
-    """[-1, 1] pixels (..., 1, S, S) -> uint8 (..., S, S)."""
-    return ((pixels.squeeze(-3).clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).numpy()
+    """[-1, 1] images (..., C, S, S) -> uint8 (..., S, S) for C = 1, (..., S, S, 3) for C = 3."""
+    pictures = pixels.squeeze(-3) if pixels.shape[-3] == 1 else pixels.movedim(-3, -1)
+    return ((pictures.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).numpy()
 
 
 def feature_vs_pixel(
@@ -79,7 +81,7 @@ def feature_vs_pixel(
         raise ValueError("pick at least one image")
     with torch.inference_mode():
         started = time.perf_counter()
-        pixels = images_to_pixels(images, pixel_model.config.image_size)
+        pixels = images_to_pixels(images, pixel_model.config.image_size, pixel_model.config.channels)
         reconstructions = pixel_model.reconstructions(pixels, seed)
         errors = (reconstructions - pixels).pow(2).flatten(2).mean(dim=2).T
         pixel_scores = pixel_model.normalise(errors)
@@ -119,8 +121,18 @@ def pixel_model_path() -> Path:
 
 
 def load_pixel_model(path: str | Path | None = None):
-    """The pixel DDPM at `path` (default pixel_model_path()), checksum verified. Raises CheckpointError saying how to
-    train it when it is missing or damaged."""
+    """The pixel DDPM at `path` (default pixel_model_path()), checked before it is built. Raises
+    baselines.store.BaselineFileError (one line: the file and what is wrong, or how to train it when missing)."""
     from dlsr_core.baselines.pixel_ddpm import PixelDDPM
 
     return PixelDDPM.load(path or pixel_model_path())
+
+
+def pixel_reference_images(pixel_model) -> str:
+    """Which held-out ID images the pixel DDPM's scores and 95% threshold are measured on, in words."""
+    calibration, trained = pixel_model.info.calibration, pixel_model.info.training_set
+    if calibration is None:
+        return "held-out images of its training set" + ("" if trained is None else f" {trained.dataset}")
+    count = "" if calibration.images is None else f"{calibration.images:,} "
+    rule = "" if calibration.subset is None else f" ({calibration.subset})"
+    return f"{count}held-out images of {calibration.dataset}{rule}, none of them trained on"
