@@ -212,7 +212,7 @@ def _cell(entry: dict | None) -> str:
     return f"{100 * entry['auroc']:.2f} [{100 * entry['low']:.2f}, {100 * entry['high']:.2f}]"
 
 
-def settings_markdown(sweep: dict) -> list[str]:
+def settings_markdown(sweep: dict, pixel_levels: dict | None = None) -> list[str]:
     lines = ["| what | chosen | candidates |", "|---|---|---|"]
     labels = {"features": "backbone and input size", "lfdn": "LFDN width x depth, epochs", "scoring": "timestep, steps"}
     for stage, what in labels.items():
@@ -223,9 +223,14 @@ def settings_markdown(sweep: dict) -> list[str]:
     if "scoring" in sweep:
         ks = ", ".join(str(row["k"]) for row in sweep["scoring"]["knn_rows"])
         lines.append(f"| k of k-NN | **{sweep['scoring']['knn_k']}** | {ks} |")
+    if pixel_levels is not None:
+        levels = ", ".join(map(str, pixel_levels["chosen"]["levels"]))
+        count = len(pixel_levels["candidates"])
+        lines.append(f"| pixel DDPM noise levels | **t = {levels}** | {count} (benchmarks/results/pixel_levels.md) |")
     return lines + [
         "",
-        "Objective: mean of the far and near validation AUROC (DLSR MFsim; k-NN's own scores for k).",
+        "Objective: mean of the far and near validation AUROC (DLSR MFsim; each method's own scores for k-NN's k and "
+        "the pixel DDPM's levels).",
         "",
     ]
 
@@ -376,7 +381,9 @@ def collect(args, sweep: dict, settings: EvaluationSettings) -> tuple[dict[str, 
 
     detector = Detector.load(args.checkpoint, device="cpu")
     labels = {name: method.label for name, method in METHODS.items()}
-    blocks = {"settings": settings_markdown(sweep)}
+    levels_path = Path(args.out) / "pixel_levels.json"  # written by `python -m benchmarks.pixel_levels`
+    pixel_levels = json.loads(levels_path.read_text()) if levels_path.is_file() else None
+    blocks = {"settings": settings_markdown(sweep, pixel_levels)}
     if sweep:
         blocks["sweep"] = sweep_markdown(sweep).splitlines()[2:]  # without its title
     report: dict = {"settings": {"timestep": settings.timestep, "steps": settings.steps, "knn_k": settings.knn_k}}
