@@ -78,9 +78,16 @@ def training_set_record(
     return TrainingData(dataset, subset, count)
 
 
+# Dataset names of the split's parts (dlsr_core.data): a model trained on `fashion_mnist:fit` saw FIT_RULE's rows.
+SPLIT_NAMES = {"fashion_mnist:fit": (TRAIN_SET, FIT_RULE), "fashion_mnist:val": (TRAIN_SET, VALIDATION_RULE)}
+
+
 def training_data_matches(record: TrainingData | None, dataset: str, subset: str | None = None) -> bool:
     """Whether a baseline fitted on `record` belongs to a model trained on `subset` of `dataset`: the same dataset
-    spec, and the same row rule or two rules that both keep every class. An unknown record matches nothing."""
+    spec, and the same row rule or two rules that both keep every class. A part of the split named as a dataset
+    (`fashion_mnist:fit`) is its rows of `fashion_mnist:train`. An unknown record matches nothing."""
+    if subset is None and dataset in SPLIT_NAMES:
+        dataset, subset = SPLIT_NAMES[dataset]
     if record is None or record.dataset != dataset:
         return False
     return record.subset == subset or (record.subset in CLASS_PRESERVING_SUBSETS and subset in CLASS_PRESERVING_SUBSETS)

@@ -58,6 +58,10 @@ def test_training_data_match_keeps_class_restricted_subsets_apart():
     assert training_data_matches(held_out_classes, "fashion_mnist:train", "classes 0-5")
     assert not training_data_matches(held_out_classes, "fashion_mnist:train")
     assert not training_data_matches(None, "fashion_mnist:train")
+    # The split's parts by name (the shipped model trains on `fashion_mnist:fit`): fit-set baselines belong to it.
+    assert training_data_matches(fit, "fashion_mnist:fit")
+    assert not training_data_matches(fit, "fashion_mnist:val")
+    assert not training_data_matches(held_out_classes, "fashion_mnist:fit")
 
 
 def toy_pixels(count: int, seed: int = 0) -> torch.Tensor:
