@@ -1,5 +1,6 @@
 """Files a kill or a failed run leaves behind (`.partial` temporaries, torchrun `.partNofM` part files) are removed by
-later writes, and never while another live writer is still using them."""
+later writes, and never while another live writer is still using them. (A failed or unjoinable sharded run removing
+its own part files is tested with real ranks in test_rel_torchrun.py.)"""
 
 from __future__ import annotations
 
@@ -10,7 +11,6 @@ import sys
 import time
 from pathlib import Path
 
-import pytest
 from conftest import BACKBONE, REPO, TRAIN_SET, WEIGHTS, FakeExtractor
 
 from dlsr_core import atomic, cache
@@ -132,14 +132,3 @@ def test_stale_torchrun_part_files_are_swept_at_the_next_cache_write(sandbox, mo
     fresh.write_bytes(b"x" * 1000)  # a live sharded run may still join this one
     cache.cached_features(TRAIN_SET, BACKBONE, weights=WEIGHTS, input_size=32, cache_dir=sandbox.cache)
     assert not stale.exists() and fresh.exists()
-
-
-def test_a_sharded_run_whose_join_fails_leaves_no_part_file(sandbox, monkeypatch):
-    """Rank 0 of 2 whose partner's part never arrives: it fails with a clear error and removes its own part."""
-    monkeypatch.setattr(cache, "_distributed_rank", lambda: (0, 2))
-    monkeypatch.setattr(cache, "_all_ranks", lambda flag: flag)  # this rank's view of each collective
-    with pytest.raises(RuntimeError, match="could not read every rank's part"):
-        cache.cached_features(
-            TRAIN_SET, BACKBONE, weights=WEIGHTS, input_size=32, cache_dir=sandbox.cache, extractor=FakeExtractor()
-        )
-    assert sorted(p.name for p in sandbox.cache.iterdir()) == []
