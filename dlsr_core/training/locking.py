@@ -104,7 +104,7 @@ class _Lock:
         while not self.stopped.wait(HEARTBEAT_SECONDS):
             try:
                 os.utime(self.descriptor)
-            except OSError:  # the folder went away or became read-only: the run itself will report it
+            except (OSError, NotImplementedError):  # the folder went away or is read-only: the run will report it
                 pass
 
     def release(self) -> None:
