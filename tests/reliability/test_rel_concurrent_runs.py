@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import FEATURE_OPTIONS, ID_SET, REPO, TINY, TRAIN_SET, assert_clean_error, assert_loads
+from conftest import FEATURE_OPTIONS, ID_SET, REPO, TINY, TRAIN_SET, PausedProcess, assert_clean_error, assert_loads
 from rank_runs import run_torchrun
 
 from dlsr_core import explorer
@@ -35,35 +35,14 @@ with run_lock(run, "a test holder"):
 """
 
 
-class Holder:
-    """Another process holding the lock of `run` until released (or killed)."""
-
-    def __init__(self, run: Path, scratch: Path) -> None:
-        self.ready, self.go = scratch / "holder.ready", scratch / "holder.go"
-        command = [sys.executable, "-c", HOLDER, str(run), str(self.ready), str(self.go)]
-        self.process = subprocess.Popen(command, cwd=REPO, stderr=subprocess.PIPE, text=True)
-        deadline = time.monotonic() + 120
-        while not self.ready.exists():
-            assert self.process.poll() is None and time.monotonic() < deadline, self.process.stderr.read()
-            time.sleep(0.01)
-
-    def kill(self) -> None:
-        self.process.send_signal(signal.SIGKILL)
-        self.process.wait(timeout=60)
-
-    def release(self) -> int:
-        self.go.write_text("")
-        return self.process.wait(timeout=60)
-
-
 @pytest.fixture
 def held(sandbox, tiny_run):
     """A copy of the tiny run whose lock another live process holds."""
     run = sandbox.copy_run(tiny_run)
-    holder = Holder(run, sandbox.root)
+    holder = PausedProcess(HOLDER, run, sandbox.root)
     yield run, holder
     if holder.process.poll() is None:
-        holder.release()
+        holder.finish()
 
 
 def _train(cli, run, *extra):
@@ -91,7 +70,7 @@ def test_a_second_train_on_a_locked_run_is_refused_naming_the_holder(
     assert f"process {holder.process.pid} on host {socket.gethostname()}, started " in line
     assert "(a test holder)" in line and "choose another --out" in line
     sandbox.assert_only_changed(before)  # the running run's folder and everything else untouched
-    assert holder.release() == 0
+    assert holder.finish() == 0
     assert not (run / LOCK_NAME).exists()  # released: the next run goes ahead
     assert _train(cli, run, "--epochs", "3", "--cache-dir", seeded_cache).code == 0
     assert_loads(run, epoch=3)
@@ -249,4 +228,4 @@ def test_torchrun_ranks_refuse_a_locked_run_together(held, sandbox, seeded_cache
     assert len(lines) == 2 and lines[0] == lines[1], outcome.err  # every rank, the same one line
     assert f"process {holder.process.pid} on host" in lines[0] and "is being trained by another run" in lines[0]
     assert outcome.err.count("exitcode  : 2") == 2 and "dlsr_core/" not in outcome.err  # no rank's traceback
-    assert (run / LAST_NAME).exists() and holder.release() == 0
+    assert (run / LAST_NAME).exists() and holder.finish() == 0
