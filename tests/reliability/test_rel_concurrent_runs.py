@@ -94,7 +94,7 @@ def test_a_real_train_in_progress_refuses_a_second_one(sandbox, tiny_run, seeded
             assert first.poll() is None and time.monotonic() < deadline, first.stderr.read()
             time.sleep(0.05)
         before = sandbox.snapshot()
-        outcome = _train(cli, run, "--cache-dir", seeded_cache, "--lr", "0.01", "--epochs", "60000")
+        outcome = _train(cli, run, "--cache-dir", seeded_cache, "--lr", "0.01", "--epochs", "2")
         line = assert_clean_error(outcome, 2, f"process {first.pid} on host", "python -m dlsr_core train")
         assert "started 20" in line  # its start time
         sandbox.assert_only_changed(before)
@@ -227,5 +227,6 @@ def test_torchrun_ranks_refuse_a_locked_run_together(held, sandbox, seeded_cache
     lines = [line for line in outcome.err.splitlines() if line.startswith("error:")]
     assert len(lines) == 2 and lines[0] == lines[1], outcome.err  # every rank, the same one line
     assert f"process {holder.process.pid} on host" in lines[0] and "is being trained by another run" in lines[0]
-    assert outcome.err.count("exitcode  : 2") == 2 and "dlsr_core/" not in outcome.err  # no rank's traceback
+    # torchrun stops the other rank once one exits, so it reports 2 for one or both; never a rank's traceback
+    assert "exitcode  : 2" in outcome.err and "dlsr_core/" not in outcome.err
     assert (run / LAST_NAME).exists() and holder.finish() == 0

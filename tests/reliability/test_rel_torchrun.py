@@ -149,7 +149,8 @@ def test_torchrun_ranks_given_different_arguments_refuse_together(sandbox):
     outcome = run_torchrun(argv, setup=setup, cwd=sandbox.root)
     lines = [line for line in outcome.err.splitlines() if line.startswith("error:")]
     assert len(lines) == 2 and lines[0] == lines[1] and "--batch-size (rank 0: 8, rank 1: 16)" in lines[0], outcome.err
-    assert outcome.err.count("exitcode  : 2") == 2 and "dlsr_core/" not in outcome.err  # no rank's traceback
+    # torchrun stops the other rank once one exits, so it reports 2 for one or both; never a rank's traceback
+    assert "exitcode  : 2" in outcome.err and "dlsr_core/" not in outcome.err
 
 
 # --- faults on one rank -------------------------------------------------------------------------------------------
