@@ -27,6 +27,7 @@ PAGES = [
 ]
 page = st.navigation(PAGES)
 
+detector = None
 with st.sidebar:
     run_dir = shared.current_run_dir()
     try:
@@ -46,4 +47,10 @@ with st.sidebar:
         "(NeurIPS 2024). All scores: higher = more OOD."
     )
 
-page.run()
+shared.page_started()
+try:
+    page.run()
+finally:  # also after st.stop(): once the first page is up, load what the next ones need (see shared.warm_up)
+    shared.page_finished()
+    if detector is not None:
+        shared.warm_up(detector, run_dir)

@@ -34,12 +34,13 @@ import torch
 
 from dlsr_core.atomic import atomic_write_bytes, remove_stale_partials, sha256_hex
 from dlsr_core.features import FeatureSet, ProgressCallback, extract_features, stage_dims_problem
+from dlsr_core.fixed_batches import EXTRACTION_VERSION
 from dlsr_core.mapped import map_tensor, read_safetensors_header, stream_sha256, tensor_byte_range
 from dlsr_core.presets import DEFAULT_FEATURES, FeatureOptions, feature_options_tag
 from dlsr_core.ranks import all_ranks, check_same, gather, one_line, raise_together, rank_and_size, smallest
 
-# Bump when preprocessing or pooling changes, so old cache files stop matching.
-PREPROCESSING_VERSION = "resize-square-v1+gap-std-v1"
+# Bump when preprocessing, pooling or the backbone's batching changes, so old cache files stop matching.
+PREPROCESSING_VERSION = f"resize-square-v1+gap-std-v1+{EXTRACTION_VERSION}"
 CACHE_FORMAT = "dlsr-features-v1"
 # Digest of the metadata and tensor dtypes/shapes (the "checksum" field covers the tensor bytes). Entries written before
 # it existed have none and are trusted only through the field checks.

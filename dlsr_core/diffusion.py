@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 
@@ -163,6 +164,16 @@ def _denoise(denoiser: nn.Module, z: Tensor, timestep: int, batch_size: int) -> 
     return torch.cat(outputs)
 
 
+def _first_streams(draw: int | np.ndarray, rows: int) -> np.ndarray:
+    """The first noise stream of each row's draw, (rows,) uint64: draw * 2**20."""
+    draws = np.asarray(draw).reshape(-1)
+    if draws.size not in (1, rows):
+        raise ConfigError(f"need one draw number or one per row ({rows}), got {draws.size}")
+    if (draws < 0).any():
+        raise ConfigError(f"draw must be >= 0, got {int(draws.min())}")
+    return np.broadcast_to(draws.astype(np.uint64) << np.uint64(20), (rows,))
+
+
 @torch.inference_mode()
 def ddim_reconstruct(
     denoiser: nn.Module,
@@ -173,20 +184,20 @@ def ddim_reconstruct(
     eta: float = 1.0,
     seed: int = 0,
     batch_size: int = 4096,
-    draw: int = 0,
+    draw: int | np.ndarray = 0,
 ) -> Tensor:
     """Noise z0 (N, D) to timestep `start` and reconstruct it with DDIM; returns the reconstruction (N, D).
 
     `steps` defaults to `start` (one step per timestep). Each row's noise is a function of the row's values, `seed`
     and `draw` only (see dlsr_core.noise), so a vector gets the same reconstruction whatever else is in the batch,
-    in which position, on which device; `draw` = 0, 1, ... gives independent noise for repeated draws.
+    in which position, on which device; `draw` = 0, 1, ... gives independent noise for repeated draws (one for all
+    rows, or (N,) per row: several draws of a vector then share one pass).
     """
     if not 1 <= start <= schedule.num_timesteps:
         raise ConfigError(f"start timestep must be in 1..{schedule.num_timesteps}, got {start}")
     if not math.isfinite(eta) or eta < 0:
         raise ConfigError(f"eta must be a finite number >= 0, got {eta}")
-    if draw < 0:
-        raise ConfigError(f"draw must be >= 0, got {draw}")
+    first_streams = _first_streams(draw, len(z0))
     device = z0.device
     keys = row_noise_keys(z0, seed)
     noise_calls = 0
@@ -194,7 +205,7 @@ def ddim_reconstruct(
     def fresh_noise() -> Tensor:
         nonlocal noise_calls
         # Streams of one draw are consecutive; 2**20 calls per draw is far above any number of DDIM steps.
-        noise = keyed_standard_normal(keys, draw * (1 << 20) + noise_calls, z0.shape[1])
+        noise = keyed_standard_normal(keys, first_streams + np.uint64(noise_calls), z0.shape[1])
         noise_calls += 1
         return noise.to(device)
 
@@ -224,7 +235,7 @@ def official_reconstruct(
     eta: float = 1.0,
     seed: int = 0,
     batch_size: int = 4096,
-    draw: int = 0,
+    draw: int | np.ndarray = 0,
 ) -> Tensor:
     """The authors' released DDIM variant: noise z0 (N, D) to `start` and return the state it ends in (N, D).
 
@@ -241,14 +252,12 @@ def official_reconstruct(
         raise ConfigError(f"start timestep must be in 1..{schedule.num_timesteps}, got {start}")
     if not math.isfinite(eta) or eta < 0:
         raise ConfigError(f"eta must be a finite number >= 0, got {eta}")
-    if draw < 0:
-        raise ConfigError(f"draw must be >= 0, got {draw}")
+    first_stream = _first_streams(draw, len(z0))
     device = z0.device
     keys = row_noise_keys(z0, seed)
     alpha_bar = schedule.alpha_bar.to(device)
     z0 = z0.float()
     # The same noise streams as ddim_reconstruct: stream 0 starts, stream k + 1 is the k-th step's noise.
-    first_stream = draw * (1 << 20)
     noise = keyed_standard_normal(keys, first_stream, z0.shape[1]).to(device)
     z = alpha_bar[start].sqrt() * z0 + (1.0 - alpha_bar[start]).sqrt() * noise
     for number, level in enumerate(range(start - 1, 1, -1), start=1):
@@ -259,7 +268,7 @@ def official_reconstruct(
         shifted_z0 = (z - (1.0 - a_t).sqrt() * predicted_noise) / a_t.sqrt()
         sigma = eta * ((1.0 - a_s) / (1.0 - a_t) * (1.0 - a_t / a_s)).sqrt()
         direction = (1.0 - a_s - sigma**2).clamp(min=0.0).sqrt() * predicted_noise
-        step_noise = keyed_standard_normal(keys, first_stream + number, z0.shape[1]).to(device)
+        step_noise = keyed_standard_normal(keys, first_stream + np.uint64(number), z0.shape[1]).to(device)
         z = a_s.sqrt() * shifted_z0 + direction + sigma * step_noise
     return z
 
@@ -278,7 +287,7 @@ def reconstruct(
     eta: float = 1.0,
     seed: int = 0,
     batch_size: int = 4096,
-    draw: int = 0,
+    draw: int | np.ndarray = 0,
     sampler: str = "ddim",
 ) -> Tensor:
     """Reconstruction of z0 (N, D) from timestep `start` with `sampler`: "ddim" (ddim_reconstruct, the paper's

@@ -10,11 +10,14 @@ from __future__ import annotations
 
 import multiprocessing
 import os
+import sys
 import threading
 import time
+import types
 from collections import OrderedDict
-from collections.abc import Callable, Hashable
+from collections.abc import Callable, Hashable, Iterator
 from concurrent.futures import Executor, Future, ProcessPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import numpy as np
@@ -133,6 +136,25 @@ def _worker_setup(parent: int) -> None:
     threading.Thread(target=watch, name="dlsr-parent-watch", daemon=True).start()
 
 
+@contextmanager
+def hidden_script_main() -> Iterator[None]:
+    """Start worker processes inside this block: they will not re-run the caller's __main__.
+
+    Streamlit runs each page as the `__main__` module; a spawned worker imports its parent's `__main__` from its
+    file first, so the UMAP worker re-ran the page (in bare mode, flooding the server log with "missing
+    ScriptRunContext" warnings, and loading the model for nothing). A ProcessPoolExecutor starts its worker inside
+    `submit`, so the page's module is swapped for an empty one just for that call.
+    """
+    shown = sys.modules.get("__main__")
+    placeholder = types.ModuleType("__main__")
+    sys.modules["__main__"] = placeholder
+    try:
+        yield
+    finally:
+        if sys.modules.get("__main__") is placeholder and shown is not None:  # unless a page run replaced it since
+            sys.modules["__main__"] = shown
+
+
 def worker_process_executor() -> Executor:
     """One spawned worker process at lower priority (spawn: no forked torch/Streamlit state, no GIL shared)."""
     return ProcessPoolExecutor(
@@ -178,7 +200,8 @@ class BackgroundProjector:
         """Start compiling UMAP in the worker now, so that a later fit answers in about a second."""
         with self._lock:
             if self._warm is None:
-                self._warm = self._pool().submit(_warm_up)
+                with hidden_script_main():
+                    self._warm = self._pool().submit(_warm_up)
 
     def submit(self, key: Hashable, features: ArrayLike) -> None:
         """Queue a UMAP of features (N, D) under `key` unless it is already running or done."""
@@ -188,7 +211,8 @@ class BackgroundProjector:
                 self._jobs.move_to_end(key)
                 return
             try:
-                future = self._pool().submit(umap_2d, np.asarray(features, dtype=np.float32))
+                with hidden_script_main():
+                    future = self._pool().submit(umap_2d, np.asarray(features, dtype=np.float32))
             except Exception as error:  # a broken worker pool: start a fresh one next time
                 self._executor = None
                 future = Future()

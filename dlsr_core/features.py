@@ -75,9 +75,9 @@ def extract_features(
     """Run every readable image of `dataset` through `extractor` (a backbones.FeatureExtractor).
 
     `progress(done, total)` is called after each batch. Items that are None (unreadable files) are skipped.
-    Batches are fixed blocks of dataset positions ([0, B), [B, 2B), ...; a block's unreadable items are left out), so a
-    row's features never depend on where the run started: extracting `positions` = a range of whole blocks gives
-    exactly the rows a full run gives for them (how torchrun ranks split an extraction, see cache.py).
+    A row's features never depend on its batch (backbones.FeatureExtractor.forward), so extracting `positions` (a range
+    of whole blocks [0, B), [B, 2B), ... of dataset positions) gives exactly the rows a full run gives for them (how
+    torchrun ranks split an extraction, see cache.py).
     """
     batch_size = batch_size or extractor.batch_size_for(input_size)
     positions = range(len(dataset)) if positions is None else positions
@@ -87,13 +87,17 @@ def extract_features(
     if positions.step != 1 or not (on_boundary or len(positions) == 0):
         raise ValueError(f"positions must be a range of whole batches of {batch_size}, got {positions}")
     total = len(positions)
+    # A CPU backbone runs its fixed-size passes side by side, one per allowed thread (dlsr_core.fixed_batches), so
+    # it is handed that many blocks at once; the rows do not depend on how many.
+    on_cpu = getattr(getattr(extractor, "device", None), "type", "cpu") == "cpu"
+    step = batch_size * (max(1, torch.get_num_threads()) if on_cpu else 1)
     rows: list[Tensor] = []
     kept: list[int] = []
     skipped = 0
     started = time.perf_counter()
-    for block_start in range(positions.start, positions.stop, batch_size):
+    for block_start in range(positions.start, positions.stop, step):
         batch_images: list[Image.Image] = []
-        for position in range(block_start, min(block_start + batch_size, positions.stop)):
+        for position in range(block_start, min(block_start + step, positions.stop)):
             image = dataset[position]
             if image is None:
                 skipped += 1
@@ -103,7 +107,7 @@ def extract_features(
         if batch_images:
             rows.append(extractor(extractor.preprocess(batch_images, input_size)).float().cpu())
         if progress is not None:
-            progress(min(block_start + batch_size, positions.stop) - positions.start, total)
+            progress(min(block_start + step, positions.stop) - positions.start, total)
     features = torch.cat(rows) if rows else torch.empty(0, extractor.feature_dim)
     return FeatureSet(
         features=features,

@@ -1,4 +1,8 @@
-"""OOD detection metrics for scores oriented "higher = more OOD", with in-distribution as the positive class."""
+"""OOD detection metrics for scores oriented "higher = more OOD", with in-distribution as the positive class.
+
+Computed in NumPy with scikit-learn's definitions (roc_curve, trapezoidal AUROC, step-wise average precision; tested
+against scikit-learn): importing scikit-learn took a second on every start of the app.
+"""
 
 from __future__ import annotations
 
@@ -6,7 +10,6 @@ from dataclasses import dataclass
 
 import numpy as np
 from numpy.typing import ArrayLike
-from sklearn.metrics import average_precision_score, roc_auc_score, roc_curve
 
 
 class MetricInputError(ValueError):
@@ -33,6 +36,24 @@ def _as_scores(values: ArrayLike, name: str) -> np.ndarray:
     return array
 
 
+def _ranking_curve(positive: np.ndarray, ranking: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(true positives, false positives, thresholds) at each distinct value of `ranking`, highest first: a sample
+    is called positive when its ranking is at or above the threshold (scikit-learn's _binary_clf_curve)."""
+    order = np.argsort(ranking, kind="mergesort")[::-1]
+    ranking, positive = ranking[order], positive[order]
+    last_of_value = np.r_[np.flatnonzero(np.diff(ranking)), ranking.size - 1]
+    true_positives = np.cumsum(positive)[last_of_value]
+    return true_positives, 1 + last_of_value - true_positives, ranking[last_of_value]
+
+
+def _average_precision(positive: np.ndarray, ranking: np.ndarray) -> float:
+    """Sum over thresholds of (recall step) x precision, as scikit-learn's average_precision_score."""
+    true_positives, false_positives, _ = _ranking_curve(positive, ranking)
+    recall = true_positives / true_positives[-1]
+    precision = true_positives / (true_positives + false_positives)
+    return float(np.sum(np.diff(np.r_[0.0, recall]) * precision))
+
+
 def ood_metrics(id_scores: ArrayLike, ood_scores: ArrayLike) -> OODMetrics:
     """AUROC, FPR at 95% TPR, AUPR-In, AUPR-Out and the 95%-TPR threshold.
 
@@ -44,12 +65,14 @@ def ood_metrics(id_scores: ArrayLike, ood_scores: ArrayLike) -> OODMetrics:
     scores = np.concatenate([id_array, ood_array])
     is_id = np.concatenate([np.ones_like(id_array), np.zeros_like(ood_array)])
     # The classifiers rank "ID-ness", which is the negated OOD score.
-    false_positive_rate, true_positive_rate, thresholds = roc_curve(is_id, -scores, drop_intermediate=False)
+    true_positives, false_positives, thresholds = _ranking_curve(is_id, -scores)
+    true_positive_rate = np.r_[0.0, true_positives / id_array.size]
+    false_positive_rate = np.r_[0.0, false_positives / ood_array.size]
     first_at_95 = int(np.searchsorted(true_positive_rate, 0.95, side="left"))
     return OODMetrics(
-        auroc=float(roc_auc_score(is_id, -scores)),
+        auroc=float(np.trapezoid(true_positive_rate, false_positive_rate)),
         fpr95=float(false_positive_rate[first_at_95]),
-        aupr_in=float(average_precision_score(is_id, -scores)),
-        aupr_out=float(average_precision_score(1 - is_id, scores)),
-        threshold95=float(-thresholds[first_at_95]),
+        aupr_in=_average_precision(is_id, -scores),
+        aupr_out=_average_precision(1 - is_id, scores),
+        threshold95=float(-np.r_[np.inf, thresholds][first_at_95]),
     )

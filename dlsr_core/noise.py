@@ -44,14 +44,16 @@ def row_noise_keys(z0: Tensor, seed: int) -> np.ndarray:
     return np.asarray(keys, dtype=np.uint64).reshape(len(rows))
 
 
-def keyed_standard_normal(keys: np.ndarray, stream: int, dim: int) -> Tensor:
-    """Standard normal noise (N, dim) float32 where row i depends only on (keys[i], stream).
+def keyed_standard_normal(keys: np.ndarray, stream: int | np.ndarray, dim: int) -> Tensor:
+    """Standard normal noise (N, dim) float32 where row i depends only on (keys[i], stream or stream[i]).
 
-    `stream` separates independent draws for the same rows (the start noise, each DDIM step, each repeated draw).
+    `stream` (one for all rows, or (N,) per row) separates independent draws for the same rows (the start noise, each
+    DDIM step, each repeated draw); per-row streams let several draws of a vector go through the model in one batch.
     """
     keys = np.asarray(keys, dtype=np.uint64).reshape(-1)
+    streams = np.broadcast_to(np.asarray(stream, dtype=np.uint64).reshape(-1), keys.shape)
     with np.errstate(over="ignore"):
-        row_state = _splitmix64(keys ^ _splitmix64(np.asarray([stream], dtype=np.uint64)))
+        row_state = _splitmix64(keys ^ _splitmix64(streams))
         pairs = (dim + 1) // 2
         counters = np.arange(2 * pairs, dtype=np.uint64)[None, :] * _GOLDEN
         bits = _splitmix64(row_state[:, None] + counters)

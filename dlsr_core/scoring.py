@@ -107,6 +107,17 @@ class ScoreResult:
         return values
 
 
+# Rows (vectors x draws) that one pass of batched draws may hold: small sets (an upload, a traced image) draw all
+# their noise in one pass; the 2,000 ID reference images, one draw per pass.
+DRAW_BATCH_ROWS = 4096
+
+
+def draw_groups(draws: int, rows: int, budget: int = DRAW_BATCH_ROWS) -> list[list[int]]:
+    """The draws 0 .. draws - 1 in consecutive groups of at most max(1, budget // rows) each."""
+    size = max(1, budget // max(rows, 1))
+    return [list(range(start, min(start + size, draws))) for start in range(0, draws, size)]
+
+
 class Detector:
     """A trained DLSR detector: final (and, for LR, early) LFDN checkpoints plus how their features were made.
 
@@ -206,7 +217,7 @@ class Detector:
         steps: int | None = DEFAULT_STEPS,
         eta: float = 1.0,
         seed: int = 0,
-        draw: int = 0,
+        draw: int | np.ndarray = 0,
         early: bool = False,
     ) -> Tensor:
         """Reconstruction of z0 (N, D) from timestep t (None: the scoring default) with the scoring sampler -> (N, D).
@@ -242,20 +253,26 @@ class Detector:
         with_lr = with_lr and self.early is not None
         sums: dict[str, Tensor] = {}
         first_reconstruction = None
-        for draw in range(draws):
-            reconstruction = self.reconstruct(z0, t, steps, eta, seed, draw)
-            parts = {
-                "stage_sq_error": stage_squared_error(z0, reconstruction, self.stage_dims),
-                "stage_cos": stage_cosine_similarity(z0, reconstruction, self.stage_dims),
-            }
-            if with_lr:
-                early = self.reconstruct(z0, t, steps, eta, seed, draw, early=True)
-                parts["lr"] = mse_score(z0, early) - parts["stage_sq_error"].sum(dim=1)
-                parts["stage_lr"] = stage_squared_error(z0, early, self.stage_dims) - parts["stage_sq_error"]
-            for name, value in parts.items():
-                sums[name] = sums[name] + value if name in sums else value
-            if first_reconstruction is None:
-                first_reconstruction = reconstruction
+        for group in draw_groups(draws, len(z0)):
+            # The draws of a group share one pass (a few vectors drawn 32 times cost one batch, not 32); a row's
+            # reconstruction does not depend on its batch, so the result is the same as drawing one at a time.
+            repeated = z0 if len(group) == 1 else z0.repeat(len(group), 1)
+            ids = group[0] if len(group) == 1 else np.repeat(np.asarray(group), len(z0))
+            finals = self.reconstruct(repeated, t, steps, eta, seed, ids).split(len(z0))
+            earlies = self.reconstruct(repeated, t, steps, eta, seed, ids, early=True).split(len(z0)) if with_lr else ()
+            for position, reconstruction in enumerate(finals):
+                parts = {
+                    "stage_sq_error": stage_squared_error(z0, reconstruction, self.stage_dims),
+                    "stage_cos": stage_cosine_similarity(z0, reconstruction, self.stage_dims),
+                }
+                if with_lr:
+                    early = earlies[position]
+                    parts["lr"] = mse_score(z0, early) - parts["stage_sq_error"].sum(dim=1)
+                    parts["stage_lr"] = stage_squared_error(z0, early, self.stage_dims) - parts["stage_sq_error"]
+                for name, value in parts.items():  # summed in draw order, as one draw at a time would
+                    sums[name] = sums[name] + value if name in sums else value
+                if first_reconstruction is None:
+                    first_reconstruction = reconstruction
         means = {name: (value / draws).cpu() for name, value in sums.items()}
         return ScoreResult(
             mse=means["stage_sq_error"].sum(dim=1).numpy(),

@@ -8,15 +8,12 @@ user asks for all images, so that a widget change answers within a few seconds o
 
 import numpy as np
 import pandas as pd
-import plotly.graph_objects as go
 import streamlit as st
 
 from dlsr_core import explorer
-from dlsr_core.backbones import WeightsUnavailableError
 from dlsr_core.metrics import ood_metrics
-from pages import shared, widgets
+from pages import distribution_figures, shared, widgets
 
-ID_COLOUR, OOD_COLOUR = "#3b6fb6", "#b83b3b"
 BASELINES = ["knn", "mahalanobis"]
 
 st.title("Score distributions")
@@ -35,30 +32,37 @@ chosen = st.multiselect(
     format_func=lambda name: explorer.SCORE_LABELS.get(name, name),
     help="LR runs a second model (the first-epoch checkpoint), so it doubles the scoring time.",
 )
-comparison_baselines = shared.comparison_baselines()
-# Offered only where trained on inputs made like this model's (backbone, features) and on its training set.
-addable, other_data = explorer.baselines_for_experiment(
-    explorer.addable_methods(detector, comparison_baselines), comparison_baselines, training_set
-)
-added = st.multiselect(
-    "Add methods from the paper's comparison",
-    addable,
-    default=[],
-    format_func=lambda name: explorer.METHOD_LABELS.get(name, name),
-    help="Pixel-level diffusion, a feature autoencoder and classifier-based detectors (pytorch-ood), as in "
-    "`python -m benchmarks.compare`. Each is computed once per model when first added; they do not depend on t, "
-    "steps or draws. Classifier-based methods need the ID class labels; DLSR does not.",
-)
-if comparison_baselines.problems:
-    st.caption(
-        "Not offered (their files could not be loaded): "
-        + "; ".join(f"{kind}: {reason}" for kind, reason in comparison_baselines.problems.items())
+# The comparison's models (the pixel DDPM needs diffusers: about 2 s to import) are loaded only when asked for.
+added, comparison_baselines = [], None
+if st.toggle(
+    "Compare with the paper's other methods",
+    key="distributions_compare",
+    help="Pixel DDPM, feature autoencoder, MSP, energy, DICE, ASH-S, ReAct, ViM. Their models load once per app.",
+):
+    comparison_baselines = shared.comparison_baselines()
+    # Offered only where trained on inputs made like this model's (backbone, features) and on its training set.
+    addable, other_data = explorer.baselines_for_experiment(
+        explorer.addable_methods(detector, comparison_baselines), comparison_baselines, training_set
     )
-if other_data:
-    st.caption(
-        "Not offered (trained on other data than this model): "
-        + "; ".join(f"{explorer.METHOD_LABELS.get(name, name)}: {why}" for name, why in other_data.items())
+    added = st.multiselect(
+        "Add methods from the paper's comparison",
+        addable,
+        default=[],
+        format_func=lambda name: explorer.METHOD_LABELS.get(name, name),
+        help="Pixel-level diffusion, a feature autoencoder and classifier-based detectors (pytorch-ood), as in "
+        "`python -m benchmarks.compare`. Each is computed once per model when first added; they do not depend on "
+        "t, steps or draws. Classifier-based methods need the ID class labels; DLSR does not.",
     )
+    if comparison_baselines.problems:
+        st.caption(
+            "Not offered (their files could not be loaded): "
+            + "; ".join(f"{kind}: {reason}" for kind, reason in comparison_baselines.problems.items())
+        )
+    if other_data:
+        st.caption(
+            "Not offered (trained on other data than this model): "
+            + "; ".join(f"{explorer.METHOD_LABELS.get(name, name)}: {why}" for name, why in other_data.items())
+        )
 if not chosen and not added:
     st.info("Choose at least one method.")
     st.stop()
@@ -108,35 +112,52 @@ passes = steps * draws * (2 if with_lr and detector.has_early else 1)
 setting = (fingerprint, sets_key, timestep, steps, draws)
 score_all = st.session_state.get("distributions_all_rows") == setting
 rows = None if score_all else explorer.budget_rows(sizes, passes)
-dlsr = _memoised(
-    ("dlsr", *setting, with_lr, rows is None),
-    "Scoring the experiment's sets:",
-    lambda progress: explorer.dlsr_methods(
-        detector,
-        all_features,
-        timestep,
-        steps,
-        draws,
-        with_lr=with_lr,
-        rows=rows,
-        progress=progress,
-        names=experiment.names,
-    ),
-)
+if rows is None:  # every image: the scores every page shares (shared.set_scores; warm_up has the default's)
+    with_lr = with_lr and detector.has_early
+    feature_sets = {id_spec: id_features, **ood_features}
+    all_ready = all(shared.set_scores_ready(fingerprint, s, timestep, steps, with_lr, draws) for s in feature_sets)
+    bar = None if all_ready else st.progress(0.0, text="Scoring the experiment's sets:")
+    per_set = {}
+    for position, (spec, features) in enumerate(feature_sets.items()):
+        if bar is not None:
+            text = f"Scoring the experiment's sets: {experiment.name_of(spec)}"
+            bar.progress(position / len(feature_sets), text=text)
+        per_set[spec] = shared.set_scores(detector, fingerprint, spec, features, timestep, steps, with_lr, draws)
+    if bar is not None:
+        bar.empty()
+    dlsr = explorer.dlsr_method_scores(per_set, with_lr)
+else:
+    dlsr = _memoised(
+        ("dlsr", *setting, with_lr),
+        "Scoring the experiment's sets:",
+        lambda progress: explorer.dlsr_methods(
+            detector,
+            all_features,
+            timestep,
+            steps,
+            draws,
+            with_lr=with_lr,
+            rows=rows,
+            progress=progress,
+            names=experiment.names,
+        ),
+    )
 
 # --- Baselines: fitted once per model (they do not depend on t, steps or draws) ---
-baselines = []
+# Stored once per model and data (explorer.stored_scores): the training features are read only to fit them.
+baselines, fitted_on_train = [], True
 if any(name in chosen for name in BASELINES):
-    train = shared.ready_features(detector, training_set)  # the model's training set, when its features are ready
-    baselines = _memoised(
-        ("baselines", fingerprint, sets_key, train is not None),
+    in_memory = shared.features_in_memory(detector, training_set)  # refit once the button's extraction is done
+    baselines, fitted_on_train = _memoised(
+        ("baselines", fingerprint, sets_key, in_memory),
         "Fitting k-NN and Mahalanobis:",
-        lambda progress: explorer.baseline_methods(
-            id_spec,
+        lambda progress: explorer.distance_scores(
+            shared.model_id(detector, run_dir),
             all_features,
+            id_spec,
             tuple(detector.stage_dims),
-            train.features if train is not None else None,
-            train_name=training_set,
+            training_set,
+            lambda: None if (train := shared.ready_features(detector, training_set)) is None else train.features,
             progress=progress,
         ),
     )
@@ -157,7 +178,9 @@ for name in added:
                 progress=lambda what: progress(0, 1, what),
             ),
         )
-    except (ValueError, OSError, WeightsUnavailableError) as error:  # MissingInputError is a ValueError
+    except (ValueError, OSError, RuntimeError) as error:  # MissingInputError is a ValueError
+        if isinstance(error, RuntimeError) and not shared.weights_unavailable(error):
+            raise
         st.error(f"{explorer.METHOD_LABELS.get(name, name)} could not be scored: {error}")
         continue
     compared += comparison.method_scores()
@@ -197,29 +220,6 @@ view = st.radio(
 )
 
 
-def _histogram(id_scores, ood_scores, title: str, x_title: str, threshold: float | None, height: int = 300):
-    figure = go.Figure()
-    for values, name, colour in ((id_scores, "ID", ID_COLOUR), (ood_scores, "OOD", OOD_COLOUR)):
-        figure.add_trace(
-            go.Histogram(
-                x=values, name=name, opacity=0.6, marker_color=colour, nbinsx=50, histnorm="probability density"
-            )
-        )
-    if threshold is not None:
-        figure.add_vline(x=threshold, line_dash="dash", line_color="#444", line_width=1)
-    figure.update_layout(
-        barmode="overlay",
-        height=height,
-        margin=dict(l=5, r=5, t=55, b=5),
-        # Under the axis title: at the top it ran into the title, inside the plot it would hide bars.
-        legend=dict(orientation="h", y=-0.32, x=0.5, xanchor="center", yanchor="top", font_size=11),
-        title=dict(text=title, font_size=13),
-        xaxis_title=dict(text=x_title, font_size=11),
-        yaxis_title=dict(text="density", font_size=11),
-    )
-    return figure
-
-
 if view == "ID vs each OOD set":
     histogram_method = st.selectbox(
         "Histogram method",
@@ -233,7 +233,7 @@ if view == "ID vs each OOD set":
     columns = st.columns(3)
     for position, spec in enumerate(groups):
         metric = evaluation.metric(histogram_method, spec)
-        figure = _histogram(
+        figure = distribution_figures.histogram(
             id_scores,
             evaluation.scores(histogram_method, spec),
             f"{experiment.name_of(spec)} ({groups[spec]})<br>AUROC {100 * metric.auroc:.1f}% · "
@@ -251,9 +251,10 @@ if view == "ID vs each OOD set":
 
 elif view == "First vs last epoch (paper Fig. 3)":
     st.markdown(
-        "The paper's Figure 3: the same images scored by the model after its **first** training epoch and after its "
-        "**last**. Training on ID features teaches the model to rebuild them, so ID scores gather at the low end; "
-        "OOD features were never seen, so their scores stay high — the gap between the two is what detects OOD."
+        "The paper's Figure 3: the same images scored by the model after an **earlier** training epoch and after its "
+        "**last**. Training on ID features teaches the model to rebuild them, so ID scores fall. OOD features were "
+        "never trained on: what detects them is whether their scores fall *less* — the sentence under the two "
+        "panels reads what this model did. Both panels share their axes and their bins."
     )
     checkpoints = explorer.epoch_checkpoints(detector)
     if len(checkpoints) < 2:
@@ -290,34 +291,41 @@ elif view == "First vs last epoch (paper Fig. 3)":
             ),
         )
         ood_sets = list(groups) if fig3_set == "all OOD sets" else [fig3_set]
-        columns = st.columns(2)
+        panels = [
+            (checkpoint, scores[id_spec], np.concatenate([scores[name] for name in ood_sets]))
+            for checkpoint, scores in ((before, early_scores), (checkpoints[-1], final_scores))
+        ]
+        every = np.concatenate([np.concatenate([id_scores, ood_scores]) for _, id_scores, ood_scores in panels])
+        shared_range = (float(every.min()), float(every.max()) or 1.0)
+        edges = np.linspace(*shared_range, 51)
+        tallest = max(
+            float(np.histogram(values, bins=edges, density=True)[0].max())
+            for _, id_scores, ood_scores in panels
+            for values in (id_scores, ood_scores)
+        )
         summary = []
-        for column, checkpoint, scores in (
-            (columns[0], before, early_scores),
-            (columns[1], checkpoints[-1], final_scores),
-        ):
-            id_scores = scores[id_spec]
-            ood_scores = np.concatenate([scores[name] for name in ood_sets])
+        for column, (checkpoint, id_scores, ood_scores) in zip(st.columns(2), panels, strict=True):
             auroc = ood_metrics(id_scores, ood_scores).auroc
-            summary.append((checkpoint.epoch, auroc, np.median(id_scores), np.median(ood_scores)))
+            summary.append(explorer.EpochSummary(checkpoint.epoch, np.median(id_scores), np.median(ood_scores), auroc))
             column.plotly_chart(
-                _histogram(
+                distribution_figures.histogram(
                     id_scores,
                     ood_scores,
                     f"after epoch {checkpoint.epoch} · AUROC {100 * auroc:.1f}%",
                     f"{explorer.SCORE_LABELS[fig3_score]} score (higher = more OOD)",
                     explorer.id_threshold95(id_scores),
                     height=340,
+                    x_range=shared_range,
+                    y_max=tallest,
                 ),
                 width="stretch",
                 key=f"fig3-{checkpoint.epoch}",
                 config={"displayModeBar": False},
             )
-        (epoch_a, auroc_a, id_a, ood_a), (epoch_b, auroc_b, id_b, ood_b) = summary
+        st.markdown(explorer.training_effect(explorer.SCORE_LABELS[fig3_score], *summary))
         st.caption(
-            f"Medians — after epoch {epoch_a}: ID {id_a:.4g}, OOD {ood_a:.4g}; after epoch {epoch_b}: ID {id_b:.4g}, "
-            f"OOD {ood_b:.4g}. AUROC {100 * auroc_a:.1f}% → {100 * auroc_b:.1f}%. Same t, steps, draws and images in "
-            "both panels; dashed lines: each model's own 95%-TPR threshold."
+            "Same t, steps, draws and images in both panels; medians over the images shown; dashed lines: each "
+            "model's own 95%-TPR threshold."
         )
 
 else:
@@ -355,20 +363,12 @@ else:
     shown = st.session_state.get("sweep_key")
     if shown == sweep_key and ("sweep", *shown) in _memo():  # never a sweep of another model, steps or draws
         curves = _memo()[("sweep", *shown)]
-        figure = go.Figure()
-        for name, values in curves.items():
-            figure.add_trace(
-                go.Scatter(
-                    x=list(shown[1]), y=[100 * v for v in values], mode="lines+markers", name=experiment.name_of(name)
-                )
-            )
-        figure.update_layout(
-            height=340,
-            xaxis_title="start timestep t",
-            margin=dict(l=5, r=5, t=20, b=5),
-            yaxis_title=f"AUROC % ({explorer.SCORE_LABELS[shown[2]]})",
+        st.plotly_chart(
+            distribution_figures.sweep_figure(list(shown[1]), curves, shown[2], experiment.names),
+            width="stretch",
+            key="sweep-plot",
+            config={"displayModeBar": False},  # the toolbar covered the panel titles
         )
-        st.plotly_chart(figure, width="stretch", key="sweep-plot")
         st.markdown(explorer.sweep_summary(list(shown[1]), curves, explorer.SCORE_LABELS[shown[2]], experiment.names))
         st.caption(
             f"{shown[3]} images per set, {explorer.SCORE_LABELS[shown[2]]} score, {shown[4]} DDIM step(s) (at most t) "
@@ -390,11 +390,24 @@ if metric_keys:
     labels, columns, values = explorer.wide_table(evaluation, methods, metric_keys)
     table = pd.DataFrame(values, index=labels, columns=pd.MultiIndex.from_tuples(columns)).round(2)
     st.dataframe(table, width="stretch")
+speeds = explorer.measured_speeds(methods)
+if speeds is not None and speeds.rows:
+    st.markdown("**Speed**, fastest first: images per second from a decoded image to its score, backbone included.")
+    st.dataframe(
+        pd.DataFrame([{"method": label, "images/s end to end": round(rate)} for _, label, rate in speeds.rows]),
+        hide_index=True,
+    )
+    shipped = run_dir.resolve() == explorer.default_run_dir().resolve()
+    st.caption(
+        f"Measured by `python -m benchmarks.compare` on the {'' if shipped else 'shipped model (not this one), '}"
+        f"every method on the same decoded images, one after another ({speeds.machine}). Rates from each method's "
+        "cached input (a feature vector, pre-logits or pixels) measure different work, so they are not shown."
+    )
 notes = {entry.note for entry in (evaluation.methods[m] for m in methods) if entry.note}
 for note in sorted(notes):
     owners = ", ".join(evaluation.methods[m].label for m in methods if evaluation.methods[m].note == note)
     st.caption(f"**{owners}:** {note}.")
-if any(name in methods for name in BASELINES) and shared.ready_features(detector, training_set) is None:
+if any(name in methods for name in BASELINES) and not fitted_on_train:
     info = _describe(training_set)
     where = f"the model's training set ({training_set})"
     if info.problem is None:

@@ -26,24 +26,18 @@ ready = shared.experiment_features(detector, experiment)
 fingerprint = shared.fingerprint(run_dir)
 
 
-@st.cache_resource
-def _statistics_memo() -> dict:
-    """Image statistics per (set, images): filled outside st.cache_* so that the progress bar is live."""
-    return {}
-
-
 def _statistics(spec: str, indices: tuple[int, ...]) -> dict:
-    memo = _statistics_memo()
-    if (spec, indices) not in memo:
-        text = f"Measuring the image statistics of {experiment.name_of(spec)} (once)…"
-        bar = st.progress(0.0, text=text)
-        memo[(spec, indices)] = explorer.image_statistics_of(
+    """The images' statistics, measured once per process (shared.image_statistics; warm_up may have them)."""
+    if shared.image_statistics_ready(spec, indices):
+        return shared.image_statistics(spec, indices)
+    text = f"Measuring the image statistics of {experiment.name_of(spec)} (once)…"
+    bar = st.progress(0.0, text=text)
+    try:
+        return shared.image_statistics(
             spec, indices, lambda done, total: bar.progress(done / max(total, 1), text=f"{text} {done:,}/{total:,}")
         )
+    finally:
         bar.empty()
-        while len(memo) > 32:
-            memo.pop(next(iter(memo)))
-    return memo[(spec, indices)]
 
 
 @st.cache_data(max_entries=16, show_spinner=False)

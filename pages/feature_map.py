@@ -110,7 +110,11 @@ bar.empty()
 values = points.scores[score]
 id_mask = points.mask(experiment.id_set.spec, "original")
 ranks = explorer.rank_percentiles(values)
-id_percentiles = explorer.reference_percentiles(values, values[id_mask])
+# Placed among all ID reference images, against the threshold every other page uses (not the ID points shown).
+id_reference_features = explorer.reference_subset(feature_sets[experiment.id_set.spec])
+id_reference = shared.reference_scores(detector, run_dir, id_reference_features, timestep, steps, score)
+threshold = explorer.id_threshold95(id_reference)
+id_percentiles = [explorer.percent_text(p) for p in explorer.percent_below(id_reference, values)]
 
 
 def _html(coordinates: np.ndarray, title: str) -> str:
@@ -123,8 +127,8 @@ def _html(coordinates: np.ndarray, title: str) -> str:
         if not mask.any():
             continue
         custom = [
-            [thumb_of[(spec, int(i))], experiment.name_of(spec), kind, int(i), float(v), float(p)]
-            for i, v, p in zip(points.indices[mask], values[mask], id_percentiles[mask], strict=True)
+            [thumb_of[(spec, int(i))], experiment.name_of(spec), kind, int(i), float(v), id_percentiles[row]]
+            for row, i, v in zip(np.flatnonzero(mask), points.indices[mask], values[mask], strict=True)
         ]
         marker = dict(
             size=6 if kind == "original" else 5,
@@ -160,7 +164,7 @@ def _html(coordinates: np.ndarray, title: str) -> str:
                 name=f"{experiment.name_of(spec)} ({'ẑ₀' if kind == 'reconstructed' else 'z₀'})",
                 legendgroup=spec,
                 hovertemplate=f"%{{customdata[1]}} #%{{customdata[3]}} (%{{customdata[2]}})<br>"
-                f"{label} = %{{customdata[4]:.4g}}, above %{{customdata[5]:.0f}} % of the ID points<extra></extra>",
+                f"{label} = %{{customdata[4]:.4g}}, above %{{customdata[5]}} % of ID images<extra></extra>",
             )
         )
     figure.update_layout(
@@ -196,7 +200,7 @@ document.getElementById("map").on("plotly_hover", (event) => {{
   document.getElementById("hover").innerHTML =
     `<img src="${{thumbs[c[0]]}}" width="112" height="112" style="image-rendering:pixelated;border:1px solid #ccc">`
     + `<br><b>${{c[1]}}</b> #${{c[3]}}<br>${{c[2]}}<br>score ${{Number(c[4]).toPrecision(4)}}`
-    + `<br>above ${{Number(c[5]).toFixed(0)}} % of ID`;
+    + `<br>above ${{c[5]}} % of ID`;
 }});
 </script></body></html>"""
 
@@ -248,7 +252,6 @@ st.caption(
     "recolours the same map."
 )
 
-threshold = explorer.id_threshold95(values[id_mask])
 inside = explorer.share_among_id(coordinates, points.sets, points.kinds, experiment.id_set.spec)
 rows = []
 for spec in specs[1:]:
@@ -273,6 +276,6 @@ st.markdown(
 st.dataframe(rows, hide_index=True)
 st.caption(
     "Inside the ID cluster: the point's nearest ID point on this map is no farther than the ID points' own nearest "
-    f"neighbours (95th percentile). Flagged: score above the 95 %-TPR threshold of the {int(id_mask.sum())} ID points "
-    f"shown ({threshold:.4g})."
+    f"neighbours (95th percentile). Flagged: score above the 95 %-TPR threshold of all {len(id_reference):,} ID "
+    f"reference images ({threshold:.4g}, the threshold of every page)."
 )

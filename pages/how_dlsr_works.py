@@ -3,10 +3,10 @@
 import numpy as np
 import plotly.graph_objects as go
 import streamlit as st
-from plotly.subplots import make_subplots
 
 from dlsr_core import explorer
 from pages import figures, shared, widgets
+from pages.walkthrough_figures import comparison_figure, stage_figure, stage_footers
 
 SOURCE_KEY = "walk_source"
 SET_KEY = "walk_set"
@@ -14,6 +14,7 @@ INDEX_KEY = "walk_index"
 SHIFT_KEY = "walk_shift"
 GREY, ORANGE, GREEN = "#8c8c8c", "#e07b39", "#3c8d47"
 STATIC = {"displayModeBar": False}  # Plotly's toolbar covers the small titles; a projected page needs none
+SHIFT_WHOLE_SET = 2000  # ID sets up to this size are shifted whole and cached on disk
 
 
 @st.cache_data(max_entries=64, show_spinner=False)
@@ -22,40 +23,28 @@ def _set_image(spec: str, index: int):
 
 
 def _random_index(size: int) -> None:
-    st.session_state[INDEX_KEY] = int(np.random.default_rng().integers(size))
+    st.session_state[INDEX_KEY] = _KEPT[INDEX_KEY] = int(np.random.default_rng().integers(size))
 
 
-def _stage_figure(
-    names: tuple[explorer.StageName, ...], series: list[tuple[str, np.ndarray, str, str]], height: int = 230
-) -> go.Figure:
-    """One small panel per stage; series: (name, vector (D,), colour, 'lines' | 'markers')."""
-    titles = [f"{n.short.replace(' (', '<br>(')}<br>{n.channels} ch" for n in names]
-    figure = make_subplots(rows=1, cols=len(names), subplot_titles=titles, horizontal_spacing=0.03)
-    cuts = np.cumsum([n.channels for n in names])[:-1]
-    for name, vector, colour, mode in series:
-        for column, block in enumerate(np.split(np.asarray(vector), cuts), 1):
-            figure.add_trace(
-                go.Scatter(
-                    y=block,
-                    mode=mode,
-                    name=name,
-                    legendgroup=name,
-                    showlegend=column == 1,
-                    line=dict(color=colour, width=1.2),
-                    marker=dict(color=colour, size=3),
-                    hovertemplate=f"{name}<br>channel %{{x}}: %{{y:.3f}}<extra></extra>",
-                ),
-                row=1,
-                col=column,
-            )
-    figure.update_annotations(font_size=11)
-    figure.update_xaxes(showticklabels=False)
-    figure.update_layout(
-        height=height,
-        margin=dict(l=10, r=10, t=60, b=10),
-        legend=dict(orientation="h", yanchor="bottom", y=-0.18, x=0),
-    )
-    return figure
+# Streamlit drops a widget's value while the widget is not shown (the demo-set picker while "an upload" is chosen):
+# the choices are kept under plain keys too and given back when the widgets return.
+_KEPT = st.session_state.setdefault("walk_kept", {})
+
+
+def _keep(key: str) -> None:
+    _KEPT[key] = st.session_state[key]
+
+
+def _restore(key: str, default):
+    st.session_state[key] = st.session_state.get(key, _KEPT.get(key, default))
+    return st.session_state[key]
+
+
+def _shift_chosen() -> None:
+    """Clicking the selected pill unselects it; the panel keeps showing that shift, so the pill stays selected."""
+    if st.session_state[SHIFT_KEY] is None:
+        st.session_state[SHIFT_KEY] = _KEPT.get(SHIFT_KEY, "hflip")
+    _keep(SHIFT_KEY)
 
 
 st.title("How DLSR works")
@@ -74,18 +63,23 @@ source = st.radio("Image from", ["a set of the experiment", "an upload"], horizo
 sets = experiment.specs
 if st.session_state.get(SET_KEY) not in sets:  # another model's experiment was loaded since
     st.session_state.pop(SET_KEY, None)
+if _KEPT.get(SET_KEY) not in sets:
+    _KEPT.pop(SET_KEY, None)
 if source == "a set of the experiment":
     columns = st.columns([2, 1, 1])
+    _restore(SET_KEY, sets[0])
     spec = columns[0].selectbox(
         "Set",
         sets,
         key=SET_KEY,
+        on_change=_keep,
+        args=(SET_KEY,),
         format_func=lambda s: f"{experiment.name_of(s)} ({'ID' if s == experiment.id_set.spec else 'OOD'})",
     )
     feature_set = shared.features_or_stop(detector, spec, experiment.name_of(spec))
     size = len(feature_set)
-    st.session_state[INDEX_KEY] = int(min(max(st.session_state.get(INDEX_KEY, 0), 0), size - 1))
-    index = int(columns[1].number_input("Image number", 0, size - 1, key=INDEX_KEY))
+    st.session_state[INDEX_KEY] = int(min(max(_restore(INDEX_KEY, 0), 0), size - 1))
+    index = int(columns[1].number_input("Image number", 0, size - 1, key=INDEX_KEY, on_change=_keep, args=(INDEX_KEY,)))
     columns[2].button("Random image", on_click=_random_index, args=(size,))
     rows = np.flatnonzero(feature_set.indices.numpy() == index)
     if len(rows) == 0:
@@ -131,7 +125,7 @@ columns[2].markdown(
 st.header("2 · Layer-wise features")
 names = explorer.stage_names(detector.backbone, tuple(detector.stage_dims))
 z0 = features.float().numpy()
-features_figure = _stage_figure(names, [("z₀ (features)", z0, GREY, "lines")])
+features_figure = stage_figure(names, [("z₀ (features)", z0, GREY, "lines")])
 st.plotly_chart(features_figure, width="stretch", config=STATIC, key="walk-features")
 st.markdown(
     f"**What:** the network has {len(names)} stages, from fine detail to whole-object meaning. Each stage's "
@@ -151,7 +145,7 @@ trace = explorer.trace_image(detector, features, reference, score, timestep, ste
 st.session_state["walkthrough_trace"] = trace
 st.caption("Move **Sampling timestep t**: the orange points drift away from the grey line as t grows.")
 st.plotly_chart(
-    _stage_figure(
+    stage_figure(
         names,
         [("z₀", trace.features, GREY, "lines"), (f"z_t at t = {timestep}", trace.noised, ORANGE, "markers")],
     ),
@@ -169,80 +163,44 @@ st.markdown(
 
 # 4 · reconstruction -------------------------------------------------------------------------------------------------
 st.header("4 · Reconstruct with the diffusion model")
+profile = trace.profile
 st.plotly_chart(
-    _stage_figure(
+    stage_figure(
         names,
         [
             ("z₀ (original)", trace.features, GREY, "lines"),
             ("ẑ₀ (reconstruction)", trace.reconstruction, GREEN, "lines"),
         ],
+        footers=stage_footers(profile),
     ),
     width="stretch",
     config=STATIC,
     key="walk-reconstruction",
 )
+worse = [name.short for name, status in zip(profile.names, profile.status, strict=True) if status == "worse"]
 st.markdown(
     f"**What:** the LFDN (a small MLP trained only on ID features) denoises z_t back to ẑ₀ in {trace.steps} DDIM "
-    f"step(s). Where green covers grey, the model recognised the features.  \n"
-    "**Why:** the model learned the ID feature distribution and nothing else: it pulls every input towards it."
+    "step(s). Where green covers grey, the model recognised the features. Under each stage's title: how far it "
+    f"came back ({profile.quantity}, averaged over {explorer.profile_draws(draws)} noise draws) beside the range of "
+    "95 % of ID images; red = outside it on the OOD side"
+    + (f" — here {', '.join(worse)}." if worse else ". Here every stage is within it.")
+    + "  \n**Why:** the model learned the ID feature distribution and nothing else: it pulls every input towards "
+    "it. An unfamiliar vector still comes back looking like *some* ID vector — the curves alone can look alike; "
+    "what gives it away is how far each stage had to move, compared with how far ID images move."
 )
 if draws > 1:
-    st.caption(f"The picture shows the first of {draws} noise draws; the numbers below average all {draws}.")
+    st.caption(f"The picture shows the first of {draws} noise draws; the score below averages all {draws}.")
 
 # 5 · per-stage similarity --------------------------------------------------------------------------------------------
 st.header("5 · Compare, stage by stage")
-profile = trace.profile
-labels = [name.label for name in trace.names]
-columns = st.columns(2)
-similarity = go.Figure(
-    go.Bar(
-        x=trace.stage_cos,
-        y=labels,
-        orientation="h",
-        marker_color="#7fa6dc",
-        text=[f"{v:.4f}" for v in trace.stage_cos],
-        customdata=trace.stage_sq_error,
-        hovertemplate="%{y}<br>cosine %{x:.4f}<br>squared error %{customdata:.3f}<extra></extra>",
-    )
-)
-similarity.update_layout(
-    title=dict(text="cosine(z₀, ẑ₀) per stage (1 = perfect)", font_size=12),
-    height=260,
-    margin=dict(l=10, r=10, t=40, b=10),
-    xaxis=dict(range=[min(0.9, float(trace.stage_cos.min()) - 0.01), 1.0], title="cosine similarity"),
-    yaxis=dict(autorange="reversed"),
-)
-columns[0].plotly_chart(similarity, width="stretch", config=STATIC, key="walk-similarity")
-band = go.Figure()
-band.add_shape(
-    type="rect", x0=5, x1=95, y0=-0.5, y1=len(labels) - 0.5, fillcolor="#e6e6e6", line_width=0, layer="below"
-)
-band.add_trace(
-    go.Scatter(
-        x=profile.worse_than,
-        y=labels,
-        mode="markers+text",
-        marker=dict(size=14, color=[explorer.PROFILE_COLOURS[s] for s in profile.status]),
-        text=[f"{explorer.percent_text(p)} %" for p in profile.worse_than],
-        textposition=["middle left" if p > 80 else "middle right" for p in profile.worse_than],
-        customdata=np.stack([profile.values, profile.band_low, profile.band_high, profile.z_scores], axis=1),
-        hovertemplate="%{y}<br>worse than %{x:.1f} % of ID images<br>value %{customdata[0]:.4g} (ID 5–95 %: "
-        "%{customdata[1]:.4g} … %{customdata[2]:.4g})<br>z = %{customdata[3]:+.1f}<extra></extra>",
-    )
-)
-band.update_layout(
-    title=dict(text=f"Layer profile against {profile.reference_size:,} ID images (grey: ID 5–95 %)", font_size=12),
-    height=260,
-    margin=dict(l=10, r=10, t=40, b=10),
-    xaxis=dict(range=[-2, 102], title=f"worse than … % of ID images ({profile.quantity})"),
-    yaxis=dict(autorange="reversed"),
-    showlegend=False,
-)
-columns[1].plotly_chart(band, width="stretch", config=STATIC, key="walk-profile")
+st.plotly_chart(comparison_figure(trace), width="stretch", config=STATIC, key="walk-compare")
 st.markdown(
-    "**What:** left, how close each stage came back (the deep stages of *every* image come back a little less "
-    "exactly). Right, the fair comparison: each stage against the same stage of ID images; red = outside the ID "
-    "range on the OOD side.  \n"
+    "**What:** left, how close each stage came back (dot), beside the range of 95 % of ID images for that stage "
+    "(grey): the deep stages of *every* image come back a little less exactly, so a low cosine alone says little. "
+    f"Right, the fair comparison, the layer profile: each stage against the same stage of "
+    f"{profile.reference_size:,} ID images ({profile.quantity}, grey = ID 5–95 %); red = outside that range on the "
+    f"OOD side. The profile averages {explorer.profile_draws(draws)} noise draws of this image, so it does not move "
+    "with the noise of a single draw.  \n"
     f"**In words:** {profile.sentence}"
 )
 
@@ -277,11 +235,12 @@ st.markdown(
 
 # 7 · verdict ---------------------------------------------------------------------------------------------------------
 st.header("7 · Verdict")
-above = f"above {trace.id_percentile:.1f} % of ID images"
+above = f"above {explorer.percent_text(trace.id_percentile)} % of ID images"
+why = " ".join(filter(None, (profile.sentence, explorer.verdict_note(profile, trace.verdict))))
 if trace.verdict == "OOD":
-    st.error(f"**OOD** — {label} {trace.score:.4g} > threshold {trace.threshold:.4g} ({above}). {profile.sentence}")
+    st.error(f"**OOD** — {label} {trace.score:.4g} > threshold {trace.threshold:.4g} ({above}). {why}")
 else:
-    st.success(f"**ID** — {label} {trace.score:.4g} ≤ threshold {trace.threshold:.4g} ({above}). {profile.sentence}")
+    st.success(f"**ID** — {label} {trace.score:.4g} ≤ threshold {trace.threshold:.4g} ({above}). {why}")
 
 # What counts as OOD? -------------------------------------------------------------------------------------------------
 st.header("What counts as OOD?")
@@ -290,10 +249,10 @@ st.markdown(
     f"{explorer.SHIFT_SAMPLE} ID images are scored before (blue) and after (red) the change. An AUROC near 50 % "
     "means the detector cannot tell them apart (it accepts the change as ID); near 100 % means it flags every one."
 )
+_restore(SHIFT_KEY, "hflip")
 shift = st.pills(
-    "Shift", list(explorer.SHIFT_LABELS), key=SHIFT_KEY, default="hflip", format_func=explorer.SHIFT_LABELS.get
+    "Shift", list(explorer.SHIFT_LABELS), key=SHIFT_KEY, on_change=_shift_chosen, format_func=explorer.SHIFT_LABELS.get
 )
-shift = shift or "hflip"
 
 
 @st.cache_resource
@@ -325,7 +284,14 @@ def _shifted_features(spec: str, positions: tuple[int, ...], shift: str):
 
 rows = explorer.shift_rows(len(id_features))
 positions = tuple(int(p) for p in id_features.indices.numpy()[rows])
-shifted = _shifted_features(experiment.id_set.spec, positions, shift)
+# A small ID set (the demo's 2,000 images) is shifted whole, once, and cached on disk like any set; a large one has
+# only the panel's images shifted, once per process.
+if len(all_id_features) <= SHIFT_WHOLE_SET:
+    shifted_set = shared.features_or_stop(detector, f"{experiment.id_set.spec}+{shift}")
+    row_of = {int(index): row for row, index in enumerate(shifted_set.indices.tolist())}
+    shifted = shifted_set.features[[row_of[position] for position in positions]]
+else:
+    shifted = _shifted_features(experiment.id_set.spec, positions, shift)
 comparison = explorer.compare_shift(detector, id_features.features[rows], shifted, shift, score, timestep, steps, draws)
 st.session_state["walkthrough_shift"] = comparison
 columns = st.columns([1, 3])

@@ -121,8 +121,12 @@ for start in range(0, len(results), per_row):
             st.image(image.resize((96, 96)) if max(image.size) < 96 else image, caption=result.name, width=96)
             badge = {"OOD": ":red-badge[OOD]", "ID": ":green-badge[ID]"}.get(result.verdict, ":gray-badge[no verdict]")
             st.markdown(
-                f"**#{number}** {badge} · {label} = `{result.score:.4g}` · above {result.id_percentile:.1f}% of ID"
+                f"**#{number}** {badge} · {label} = `{result.score:.4g}` · above "
+                f"{explorer.percent_text(result.id_percentile)} % of ID"
             )
             # Plain HTML rows: a dozen Plotly charts would make every timestep change slow to redraw.
             st.html(explorer.profile_html(result.profile))
+            note = explorer.verdict_note(result.profile, result.verdict)
+            if note:
+                st.caption(note)
 st.session_state["score_results"] = results

@@ -5,9 +5,10 @@ error display.
 `experiment_features` / `features_or_stop` give their features — read from the disk cache at once, or extracted in
 the background (explorer.FeatureJobs) while the page shows progress and refreshes itself.
 
-Heavy objects live behind st.cache_resource (model, backbone, feature sets: read-only, never copied) and derived
-arrays behind st.cache_data keyed by the run's fingerprint, dataset, timestep and steps, so a widget change re-runs
-only the cheap diffusion step and a page switch reloads nothing. This is not a page: app.py does not route to it.
+Heavy objects are loaded once per process (model, backbone, feature sets: read-only, never copied), and so are the
+DLSR scores of each set per (model, timestep, steps, draws), shared by every page (ComputedOnce), so a widget change
+re-runs only the cheap diffusion step and a page switch reloads nothing. After the first page, `warm_up` loads in the
+background what the next pages need first. This is not a page: app.py does not route to it.
 The widgets the pages share are in pages/widgets.py, shared figures in pages/figures.py; anything that needs no
 streamlit belongs in dlsr_core.explorer.
 """
@@ -15,6 +16,7 @@ streamlit belongs in dlsr_core.explorer.
 from __future__ import annotations
 
 import threading
+import time
 from pathlib import Path
 
 import numpy as np
@@ -25,7 +27,7 @@ from dlsr_core.checkpoint import CheckpointError
 from dlsr_core.data import RunExperiment
 from dlsr_core.features import FeatureSet
 from dlsr_core.presets import FeatureOptions
-from dlsr_core.scoring import Detector
+from dlsr_core.scoring import DEFAULT_DRAWS, DEFAULT_STEPS, Detector
 from pages.widgets import current_draws
 
 RUN_KEY = "run_dir"
@@ -49,10 +51,20 @@ def load_detector(run_dir: Path) -> Detector:
     return _load_detector(str(run_dir), explorer.run_fingerprint(run_dir))
 
 
-@st.cache_resource(show_spinner="Loading the comparison baselines…")
+@st.cache_resource
+def _once() -> explorer.ComputedOnce:
+    """Process-wide: what warm_up loads in the background and the pages would otherwise load themselves."""
+    return explorer.ComputedOnce()
+
+
 def comparison_baselines():
-    """The shipped baselines of the paper's comparison (dlsr_core.comparison.Baselines), loaded once per process."""
-    return explorer.load_baselines()
+    """The shipped baselines of the paper's comparison (dlsr_core.comparison.Baselines), loaded once per process
+    (importing the pixel DDPM's diffusers takes about 2 s: warm_up starts it in the background)."""
+    once = _once()
+    if once.ready("baselines"):
+        return once.get("baselines", explorer.load_baselines)
+    with st.spinner("Loading the comparison baselines…"):
+        return once.get("baselines", explorer.load_baselines)
 
 
 @st.cache_resource(max_entries=4)
@@ -81,11 +93,27 @@ def fingerprint(run_dir: Path) -> str:
     return explorer.run_fingerprint(run_dir)
 
 
-@st.cache_resource(show_spinner="Loading the backbone…", max_entries=2)
-def get_extractor(backbone: str, weights: str, options: FeatureOptions):
+def _build_extractor(backbone: str, weights: str, options: FeatureOptions):
     from dlsr_core.backbones import create_feature_extractor
 
     return create_feature_extractor(backbone, weights=weights, options=options)
+
+
+def get_extractor(backbone: str, weights: str, options: FeatureOptions):
+    """The frozen backbone, built once per process (importing timm takes about 2 s: warm_up starts it)."""
+    once, key = _once(), ("extractor", backbone, weights, options)
+    if once.ready(key):
+        return once.get(key, lambda: _build_extractor(backbone, weights, options))
+    with st.spinner("Loading the backbone…"):
+        return once.get(key, lambda: _build_extractor(backbone, weights, options))
+
+
+def weights_unavailable(error: BaseException) -> bool:
+    """Whether `error` is backbones.WeightsUnavailableError, imported only when there is an error to look at:
+    importing the backbones module imports timm (about 2 s)."""
+    from dlsr_core.backbones import WeightsUnavailableError
+
+    return isinstance(error, WeightsUnavailableError)
 
 
 @st.cache_resource(max_entries=8, show_spinner=False)
@@ -285,6 +313,14 @@ def features_or_stop(detector: Detector, spec: str, name: str | None = None) -> 
     raise RuntimeError("unreachable")
 
 
+def set_scores_ready(
+    run_fingerprint: str, spec: str, timestep: int, steps: int | None, with_lr: bool, draws: int
+) -> bool:
+    """Whether set_scores would answer at once (computed before in this process, by any page or warm_up)."""
+    key = ("scores", run_fingerprint, spec, timestep, steps, draws)
+    return _once().ready(key + (True,)) or _once().ready(key + (with_lr,))
+
+
 def set_scores(
     detector: Detector,
     run_fingerprint: str,
@@ -293,26 +329,30 @@ def set_scores(
     timestep: int,
     steps: int | None,
     with_lr: bool = False,
+    draws: int | None = None,
 ) -> dict[str, np.ndarray]:
-    """DLSR scores of a feature set at (timestep, steps) and the sidebar's noise draws; cached per run and spec.
+    """DLSR scores of a feature set at (timestep, steps) and `draws` (default: the sidebar's), computed once per
+    process and shared by every page (explorer.score_matrix arrays; read-only). LR costs a second model pass, so it
+    is computed only when asked for; scores computed with LR serve the pages that do not need it."""
+    draws = current_draws() if draws is None else draws
+    once = _once()
+    with_both = ("scores", run_fingerprint, spec, timestep, steps, draws, True)
+    if not with_lr and once.ready(with_both):
+        return once.get(with_both, dict)
+    return once.get(
+        with_both[:-1] + (with_lr,),
+        lambda: explorer.score_matrix(detector, features.features, timestep, steps, with_lr=with_lr, draws=draws),
+    )
 
-    LR costs a second model pass, so it is computed only when asked for.
-    """
-    return _set_scores(detector, run_fingerprint, spec, features, timestep, steps, with_lr, current_draws())
+
+def image_statistics(spec: str, indices: tuple[int, ...], progress=None) -> dict[str, np.ndarray]:
+    """explorer.image_statistics_of the images at `indices` of `spec`, measured once per process (by the Failure cases
+    page or warm_up); `progress(done, total)` while this call measures them."""
+    return _once().get(("statistics", spec, indices), lambda: explorer.image_statistics_of(spec, indices, progress))
 
 
-@st.cache_data(max_entries=256, show_spinner=False)
-def _set_scores(
-    _detector: Detector,
-    run_fingerprint: str,
-    spec: str,
-    _features: FeatureSet,
-    timestep: int,
-    steps: int | None,
-    with_lr: bool,
-    draws: int,
-) -> dict[str, np.ndarray]:
-    return explorer.score_matrix(_detector, _features.features, timestep, steps, with_lr=with_lr, draws=draws)
+def image_statistics_ready(spec: str, indices: tuple[int, ...]) -> bool:
+    return _once().ready(("statistics", spec, indices))
 
 
 @st.cache_data(max_entries=16, show_spinner="Running the backbone on the uploaded images…")
@@ -343,7 +383,7 @@ def reference_set(
     work = f"t={timestep}, {steps or timestep} DDIM step(s), {draws} noise draw(s)"
     work += ", LR: two models" if score == "lr" else ""
     with st.spinner(f"Scoring all {len(id_features):,} ID reference images at {work} (once per setting)…"):
-        return _set_scores(
+        return set_scores(
             detector, fingerprint(run_dir), id_features.dataset, id_features, timestep, steps, score == "lr", draws
         )
 
@@ -353,3 +393,92 @@ def reference_scores(
 ) -> np.ndarray:
     """Scores (R,) of all ID reference images under `score` (see reference_set)."""
     return reference_set(detector, run_dir, id_features, timestep, steps, score)[score]
+
+
+@st.cache_resource
+def _running_pages() -> list:
+    """[number of page scripts running now, its lock]: the warm-up steps aside while a user waits for a page."""
+    return [0, threading.Lock()]
+
+
+def page_started() -> None:
+    running = _running_pages()
+    with running[1]:
+        running[0] += 1
+
+
+def page_finished() -> None:
+    running = _running_pages()
+    with running[1]:
+        running[0] -= 1
+
+
+def _wait_for_idle_pages(longest: float = 30.0) -> None:
+    """Sleep while a page script runs (at most `longest` seconds): background work would slow it down."""
+    deadline = time.monotonic() + longest
+    while _running_pages()[0] > 0 and time.monotonic() < deadline:
+        time.sleep(0.05)
+
+
+def warm_up(detector: Detector, run_dir: Path) -> None:
+    """Once per process, after the first page has rendered: load in a background thread, one step at a time and only
+    while no page script runs, what the other pages need first — the experiment's features already on disk, the
+    backbone (timm), the sets' scores at the model's own setting and their image statistics, the training set's
+    identity (the stored k-NN and Mahalanobis scores are keyed by it), the comparison baselines (diffusers) — so
+    that their first visit does not wait for it. Nothing is extracted or fitted here, and a failure is left for the
+    page to report."""
+    once = _once()
+    store, lock = _feature_store()
+    experiment = current_experiment(detector, run_dir).experiment  # read here: st.cache_* belongs to the page thread
+    specs = [*experiment.specs, f"{experiment.id_set.spec}+hflip"]  # + How DLSR works' first shift
+    run_fingerprint = fingerprint(run_dir)
+
+    def cached(spec: str) -> None:
+        key = _feature_key(detector, spec)
+        if key not in store:
+            found = explorer.cached_features_only(detector, spec)
+            if found is not None:
+                with lock:
+                    store.setdefault(key, found)
+
+    def default_scores(spec: str) -> None:
+        features = store.get(_feature_key(detector, spec))
+        if features is not None and len(features) <= explorer.REFERENCE_LIMIT:
+            timestep, with_lr = detector.scoring.timestep, detector.has_early
+            set_scores(detector, run_fingerprint, spec, features, timestep, DEFAULT_STEPS, with_lr, DEFAULT_DRAWS)
+
+    def statistics(spec: str) -> None:
+        features = store.get(_feature_key(detector, spec))
+        if features is not None:
+            subset = explorer.reference_subset(features, explorer.ANALYSED_ROWS)
+            image_statistics(spec, tuple(int(i) for i in subset.indices.numpy()))
+
+    def backbone():
+        weights = detector.backbone_weights()
+        key = ("extractor", detector.backbone, weights, detector.feature_options)
+        return once.get(key, lambda: _build_extractor(detector.backbone, weights, detector.feature_options))
+
+    def run() -> None:
+        tasks = [
+            *(lambda spec=spec: cached(spec) for spec in specs),
+            backbone,
+            *(lambda spec=spec: default_scores(spec) for spec in experiment.specs),
+            *(lambda spec=spec: statistics(spec) for spec in experiment.specs),  # what Failure cases measures
+            lambda: explorer.dataset_identity(experiment.training_set),
+            lambda: once.get("baselines", explorer.load_baselines),
+        ]
+        for task in tasks:
+            _wait_for_idle_pages()
+            try:
+                task()
+            except Exception:  # noqa: BLE001 - the page that needs it shows the error
+                continue
+
+    # Not a daemon: the interpreter lets it finish its step (seconds) instead of killing it inside torch at exit.
+    once.get("warm_up", lambda: threading.Thread(target=run, name="dlsr-warm-up", daemon=False).start())
+
+
+def features_in_memory(detector: Detector, spec: str) -> bool:
+    """Whether this process holds `spec`'s features already (loaded by a page or a finished background job)."""
+    status = extraction_status(detector, spec)
+    return _feature_key(detector, spec) in _feature_store()[0] or (status is not None and status.state == "done")

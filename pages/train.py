@@ -33,38 +33,44 @@ def _default_training_set(experiment) -> str | None:
 offered = builtin_sets()
 default_set = _default_training_set(loaded) or offered[0]
 kind = default_set.partition(":")[0]  # the form opens on the loaded model's kind of training data
+# Outside the form, so that choosing a source shows only that source's fields (a form reruns only on submit).
+source = st.radio(
+    "ID dataset",
+    ["Built-in", "torchvision by name", "Image folder"],
+    index={"torchvision": 1, "folder": 2}.get(kind, 0),
+    horizontal=True,
+)
 with st.form("train"):
-    source = st.radio(
-        "ID dataset",
-        ["Built-in", "torchvision by name", "Image folder"],
-        index={"torchvision": 1, "folder": 2}.get(kind, 0),
-        horizontal=True,
-    )
     columns = st.columns(3)
-    builtin = columns[0].selectbox(
-        "Built-in set",
-        offered,
-        index=offered.index(default_set) if default_set in offered else 0,
-        help="The images the new model learns as in-distribution (default: the loaded model's training set, when "
-        "installed). It is evaluated on other images: see **Evaluation sets** below.",
-    )
-    torchvision_name = columns[1].text_input(
-        "torchvision dataset",
-        default_set.partition(":")[2] if kind == "torchvision" else "CIFAR10:train",
-        help="Class[:split]; files must already be on disk unless downloading",
-    )
-    download = columns[1].checkbox("Allow download (needs network)")
-    folder = columns[2].text_input(
-        "Image folder path",
-        default_set.partition(":")[2] if kind == "folder" else "",
-        help="All images below this folder, any format; subfolders are the classes (torchvision's ImageFolder)",
-    )
-    data_root = columns[2].text_input(
-        "Data folder (optional)",
-        "",
-        help="Where the files of a built-in training split or of a torchvision dataset already are, if not in "
-        "their default places",
-    )
+    builtin, torchvision_name, download, folder, data_root = None, "", False, "", ""
+    if source == "Built-in":
+        builtin = columns[0].selectbox(
+            "Built-in set",
+            offered,
+            index=offered.index(default_set) if default_set in offered else 0,
+            help="The images the new model learns as in-distribution (default: the loaded model's training set, when "
+            "installed). It is evaluated on other images: see **Evaluation sets** below.",
+        )
+    elif source == "torchvision by name":
+        torchvision_name = columns[0].text_input(
+            "torchvision dataset",
+            default_set.partition(":")[2] if kind == "torchvision" else "CIFAR10:train",
+            help="Class[:split]; files must already be on disk unless downloading",
+        )
+        download = columns[1].checkbox("Allow download (needs network)")
+    else:
+        folder = columns[0].text_input(
+            "Image folder path",
+            default_set.partition(":")[2] if kind == "folder" else "",
+            help="All images below this folder, any format; subfolders are the classes (torchvision's ImageFolder)",
+        )
+    if source != "Image folder":
+        data_root = columns[2].text_input(
+            "Data folder (optional)",
+            "",
+            help="Where the files of a built-in training split or of a torchvision dataset already are, if not in "
+            "their default places",
+        )
     columns = st.columns(4)
     backbone = columns[0].selectbox(
         "Backbone",

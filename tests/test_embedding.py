@@ -120,3 +120,32 @@ def _alive(pid: int) -> bool:
             return stat.read().split(")")[-1].split()[0] != "Z"
     except OSError:
         return True
+
+
+def test_the_worker_does_not_rerun_the_page_that_started_it(tmp_path, monkeypatch):
+    """Streamlit runs a page as __main__; a spawned worker used to import (re-run) it, flooding the log with
+    "missing ScriptRunContext" warnings."""
+    import multiprocessing.spawn
+    import types
+
+    from dlsr_core import embedding
+
+    marker = tmp_path / "page_ran"
+    page = tmp_path / "page.py"
+    page.write_text(f"open({str(marker)!r}, 'w').write('ran')\n")
+    fake_main = types.ModuleType("__main__")
+    fake_main.__file__ = str(page)
+    monkeypatch.setitem(sys.modules, "__main__", fake_main)
+    # What a spawned child is told to import first: the page, unless it is hidden.
+    assert multiprocessing.spawn.get_preparation_data("w")["init_main_from_path"] == str(page)
+    with embedding.hidden_script_main():
+        assert "init_main_from_path" not in multiprocessing.spawn.get_preparation_data("w")
+    assert sys.modules["__main__"] is fake_main
+    executor = embedding.worker_process_executor()
+    try:
+        with embedding.hidden_script_main():
+            future = executor.submit(os.getpid)
+        assert future.result(timeout=120) != os.getpid()
+    finally:
+        executor.shutdown()
+    assert not marker.exists()

@@ -37,6 +37,13 @@ def test_stage_names_follow_the_backbone_pyramid():
     assert [n.role for n in unknown] == ["edges/colour", "textures/patterns", "high-level semantics"]
 
 
+def test_stage_levels_are_those_of_the_backbone_registry():
+    from dlsr_core.backbones import BACKBONES
+    from dlsr_core.explorer.explanation import STAGE_LEVELS
+
+    assert STAGE_LEVELS == {name: tuple(spec.out_indices) for name, spec in BACKBONES.items()}
+
+
 def test_percentiles_on_a_known_reference():
     # Stage 1 of the reference holds the cosines 0.01 .. 1.00, stage 2 the same reversed, stage 3 is constant.
     cosines = np.linspace(0.01, 1.0, 100)
@@ -53,6 +60,18 @@ def test_percentiles_on_a_known_reference():
     assert profile.z_scores[2] == 0.0  # a constant stage gives no z-score, not a division by zero
     better = explorer.layer_profiles(reference, np.array([[1.0, 0.96, 0.5]]))[0]
     assert better.worse_than[0] == pytest.approx(0.5) and better.status[:2] == ("better", "normal")
+
+
+def test_a_verdict_the_profile_seems_to_contradict_gets_a_sentence():
+    cosines = np.linspace(0.01, 1.0, 100)
+    reference = explorer.stage_reference(np.stack([cosines] * 3, 1), "mfsim", names())
+    red, calm = explorer.layer_profiles(reference, np.array([[0.001, 0.5, 0.5], [0.5, 0.5, 0.5]]))
+    assert red.status.count("worse") == 1
+    assert explorer.verdict_note(red, "ID").startswith("Still ID: MFsim averages the cosines of all stages")
+    assert explorer.verdict_note(calm, "OOD").startswith("Still OOD: no single stage leaves the ID range")
+    assert explorer.verdict_note(red, "OOD") == explorer.verdict_note(calm, "ID") == ""
+    lr = explorer.layer_profiles(explorer.stage_reference(np.stack([cosines] * 3, 1), "lr", names()), [[9, 0, 0]])[0]
+    assert lr.comparison == "gained more from training than" and "LR adds up" in explorer.verdict_note(lr, "ID")
 
 
 def test_squared_error_and_lr_are_oriented_higher_is_worse():
@@ -133,8 +152,10 @@ def test_score_explain_adds_profile_columns(detector, demo_scores, tmp_path):
     stage_names = explorer.stage_names(detector.backbone, detector.stage_dims)
     id_arrays = demo_scores[shipped.ID_SET]
     reference = explorer.stage_reference(explorer.stage_values(id_arrays, "mfsim"), "mfsim", stage_names)
-    expected = explorer.layer_profiles(reference, explorer.stage_values(demo_scores["demo:textures"], "mfsim"))
-    for row, profile in zip(rows[:50], expected[:50], strict=True):
+    textures = explorer.load_features(detector, "demo:textures").features[:50]
+    profiled = explorer.profile_arrays(detector, textures, "mfsim", 5)  # 32 draws per image, as in the app
+    expected = explorer.layer_profiles(reference, explorer.stage_values(profiled, "mfsim"))
+    for row, profile in zip(rows[:50], expected, strict=True):
         np.testing.assert_allclose([float(row[c]) for c in stage_columns], profile.worse_than, atol=0.006)
         assert row["explanation"] == profile.sentence
     assert float(rows[0]["threshold95"]) == pytest.approx(explorer.id_threshold95(id_arrays["mfsim"]), rel=1e-5)

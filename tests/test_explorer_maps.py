@@ -69,7 +69,6 @@ def test_rank_percentiles_spread_colours_and_share_ties():
     values = np.array([5.0, 1000.0, 1.0, 5.0, 2.0])
     np.testing.assert_allclose(explorer.rank_percentiles(values), [62.5, 100.0, 0.0, 62.5, 25.0])
     assert explorer.rank_percentiles(np.array([3.0])).tolist() == [50.0]
-    np.testing.assert_allclose(explorer.reference_percentiles([0.5, 10.0, -1.0], [0.0, 1.0, 2.0, 3.0]), [25, 100, 0])
 
 
 def test_share_among_id_counts_ood_points_inside_the_id_area():

@@ -44,3 +44,27 @@ def test_bad_inputs_raise():
         ood_metrics([], [1.0])
     with pytest.raises(MetricInputError, match="NaN"):
         ood_metrics([1.0, float("nan")], [1.0])
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_ties_and_roc_points_agree_with_sklearn(seed):
+    rng = np.random.default_rng(seed)
+    id_scores = rng.integers(0, 12, 250).astype(float)  # many ties inside and across the two sets
+    ood_scores = rng.integers(4, 20, 90).astype(float)
+    metrics = ood_metrics(id_scores, ood_scores)
+    labels = np.r_[np.ones(250), np.zeros(90)]
+    scores = np.r_[id_scores, ood_scores]
+    fpr, tpr, thresholds = roc_curve(labels, -scores, drop_intermediate=False)
+    first = int(np.searchsorted(tpr, 0.95, side="left"))
+    assert metrics.auroc == pytest.approx(roc_auc_score(labels, -scores), abs=1e-12)
+    assert metrics.aupr_in == pytest.approx(average_precision_score(labels, -scores), abs=1e-12)
+    assert metrics.aupr_out == pytest.approx(average_precision_score(1 - labels, scores), abs=1e-12)
+    assert (metrics.fpr95, metrics.threshold95) == (pytest.approx(fpr[first]), -thresholds[first])
+
+
+def test_the_app_does_not_import_scikit_learn():
+    import subprocess
+    import sys
+
+    code = "import sys, dlsr_core.explorer, dlsr_core.metrics; print('sklearn' in sys.modules)"
+    assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True).stdout.strip() == "False"

@@ -53,3 +53,38 @@ def test_negative_zero_hashes_like_zero_and_keys_accept_any_integer_seed():
     assert row_noise_keys(plus, 3)[0] == row_noise_keys(minus, 3)[0]
     assert row_noise_keys(plus, -1)[0] != row_noise_keys(plus, 2**100)[0]
     assert row_noise_keys(torch.empty(0, 4), 0).shape == (0,)
+
+
+def test_per_row_streams_equal_one_stream_at_a_time():
+    keys = row_noise_keys(torch.randn(6, 5), seed=3)
+    streams = np.array([0, 1, 2, 1 << 20, 7, 0], dtype=np.uint64)
+    together = keyed_standard_normal(keys, streams, 9)
+    for row, stream in enumerate(streams):
+        assert torch.equal(together[row], keyed_standard_normal(keys[row : row + 1], int(stream), 9)[0])
+
+
+@pytest.mark.parametrize("sampler", ["ddim", "official"])
+def test_draws_in_one_batch_score_exactly_like_one_draw_at_a_time(detector, sampler):
+    """score_features puts a few vectors' draws through the model together; the scores are bitwise those of the
+    draws taken one after the other (each draw's reconstruction, summed in draw order)."""
+    from dlsr_core.presets import ScoringOptions
+    from dlsr_core.scoring import Detector, draw_groups, stage_cosine_similarity, stage_squared_error
+
+    assert draw_groups(5, 2000, budget=4096) == [[0, 1], [2, 3], [4]]
+    model = detector if sampler == "ddim" else Detector(detector.final, detector.early, ScoringOptions("official"))
+    z0 = torch.randn(3, detector.info.config.feature_dim, generator=torch.Generator().manual_seed(0))
+    result = model.score_features(z0, 5, 2, draws=6)
+    errors = cosines = lr = None
+    for draw in range(6):
+        final = model.reconstruct(z0, 5, 2, draw=draw)
+        early = model.reconstruct(z0, 5, 2, draw=draw, early=True)
+        error = stage_squared_error(z0, final, detector.stage_dims)
+        cosine = stage_cosine_similarity(z0, final, detector.stage_dims)
+        gain = (z0 - early).pow(2).sum(dim=1) - error.sum(dim=1)
+        errors = error if errors is None else errors + error
+        cosines = cosine if cosines is None else cosines + cosine
+        lr = gain if lr is None else lr + gain
+    assert np.array_equal(result.stage_sq_error, (errors / 6).numpy())
+    assert np.array_equal(result.stage_cos, (cosines / 6).numpy())
+    assert np.array_equal(result.lr, (lr / 6).numpy())
+    assert torch.equal(result.reconstruction, model.reconstruct(z0, 5, 2, draw=0))

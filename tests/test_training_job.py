@@ -68,3 +68,26 @@ def test_default_training_set_is_not_the_evaluation_set_when_fashion_mnist_is_in
     expected = "fashion_mnist:train" if explorer.dataset_available("fashion_mnist:train") else shipped.ID_SET
     assert explorer.default_training_set(shipped.EXPERIMENT) == expected
     assert not explorer.dataset_available("folder:/no/such/folder")
+
+
+def test_stopping_during_the_first_epoch_says_nothing_was_saved(tmp_path):
+    """It said "final loss nan; checkpoints in …/walk_stop", a folder that did not exist, beside a curve at 0.22."""
+    request = explorer.TrainRequest(
+        dataset="demo:fashion_mnist_rotated", run_dir=tmp_path / "walk_stop", width=1024, depth=4, batch_size=16
+    )
+    job = explorer.TrainingJob(request).start()
+    while job.running and not job.snapshot().losses:
+        job.join(timeout=0.05)
+    job.stop()
+    job.join(timeout=240)
+    state = job.snapshot()
+    assert state.phase == "stopped" and state.epoch == 1 and state.checkpoints == 0, state.message
+    assert "nan" not in state.message and "walk_stop" not in state.message and not request.run_dir.exists()
+    assert "nothing was saved" in state.message and f"{state.losses[-1]:.4f}" in state.message
+
+
+def test_the_end_message_names_the_checkpoints_and_both_losses(tmp_path):
+    state = run(explorer.TrainRequest(run_dir=tmp_path / "run", epochs=1, **TINY))
+    assert state.phase == "finished"
+    assert f"after 1/1 epochs (mean loss of the last whole epoch {state.epoch_losses[-1]:.4f}" in state.message
+    assert f"last step's loss {state.losses[-1]:.4f}); checkpoints in {tmp_path / 'run'}" in state.message

@@ -18,6 +18,7 @@ import timm.data
 from dlsr_core.backbones.efficientnet import fix_same_padding
 from dlsr_core.backbones.pooling import pool_and_standardize
 from dlsr_core.backbones.spec import BackboneSpec
+from dlsr_core.fixed_batches import cpu_chunk, fixed_chunk_forward
 from dlsr_core.presets import DEFAULT_FEATURES, FeatureOptions, validate_options
 
 # Fast batch sizes at 224 px and caps, per device type. CPU numbers were measured on the 2-core
@@ -107,10 +108,20 @@ class FeatureExtractor(torch.nn.Module):
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         """Images (B, 3, H, W), normalized with ``mean``/``std`` -> features (B, feature_dim) float32.
 
+        An image's features do not depend on what it is batched with: the backbone always sees the same
+        number of images at a time (``fixed_batches.cpu_chunk(H)`` on CPU, one thread per pass;
+        ``batch_size_for(H)`` elsewhere), see dlsr_core.fixed_batches.
         The result lives on ``device`` and is an ordinary (non-inference) tensor.
         """
         if images.dim() != 4 or images.shape[1] != 3:
             raise ValueError(f"expected images of shape (B, 3, H, W), got {tuple(images.shape)}")
+        on_cpu, size = self.device.type == "cpu", int(images.shape[-1])
+        chunk = cpu_chunk(size) if on_cpu else self.batch_size_for(size)
+        return fixed_chunk_forward(self.single_pass, images, chunk, pin_cpu_threads=on_cpu)
+
+    def single_pass(self, images: torch.Tensor) -> torch.Tensor:
+        """One backbone pass over images (B, 3, H, W) -> (B, feature_dim), whose last bits depend on B and the
+        thread count (use ``forward``; this is for benchmarks/batch_invariance.py)."""
         with torch.inference_mode():
             x = images.to(self.device, dtype=torch.float32, non_blocking=True)
             x = x.contiguous(memory_format=self._memory_format)

@@ -46,8 +46,9 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
         metavar="ID_SET",
         help="add each image's layer profile: pct_stageN = %% of ID reference images (ID_SET, at most 5,000 of them; "
         "default: the ID evaluation set of the checkpoint's experiment, its held-out ID images) whose stage N "
-        "reconstructs better, the verdict at their 95%%-TPR threshold and a sentence. Use held-out ID images, not "
-        "the training set",
+        "reconstructs better (ties half; the image's stages averaged over at least 32 noise draws, so the profile "
+        "does not move with the noise), the verdict at their 95%%-TPR threshold and a sentence. Use held-out ID "
+        "images, not the training set",
     )
     score.add_argument(
         "--explain-score", default="mfsim", choices=("mfsim", "mse", "lr"), help="score the profile follows"
@@ -117,7 +118,7 @@ def run(args) -> None:
     result = detector.score_features(
         matrix, detector.scoring.timestep, args.steps or None, args.eta, args.seed, draws=args.draws
     )
-    header, explained = _explain(args, detector, result) if args.explain else ([], [[] for _ in names])
+    header, explained = _explain(args, detector, result, matrix) if args.explain else ([], [[] for _ in names])
     buffer = io.StringIO()
     writer = csv.writer(buffer)
     stages = [f"cos_stage{i + 1}" for i in range(result.stage_cos.shape[1])]
@@ -137,8 +138,9 @@ def run(args) -> None:
         print(f"warning: {not_finite} row(s) have NaN/Inf scores (their features are not finite)", file=sys.stderr)
 
 
-def _explain(args, detector, result) -> tuple[list[str], list[list[str]]]:
-    """Layer-profile columns for `score --explain`: the ID reference set scored with the same settings."""
+def _explain(args, detector, result, matrix: torch.Tensor) -> tuple[list[str], list[list[str]]]:
+    """Layer-profile columns for `score --explain`: the ID reference set scored with the same settings, the images'
+    profiles from explorer.profile_draws(--draws) noise draws, as in the app."""
     from dlsr_core import explorer
 
     info = detector.info
@@ -154,6 +156,15 @@ def _explain(args, detector, result) -> tuple[list[str], list[list[str]]]:
     scored = detector.score_features(
         reference.features[rows], detector.scoring.timestep, args.steps or None, args.eta, args.seed, draws=args.draws
     )
+    profiled = detector.score_features(
+        matrix,
+        detector.scoring.timestep,
+        args.steps or None,
+        args.eta,
+        args.seed,
+        with_lr=args.explain_score == "lr",
+        draws=explorer.profile_draws(args.draws),
+    )
     names = explorer.stage_names(info.backbone, tuple(detector.stage_dims))
     arrays = (explorer.score_arrays(scored), explorer.score_arrays(result))
-    return explorer.explanation_columns(names, *arrays, args.explain_score)
+    return explorer.explanation_columns(names, *arrays, args.explain_score, profiled=explorer.score_arrays(profiled))

@@ -103,3 +103,15 @@ def open_fashion_mnist(spec: DatasetSpec, root: Path | None) -> ImageDataset:
     return ImageDataset(
         str(spec), f"{spec}|{digest}", len(images), array_loader(images), labels.tolist(), FASHION_MNIST_CLASSES
     )
+
+
+def fashion_mnist_identity(split: str, root: Path | None = None) -> str | None:
+    """The identity open_dataset gives `fashion_mnist:<split>` (a hash of its files' bytes), read without decoding
+    the images (60 ms instead of about a second for the training split); None when the files are not there."""
+    prefix = "train" if split == "train" else "t10k"
+    folder = root if root is not None else FASHION_MNIST_DIR
+    images_path = _find_idx(folder, f"{prefix}-images-idx3-ubyte")
+    labels_path = _find_idx(folder, f"{prefix}-labels-idx1-ubyte")
+    if images_path is None or labels_path is None:
+        return None
+    return f"fashion_mnist:{split}|{sha(images_path.read_bytes(), labels_path.read_bytes())}"

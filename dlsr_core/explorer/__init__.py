@@ -25,6 +25,7 @@ from dlsr_core.explorer.distributions import (
     MethodScores,
     baseline_methods,
     budget_rows,
+    dlsr_method_scores,
     dlsr_methods,
     evaluate_methods,
     metrics_csv,
@@ -34,7 +35,15 @@ from dlsr_core.explorer.distributions import (
     wide_table,
     with_methods,
 )
-from dlsr_core.explorer.epochs import EpochCheckpoint, detector_at, epoch_checkpoints, epoch_scores, keep_snapshot
+from dlsr_core.explorer.epochs import (
+    EpochCheckpoint,
+    EpochSummary,
+    detector_at,
+    epoch_checkpoints,
+    epoch_scores,
+    keep_snapshot,
+    training_effect,
+)
 from dlsr_core.explorer.experiments import (
     ROLE_LABELS,
     TEMPLATES_DIR,
@@ -57,15 +66,20 @@ from dlsr_core.explorer.experiments import (
     with_uploaded_set,
 )
 from dlsr_core.explorer.explanation import (
+    BAND_PERCENT,
+    PROFILE_DRAWS,
     LayerProfile,
     StageName,
     StageReference,
     explanation_columns,
     layer_profiles,
-    percent_text,
+    profile_arrays,
+    profile_draws,
     stage_names,
     stage_reference,
     stage_values,
+    verdict_note,
+    worse_than_percent,
 )
 from dlsr_core.explorer.extraction import FeatureJobs, JobStatus
 from dlsr_core.explorer.failures import (
@@ -90,11 +104,11 @@ from dlsr_core.explorer.maps import (
     map_points,
     map_setting,
     rank_percentiles,
-    reference_percentiles,
     save_projection,
     share_among_id,
 )
 from dlsr_core.explorer.markup import PROFILE_COLOURS, profile_html
+from dlsr_core.explorer.once import ComputedOnce
 from dlsr_core.explorer.runs import (
     ModelSummary,
     available_scores,
@@ -106,7 +120,15 @@ from dlsr_core.explorer.runs import (
     run_fingerprint,
     summarize,
 )
-from dlsr_core.explorer.scores import id_threshold95, marker_rows, score_arrays, score_matrix, verdict
+from dlsr_core.explorer.scores import (
+    id_threshold95,
+    marker_rows,
+    percent_below,
+    percent_text,
+    score_arrays,
+    score_matrix,
+    verdict,
+)
 from dlsr_core.explorer.sets import (
     REFERENCE_LIMIT,
     SCORE_LABELS,
@@ -124,6 +146,8 @@ from dlsr_core.explorer.shifts import (
     shift_rows,
     shifted_features,
 )
+from dlsr_core.explorer.speeds import MeasuredSpeeds, measured_speeds
+from dlsr_core.explorer.stored_scores import SHIPPED_DISTANCE_SCORES, dataset_identity, distance_scores
 from dlsr_core.explorer.training_job import (
     TrainingJob,
     TrainRequest,
@@ -153,6 +177,10 @@ from dlsr_core.explorer.walkthrough import Trace, noised_features, trace_image
 
 __all__ = [
     "ANALYSED_ROWS",
+    "BAND_PERCENT",
+    "ComputedOnce",
+    "PROFILE_DRAWS",
+    "SHIPPED_DISTANCE_SCORES",
     "DEFAULT_MAP_PER_SET",
     "EVALUATION_BUDGET",
     "MAX_UPLOAD_BYTES",
@@ -170,6 +198,7 @@ __all__ = [
     "UPLOAD_TYPES",
     "Clusters",
     "EpochCheckpoint",
+    "EpochSummary",
     "ErrorAnalysis",
     "Evaluation",
     "FailureCase",
@@ -181,6 +210,7 @@ __all__ = [
     "MapPoints",
     "MapSetting",
     "MethodComparison",
+    "MeasuredSpeeds",
     "MethodScores",
     "MissingInputError",
     "ModelSummary",
@@ -213,6 +243,9 @@ __all__ = [
     "describe_set",
     "detector_at",
     "digest_files",
+    "dataset_identity",
+    "distance_scores",
+    "dlsr_method_scores",
     "dlsr_methods",
     "embed_images",
     "encode_png",
@@ -233,6 +266,8 @@ __all__ = [
     "image_statistics_of",
     "keep_snapshot",
     "layer_profiles",
+    "profile_arrays",
+    "profile_draws",
     "list_run_dirs",
     "load_baselines",
     "load_features",
@@ -241,19 +276,20 @@ __all__ = [
     "loaded_experiment",
     "map_points",
     "map_setting",
+    "measured_speeds",
     "marker_rows",
     "metrics_csv",
     "model_caption",
     "model_id",
     "named_set",
     "noised_features",
+    "percent_below",
     "percent_text",
     "pixel_model_path",
     "poll_interval",
     "prepare_uploads",
     "profile_html",
     "rank_percentiles",
-    "reference_percentiles",
     "reference_subset",
     "reset_edits",
     "run_fingerprint",
@@ -279,11 +315,14 @@ __all__ = [
     "sweep_summary",
     "templates",
     "thumbnail_uri",
+    "training_effect",
     "trace_image",
     "verdict",
+    "verdict_note",
     "wide_table",
     "upload_summary",
     "with_id_set",
     "with_methods",
     "with_uploaded_set",
+    "worse_than_percent",
 ]

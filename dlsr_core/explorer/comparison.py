@@ -55,16 +55,18 @@ class MethodComparison:
         return ood_metrics(self.scores[method][self.id_set], self.scores[method][ood_set])
 
     def method_scores(self) -> list[MethodScores]:
-        """Each method as the Score-distributions page's MethodScores, its note saying how it was timed and fitted."""
+        """Each method as the Score-distributions page's MethodScores, its note saying how it was sampled and fitted
+        (speeds are compared end to end, in explorer.speeds: rates from different cached inputs are not comparable)."""
         entries = []
         for name in self.methods:
             method = METHODS[name]
-            note = f"{self.images_per_second(name):,.0f} images/s from its cached input ({self.images[name]:,} images)"
+            notes = []
             if name == "pixel_ddpm":
-                note += f"; at most {max(map(len, self.rows[name].values()))} fixed random images per set (it is slow)"
+                most = max(map(len, self.rows[name].values()))
+                notes.append(f"at most {most} fixed random images per set (it is slow)")
             if method.needs_labels:
-                note += "; needs the ID class labels (a classifier head), DLSR does not"
-            entries.append(MethodScores(name, method.label, method.family, self.scores[name], note))
+                notes.append("needs the ID class labels (a classifier head), DLSR does not")
+            entries.append(MethodScores(name, method.label, method.family, self.scores[name], "; ".join(notes)))
         return entries
 
     def metrics_rows(self) -> list[dict[str, object]]:

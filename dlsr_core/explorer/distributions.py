@@ -166,7 +166,7 @@ def dlsr_methods(
     """
     with_lr = with_lr and detector.has_early
     names = names or {}
-    collected: dict[str, dict[str, np.ndarray]] = {"mse": {}, "mfsim": {}, **({"lr": {}} if with_lr else {})}
+    per_set: dict[str, dict[str, np.ndarray]] = {}
     chosen = {name: m if rows is None else m[torch.as_tensor(rows[name])] for name, m in features.items()}
     total, done = sum(len(matrix) for matrix in chosen.values()), 0
     for name, matrix in chosen.items():
@@ -181,15 +181,22 @@ def dlsr_methods(
                     )
                 )
             done += len(matrix[start : start + CHUNK_ROWS])
-        for score in collected:
-            collected[score][name] = np.concatenate([part.get(score) for part in parts])
+        scores = ("mse", "mfsim", *(("lr",) if with_lr else ()))
+        per_set[name] = {score: np.concatenate([part.get(score) for part in parts]) for score in scores}
     if progress is not None:
         progress(total, total, "")
     note = ""
     if rows is not None:
         counts = ", ".join(f"{names.get(name, name)} {len(r)}/{len(features[name])}" for name, r in rows.items())
         note = f"a fixed random subset of each set is scored at this setting ({counts})"
-    return [MethodScores(score, SCORE_LABELS[score], "DLSR", values, note) for score, values in collected.items()]
+    return dlsr_method_scores(per_set, with_lr, note)
+
+
+def dlsr_method_scores(per_set: dict[str, dict[str, np.ndarray]], with_lr: bool, note: str = "") -> list[MethodScores]:
+    """MSE, MFsim and (with `with_lr`) LR as MethodScores from each set's score arrays (explorer.score_matrix)."""
+    names = ("mse", "mfsim", *(("lr",) if with_lr else ()))
+    by_score = {score: {spec: arrays[score] for spec, arrays in per_set.items()} for score in names}
+    return [MethodScores(score, SCORE_LABELS[score], "DLSR", values, note) for score, values in by_score.items()]
 
 
 def baseline_methods(

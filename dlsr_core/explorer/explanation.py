@@ -15,10 +15,19 @@ from dataclasses import dataclass
 from functools import lru_cache
 
 import numpy as np
+from torch import Tensor
 
-from dlsr_core.explorer.scores import id_threshold95, verdict
+from dlsr_core.explorer.scores import id_threshold95, percent_below, percent_text, score_matrix, verdict
+from dlsr_core.scoring import DEFAULT_DRAWS, DEFAULT_STEPS, Detector
 
 BAND_PERCENT = (5.0, 95.0)  # the ID range a stage must leave to be called unusual
+# An image's stage values are averaged over at least this many noise draws before they are placed among the ID
+# reference's (scored with the page's draws, as its score is). Measured on ID images over 5 seeds
+# (benchmarks/profile_draws.py, median / 90th percentile of a stage's percentile range): 1 draw moved the noisiest
+# stage (stage 1) by 14 / 30 points, 16 draws by 3.9 / 7.7, 32 by 2.7 / 5.6, 64 by 2.1 / 4.3; the other stages move
+# less. The reference needs no more draws: 16 image draws against a 1-draw or a 16-draw reference were equally
+# stable. 32 draws cost 32 passes of one vector per image (about 9 ms), nothing for the reference.
+PROFILE_DRAWS = 32
 
 # What a CNN stage encodes, by its place in the five-level feature pyramid (resolution 1/2 ... 1/32 of the input).
 LEVEL_ROLES = ("edges/colour", "simple textures", "textures/patterns", "object parts", "high-level semantics")
@@ -43,13 +52,16 @@ class StageName:
         return f"stage {self.number} ({self.role})"
 
 
+# The stages (timm out_indices) each registered backbone keeps: backbones.BACKBONES[name].out_indices, written out
+# here because importing the backbones package imports timm (about 2 s); tests/test_explanation.py checks they agree.
+STAGE_LEVELS = {"efficientnet_b4": (0, 1, 2, 3, 4), "resnet50": (1, 2, 3), "efficientnet_lite0": (0, 1, 2, 3, 4)}
+
+
 def _feature_levels(backbone: str, count: int) -> tuple[int, ...]:
     """Pyramid level (0 = 1/2 resolution ... 4 = 1/32) of each of `count` stages of `backbone`."""
-    from dlsr_core.backbones import BACKBONES  # lazy: it imports timm, which only this lookup needs here
-
-    spec = BACKBONES.get(backbone)
-    if spec is not None and len(spec.out_indices) == count:
-        return tuple(min(int(level), len(LEVEL_ROLES) - 1) for level in spec.out_indices)
+    levels = STAGE_LEVELS.get(backbone)
+    if levels is not None and len(levels) == count:
+        return tuple(min(int(level), len(LEVEL_ROLES) - 1) for level in levels)
     if count == 1:
         return (len(LEVEL_ROLES) - 1,)
     # An unregistered backbone: assume its stages span the pyramid from the first level to the last.
@@ -73,21 +85,56 @@ class _Quantity:
     higher_is_worse: bool
     worse: tuple[str, str]  # verb phrase (one stage, several stages) for "less ID-like than"
     better: tuple[str, str]
+    combined: str  # how the score combines the stages
 
 
 _RECONSTRUCTS_WORSE = ("reconstructs worse than", "reconstruct worse than")
 _RECONSTRUCTS_BETTER = ("reconstructs better than", "reconstruct better than")
 QUANTITIES: dict[str, _Quantity] = {
-    "mfsim": _Quantity("stage_cos", "cosine(z₀, ẑ₀)", False, _RECONSTRUCTS_WORSE, _RECONSTRUCTS_BETTER),
-    "mse": _Quantity("stage_sq_error", "squared error", True, _RECONSTRUCTS_WORSE, _RECONSTRUCTS_BETTER),
+    "mfsim": _Quantity(
+        "stage_cos",
+        "cosine(z₀, ẑ₀)",
+        False,
+        _RECONSTRUCTS_WORSE,
+        _RECONSTRUCTS_BETTER,
+        "MFsim averages the cosines of all stages",
+    ),
+    "mse": _Quantity(
+        "stage_sq_error",
+        "squared error",
+        True,
+        _RECONSTRUCTS_WORSE,
+        _RECONSTRUCTS_BETTER,
+        "MSE adds up the squared errors of all stages, so the stages with most channels weigh most",
+    ),
     "lr": _Quantity(
         "stage_lr",
         "LR (early − final error)",
         True,
         ("gained more from training than",) * 2,
         ("gained less from training than",) * 2,
+        "LR adds up the training gains of all stages",
     ),
 }
+
+
+def profile_draws(draws: int) -> int:
+    """Noise draws behind a layer profile when the page scores with `draws` (the score keeps its own draws)."""
+    return max(int(draws), PROFILE_DRAWS)
+
+
+def profile_arrays(
+    detector: Detector,
+    features: Tensor,
+    score: str,
+    timestep: int,
+    steps: int | None = DEFAULT_STEPS,
+    draws: int = DEFAULT_DRAWS,
+    seed: int = 0,
+) -> dict[str, np.ndarray]:
+    """score_arrays of images' features (M, D) averaged over profile_draws(draws) draws: what their layer profiles are
+    computed from, on every page and in `score --explain`."""
+    return score_matrix(detector, features, timestep, steps, seed, with_lr=score == "lr", draws=profile_draws(draws))
 
 
 def stage_values(arrays: Mapping[str, np.ndarray | None], score: str) -> np.ndarray:
@@ -158,16 +205,38 @@ class LayerProfile:
     def quantity(self) -> str:
         return QUANTITIES[self.score].label
 
+    @property
+    def comparison(self) -> str:
+        """What the percentages say, in the words of the sentence: 'reconstructs worse than' (MFsim, MSE) or
+        'gained more from training than' (LR)."""
+        return QUANTITIES[self.score].worse[0]
+
+
+def verdict_note(profile: LayerProfile, verdict: str) -> str:
+    """A sentence for a verdict the profile seems to contradict ('' otherwise): an ID verdict beside stages outside
+    the ID range, or an OOD verdict with every stage inside it. The score combines the stages; no single one decides."""
+    how = QUANTITIES[profile.score].combined
+    unusual = profile.status.count("worse")
+    if verdict == "ID" and unusual:
+        stages = "this stage" if unusual == 1 else f"these {unusual} stages"
+        return (
+            f"Still ID: {how}, and {stages} did not lift the score above the threshold — the other stages came back "
+            "as well as in typical ID images."
+        )
+    if verdict == "OOD" and not unusual:
+        return (
+            f"Still OOD: no single stage leaves the ID range, but {how}, and together their small excesses lift the "
+            "score above the threshold."
+        )
+    return ""
+
 
 def worse_than_percent(reference: StageReference, values: np.ndarray) -> np.ndarray:
     """Percent of ID reference images each stage of each image is less ID-like than: (M, S) -> (M, S)."""
     badness = _orient(np.atleast_2d(np.asarray(values, dtype=np.float64)), reference.score)
     percent = np.empty_like(badness)
     for stage in range(badness.shape[1]):
-        column = reference.badness[:, stage]
-        below = np.searchsorted(column, badness[:, stage], side="left")
-        at_or_below = np.searchsorted(column, badness[:, stage], side="right")
-        percent[:, stage] = 100.0 * (below + 0.5 * (at_or_below - below)) / reference.size
+        percent[:, stage] = percent_below(reference.badness[:, stage], badness[:, stage])
     return percent
 
 
@@ -200,16 +269,6 @@ def layer_profiles(reference: StageReference, values: np.ndarray) -> list[LayerP
             )
         )
     return profiles
-
-
-def percent_text(percent: float) -> str:
-    """'99.7' for 99.7; never rounds a stage that is not beyond every reference image up to 100 (or down to 0)."""
-    text = f"{percent:.1f}"
-    if text == "100.0" and percent < 100.0:
-        return "99.9"
-    if text == "0.0" and percent > 0.0:
-        return "0.1"
-    return text.removesuffix(".0") if text in ("100.0", "0.0") else text
 
 
 def _share_of_id(percent: float, size: int) -> str:
@@ -277,31 +336,36 @@ def describe(
 
 
 def explanation_columns(
-    names: Sequence[StageName], reference: Mapping[str, np.ndarray], scored: Mapping[str, np.ndarray], score: str
+    names: Sequence[StageName],
+    reference: Mapping[str, np.ndarray],
+    scored: Mapping[str, np.ndarray],
+    score: str,
+    profiled: Mapping[str, np.ndarray] | None = None,
 ) -> tuple[list[str], list[list[str]]]:
     """CSV columns of `score --explain` for M images: per-stage percentiles, the score's ID percentile, the
     95%-TPR threshold, the verdict and the sentence.
 
     reference, scored: explorer.score_arrays of the ID reference images (R rows) and of the images (M rows), scored
-    with the same settings. Returns (header, M rows of strings).
+    with the same settings; profiled: the images' profile_arrays (default: `scored`). Returns (header, M rows).
     """
-    if score not in reference or score not in scored:
+    profiled = scored if profiled is None else profiled
+    if score not in reference or score not in scored or score not in profiled:
         raise KeyError(f"score {score!r} is not available (LR needs the early checkpoint)")
     stages = stage_reference(stage_values(reference, score), score, names)
     threshold = id_threshold95(reference[score])
-    ordered = np.sort(np.asarray(reference[score], dtype=np.float64))
     header = [*(f"pct_stage{name.number}" for name in names), "id_pct", "threshold95", "verdict", "explanation"]
     rows = []
     values = np.asarray(scored[score], dtype=np.float64)
-    for profile, value in zip(layer_profiles(stages, stage_values(scored, score)), values, strict=True):
-        id_pct = 100.0 * np.searchsorted(ordered, value, side="left") / len(ordered)
+    profiles = layer_profiles(stages, stage_values(profiled, score))
+    for profile, value, id_pct in zip(profiles, values, percent_below(reference[score], values), strict=True):
+        call = verdict(float(value), threshold)
         rows.append(
             [
-                *(f"{p:.2f}" for p in profile.worse_than),
-                f"{id_pct:.2f}",
+                *(percent_text(p, 2) for p in profile.worse_than),
+                percent_text(id_pct, 2),
                 f"{threshold:.6g}",
-                verdict(float(value), threshold),
-                profile.sentence,
+                call,
+                " ".join(filter(None, (profile.sentence, verdict_note(profile, call)))),
             ]
         )
     return header, rows

@@ -141,14 +141,6 @@ def rank_percentiles(values: np.ndarray) -> np.ndarray:
     return 100.0 * ranks / (values.size - 1)
 
 
-def reference_percentiles(values: np.ndarray, reference: np.ndarray) -> np.ndarray:
-    """Percent of `reference` values (e.g. the ID scores) strictly below each value: (P,) -> (P,) in [0, 100]."""
-    reference = np.sort(np.asarray(reference, dtype=np.float64).reshape(-1))
-    if reference.size == 0:
-        raise ValueError("need at least one reference value")
-    return 100.0 * np.searchsorted(reference, np.asarray(values, dtype=np.float64), side="left") / reference.size
-
-
 def _setting_json(setting: MapSetting) -> str:
     return json.dumps(asdict(setting), sort_keys=True)
 

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import html
 
-from dlsr_core.explorer.explanation import LayerProfile, percent_text
+from dlsr_core.explorer.explanation import LayerProfile
+from dlsr_core.explorer.scores import percent_text
 
 PROFILE_COLOURS = {"worse": "#b83b3b", "better": "#3b6fb6", "normal": "#9a9a9a"}
 
@@ -20,19 +21,23 @@ def profile_html(profile: LayerProfile) -> str:
         position = min(max(float(percent), 0.0), 100.0)
         rows.append(
             f'<div style="display:flex;align-items:center;gap:6px;font-size:12px;line-height:17px" '
-            f'title="{html.escape(name.label)}: worse than {percent:.1f} % of ID images, z = {z_score:+.1f}">'
-            f'<span style="width:128px;white-space:nowrap;overflow:hidden;text-overflow:ellipsis">'
+            f'title="{html.escape(name.label)}: {profile.comparison} {percent_text(percent)} % of ID images, '
+            f'z = {z_score:+.1f}">'
+            # The label may shrink (full name in the tooltip); the number never wraps: three cards side by side
+            # on a 1024-px screen leave each row about 170 px.
+            f'<span style="flex:0 1 128px;min-width:0;white-space:nowrap;overflow:hidden;text-overflow:ellipsis">'
             f"{name.number} · {html.escape(name.role)}</span>"
-            f'<span style="position:relative;flex:1;height:12px;background:#f1f1f1;min-width:60px">'
+            f'<span style="position:relative;flex:1 1 60px;height:12px;background:#f1f1f1;min-width:36px">'
             f'<span style="position:absolute;left:5%;width:90%;top:3px;height:6px;background:#d9d9d9"></span>'
             f'<span style="position:absolute;left:calc({position:.1f}% - 4px);top:1px;width:8px;height:10px;'
             f'border-radius:2px;background:{colour}"></span></span>'
-            f'<span style="width:52px;text-align:right;color:{colour if status != "normal" else "#333"}">'
+            f'<span style="flex:0 0 46px;white-space:nowrap;text-align:right;'
+            f'color:{colour if status != "normal" else "#333"}">'
             f"{percent_text(percent)} %</span></div>"
         )
     title = (
         f'<div style="font-size:12px;color:#555">Layer profile ({html.escape(profile.quantity)}): stage · role, '
-        f"worse than … % of {profile.reference_size:,} ID images; grey band = ID 5–95 %</div>"
+        f"{profile.comparison} … % of {profile.reference_size:,} ID images; grey band = ID 5–95 %</div>"
     )
     sentence = f'<div style="font-size:12px;margin-top:4px">{html.escape(profile.sentence)}</div>'
     return title + "".join(rows) + sentence

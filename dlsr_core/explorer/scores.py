@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from decimal import ROUND_HALF_UP, Decimal
 
 import numpy as np
 import torch
@@ -53,6 +54,37 @@ def id_threshold95(id_scores: np.ndarray) -> float:
     if scores.size == 0:
         raise ValueError("need at least one ID score for a threshold")
     return float(np.quantile(scores, 0.95, method="inverted_cdf"))
+
+
+def percent_below(reference: np.ndarray, values: np.ndarray | float) -> np.ndarray:
+    """Percent of `reference` values (R,) below each of `values` (M,) -> (M,) in [0, 100], ties counting half.
+
+    The one "percent of ID images below" of the app and the CLI: a score's place among the ID reference scores, a
+    stage's place in a layer profile, a point's on the feature map. An image tied with every reference value sits at
+    50; one above all of them at 100.
+    """
+    ordered = np.sort(np.asarray(reference, dtype=np.float64).reshape(-1))
+    if ordered.size == 0:
+        raise ValueError("need at least one reference value")
+    values = np.asarray(values, dtype=np.float64).reshape(-1)
+    below = np.searchsorted(ordered, values, side="left")
+    ties = np.searchsorted(ordered, values, side="right") - below
+    return 100.0 * (below + 0.5 * ties) / ordered.size
+
+
+def percent_text(percent: float, decimals: int = 1) -> str:
+    """How every page and the CLI write a percent_below value: '99.6' for 1,991 of 2,000 (half up, from the
+    shortest decimal that reads back as `percent`, so 99.55 is not taken for 99.5499…); never '100' for an image
+    that is not above every reference value, nor '0' for one that is above some; '100' and '0' without decimals."""
+    step = Decimal(1).scaleb(-decimals)
+    rounded = Decimal(repr(float(percent))).quantize(step, rounding=ROUND_HALF_UP)
+    if rounded >= 100 and percent < 100.0:
+        rounded = Decimal(100) - step
+    elif rounded <= 0 and percent > 0.0:
+        rounded = step
+    elif percent >= 100.0 or percent <= 0.0:
+        return f"{max(min(percent, 100.0), 0.0):.0f}"
+    return f"{rounded:.{decimals}f}"
 
 
 NO_VERDICT = "no verdict"

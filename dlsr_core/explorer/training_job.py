@@ -89,6 +89,25 @@ def evaluation_sets(
     return Experiment(training_set=training_set, id_set=id_set, ood_sets=kept, class_names=classes)
 
 
+def end_message(result, state: TrainState, epochs: int) -> str:
+    """What the page says when `train` returned (result: training.TrainResult): how far it got, the loss the curve
+    ends on, and where the checkpoints are — or that none was saved (a checkpoint is written at the end of an epoch,
+    so a run stopped during its first epoch leaves no folder behind)."""
+    phase = "stopped" if result.stopped_early else "finished"
+    last_step = f"last step's loss {state.losses[-1]:.4f}" if state.losses else "no training step was taken"
+    if not (Path(result.run_dir) / "last.safetensors").is_file():
+        return (
+            f"{phase} during epoch {max(state.epoch, 1)} of {epochs}, before its end, where the first checkpoint is "
+            f"saved: nothing was saved ({last_step}). Let at least one epoch finish to get a usable model."
+        )
+    epoch_loss = (
+        f"mean loss of the last whole epoch {result.last_loss:.4f}, " if result.last_loss == result.last_loss else ""
+    )
+    return (
+        f"{phase} after {result.epochs_done}/{epochs} epochs ({epoch_loss}{last_step}); checkpoints in {result.run_dir}"
+    )
+
+
 @dataclass(frozen=True)
 class TrainRequest:
     """What the Train page asks for."""
@@ -253,8 +272,4 @@ class TrainingJob:
             should_stop=self._stop.is_set,
         )
         phase = "stopped" if result.stopped_early else "finished"
-        self._update(
-            phase=phase,
-            message=f"{phase} after {result.epochs_done}/{request.epochs} epochs, final "
-            f"loss {result.last_loss:.4f}; checkpoints in {result.run_dir}",
-        )
+        self._update(phase=phase, message=end_message(result, self.snapshot(), request.epochs))

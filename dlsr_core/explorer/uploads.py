@@ -14,8 +14,15 @@ from PIL import Image
 from torch import Tensor
 
 from dlsr_core.checkpoint import CheckpointError
-from dlsr_core.explorer.explanation import LayerProfile, layer_profiles, stage_names, stage_reference, stage_values
-from dlsr_core.explorer.scores import id_threshold95, score_matrix, verdict
+from dlsr_core.explorer.explanation import (
+    LayerProfile,
+    layer_profiles,
+    profile_arrays,
+    stage_names,
+    stage_reference,
+    stage_values,
+)
+from dlsr_core.explorer.scores import id_threshold95, percent_below, score_matrix, verdict
 from dlsr_core.scoring import DEFAULT_DRAWS, DEFAULT_STEPS, Detector
 
 UPLOAD_TYPES = ("png", "jpg", "jpeg", "webp", "bmp", "tif", "tiff", "gif")
@@ -138,7 +145,7 @@ class ImageScore:
     score: float
     threshold: float
     verdict: str
-    id_percentile: float  # share of ID reference scores below this image's score, in percent
+    id_percentile: float  # percent of ID reference scores below this image's score, ties half (scores.percent_below)
     stage_cos: tuple[float, ...]
     profile: LayerProfile | None = None  # per-stage evidence under the chosen score
 
@@ -166,21 +173,21 @@ def score_uploads(
         raise CheckpointError(f"score {score!r} is not available for this checkpoint")
     id_scores = np.asarray(reference[score], dtype=np.float64)
     threshold = id_threshold95(id_scores)
-    ordered = np.sort(id_scores)
+    id_percents = percent_below(id_scores, scores[score])
     names_of_stages = stage_names(detector.backbone, tuple(detector.stage_dims))
     stages = stage_reference(stage_values(reference, score), score, names_of_stages)
-    profiles = layer_profiles(stages, stage_values(scores, score))
+    profiled = profile_arrays(detector, features, score, timestep, steps, draws, seed)
+    profiles = layer_profiles(stages, stage_values(profiled, score))
     results = []
     for row, name in enumerate(names):
         value = float(scores[score][row])
-        below = np.searchsorted(ordered, value, side="left")
         results.append(
             ImageScore(
                 name=name,
                 score=value,
                 threshold=threshold,
                 verdict=verdict(value, threshold),
-                id_percentile=100.0 * below / len(ordered),
+                id_percentile=float(id_percents[row]),
                 stage_cos=tuple(float(v) for v in scores["stage_cos"][row]),
                 profile=profiles[row],
             )

@@ -15,14 +15,16 @@ import torch
 from torch import Tensor
 
 from dlsr_core.explorer.explanation import (
+    BAND_PERCENT,
     LayerProfile,
     StageName,
     layer_profiles,
+    profile_arrays,
     stage_names,
     stage_reference,
     stage_values,
 )
-from dlsr_core.explorer.scores import id_threshold95, score_arrays, verdict
+from dlsr_core.explorer.scores import id_threshold95, percent_below, score_arrays, verdict
 from dlsr_core.noise import keyed_standard_normal, row_noise_keys
 from dlsr_core.scoring import DEFAULT_DRAWS, DEFAULT_STEPS, Detector
 
@@ -36,7 +38,8 @@ class Trace:
     """Every intermediate of one image's DLSR score.
 
     features, noised, reconstruction (D,): z0, z_t and ẑ0 (of the first noise draw); stage_cos, stage_sq_error (S,)
-    averaged over `draws`; id_scores (R,): the ID reference scores the threshold comes from.
+    averaged over `draws`; stage_cos_band (2, S): the ID reference images' 5th and 95th percentile of each stage's
+    cosine; id_scores (R,): the ID reference scores the threshold comes from.
     """
 
     names: tuple[StageName, ...]
@@ -51,6 +54,7 @@ class Trace:
     noise_scale: float  # sqrt(1 - alpha_bar_t): the standard deviation of the added noise
     stage_cos: np.ndarray
     stage_sq_error: np.ndarray
+    stage_cos_band: np.ndarray
     score_name: str
     score: float
     id_scores: np.ndarray
@@ -95,7 +99,8 @@ def trace_image(
     if score not in arrays or score not in reference:
         raise KeyError(f"score {score!r} is not available for this checkpoint")
     names = stage_names(detector.backbone, tuple(detector.stage_dims))
-    profile = layer_profiles(stage_reference(stage_values(reference, score), score, names), stage_values(arrays, score))
+    profiled = stage_values(profile_arrays(detector, z0, score, timestep, steps, draws, seed), score)
+    profile = layer_profiles(stage_reference(stage_values(reference, score), score, names), profiled)
     id_scores = np.asarray(reference[score], dtype=np.float64)
     value = float(arrays[score][0])
     threshold = id_threshold95(id_scores)
@@ -113,11 +118,12 @@ def trace_image(
         noise_scale=(1.0 - alpha_bar) ** 0.5,
         stage_cos=np.asarray(arrays["stage_cos"][0], dtype=np.float64),
         stage_sq_error=np.asarray(arrays["stage_sq_error"][0], dtype=np.float64),
+        stage_cos_band=np.percentile(np.asarray(reference["stage_cos"], dtype=np.float64), BAND_PERCENT, axis=0),
         score_name=score,
         score=value,
         id_scores=id_scores,
         threshold=threshold,
         verdict=verdict(value, threshold),
-        id_percentile=100.0 * float(np.mean(id_scores < value)),
+        id_percentile=float(percent_below(id_scores, value)[0]),
         profile=profile[0],
     )
