@@ -10,6 +10,7 @@ installs a fake backbone or a fault on one rank.
 from __future__ import annotations
 
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -90,3 +91,9 @@ def run_torchrun(argv: list[str], setup: str = FAKE_BACKBONE, nproc: int = 2, cw
     command = [*launcher, str(script), setup, *map(str, argv)]
     result = subprocess.run(command, cwd=cwd, env=_environment(), capture_output=True, text=True, timeout=RANKS_TIMEOUT)
     return Outcome(result.returncode, result.stdout, result.stderr)
+
+
+def rank_error_lines(err: str) -> list[str]:
+    """The "error: ..." lines in torchrun's interleaved stderr. Ranks write at the same moment, so one rank's line
+    may be glued to the end of another's; each starts at its own "error: " and ends at a newline or the next one."""
+    return [f"error: {part.split(chr(10))[0]}" for part in re.split(r"(?:^|(?<=\S))error: ", err, flags=re.M)[1:]]

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 from conftest import FEATURE_OPTIONS, ID_SET, REPO, TINY, TRAIN_SET, PausedProcess, assert_clean_error, assert_loads
-from rank_runs import run_torchrun
+from rank_runs import rank_error_lines, run_torchrun
 
 from dlsr_core import explorer
 from dlsr_core.checkpoint import LAST_NAME, run_dir_for_name
@@ -224,7 +224,7 @@ def test_torchrun_ranks_refuse_a_locked_run_together(held, sandbox, seeded_cache
     run, holder = held
     argv = ["train", "-d", TRAIN_SET, "--out", run, *TINY, *FEATURE_OPTIONS, "--cache-dir", seeded_cache, "--quiet"]
     outcome = run_torchrun(argv, cwd=sandbox.root)
-    lines = [line for line in outcome.err.splitlines() if line.startswith("error:")]
+    lines = rank_error_lines(outcome.err)
     assert len(lines) == 2 and lines[0] == lines[1], outcome.err  # every rank, the same one line
     assert f"process {holder.process.pid} on host" in lines[0] and "is being trained by another run" in lines[0]
     # torchrun stops the other rank once one exits, so it reports 2 for one or both; never a rank's traceback

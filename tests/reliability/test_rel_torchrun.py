@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 from conftest import FEATURE_OPTIONS, TINY, TRAIN_SET, FakeExtractor, assert_clean_error, assert_loads
 from PIL import Image
-from rank_runs import FAKE_BACKBONE, run_ranks, run_torchrun
+from rank_runs import FAKE_BACKBONE, rank_error_lines, run_ranks, run_torchrun
 
 from dlsr_core import cache
 from dlsr_core.checkpoint import LAST_NAME
@@ -147,7 +147,7 @@ def test_torchrun_ranks_given_different_arguments_refuse_together(sandbox):
     setup = FAKE_BACKBONE + "if rank == 1:\n    sys.argv[sys.argv.index('8')] = '16'\n"
     argv = [*EXTRACT, "-d", f"folder:{folder}", *SMALL_BLOCKS, "--cache-dir", sandbox.cache]
     outcome = run_torchrun(argv, setup=setup, cwd=sandbox.root)
-    lines = [line for line in outcome.err.splitlines() if line.startswith("error:")]
+    lines = rank_error_lines(outcome.err)
     assert len(lines) == 2 and lines[0] == lines[1] and "--batch-size (rank 0: 8, rank 1: 16)" in lines[0], outcome.err
     # torchrun stops the other rank once one exits, so it reports 2 for one or both; never a rank's traceback
     assert "exitcode  : 2" in outcome.err and "dlsr_core/" not in outcome.err
