@@ -170,28 +170,26 @@ st.subheader("Browse the errors")
 cases = analysis.cases
 filters = st.columns([3, 3, 3, 2])
 set_options = [spec for spec in sets if any(case.dataset == spec for case in cases)]
+# An empty filter keeps everything (a list of every option would fill the box with chips).
 chosen_sets = filters[0].multiselect(
-    "Sets", set_options, default=set_options, format_func=experiment.name_of, key="failure_sets"
+    "Sets", set_options, format_func=experiment.name_of, key="failure_sets", placeholder="all sets"
 )
 category_options = [name for name in failures.CATEGORY_HELP if any(name in case.categories for case in cases)]
 chosen_categories = filters[1].multiselect(
-    "Categories", category_options, default=category_options, key="failure_categories"
+    "Categories", category_options, key="failure_categories", placeholder="all categories"
 )
 class_options = sorted({explorer.id_class_of(case) for case in cases} - {None})
 chosen_classes = filters[2].multiselect(
     "ID class",
     class_options,
-    default=class_options,
     key="failure_classes",
+    placeholder="all classes" if class_options else "no ID labels",
     help="An ID error's own class; for an OOD error, the ID class it resembles most (nearest class mean).",
     disabled=not class_options,
 )
 per_page = filters[3].selectbox("Per page", [6, 12, 24, 48], index=1, key="failure_per_page")
 shown = explorer.filter_cases(
-    cases,
-    None if len(chosen_sets) == len(set_options) else set(chosen_sets),
-    None if len(chosen_categories) == len(category_options) else set(chosen_categories),
-    None if not class_options or len(chosen_classes) == len(class_options) else set(chosen_classes),
+    cases, set(chosen_sets) or None, set(chosen_categories) or None, set(chosen_classes) or None
 )
 
 

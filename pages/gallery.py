@@ -43,7 +43,7 @@ def pager(count: int, per_page: int, key: str, container=None) -> explorer.PageW
     if pages > 1:
         if st.session_state.get(key, 1) > pages:
             st.session_state[key] = pages
-        page = container.number_input(f"Page (of {pages})", 1, pages, key=key, step=1)
+        page = container.pagination(pages, key=key)
     else:
         page = 1
     window = explorer.page_window(count, per_page, int(page))

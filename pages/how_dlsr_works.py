@@ -53,14 +53,15 @@ def _open_arrived(ref: explorer.ImageRef, sets: list[str]) -> None:
         if ref.digest not in follow.upload_store():
             st.warning(follow.missing_upload_message(ref))
             return
-        st.session_state[SOURCE_KEY], _KEPT[UPLOAD_KEPT] = "an upload", ref.digest
+        st.session_state[SOURCE_KEY] = _KEPT[SOURCE_KEY] = "an upload"
+        _KEPT[UPLOAD_KEPT] = ref.digest
     elif ref.spec not in sets:
         st.warning(
             f"The linked image belongs to {ref.spec}, which is not a set of the loaded model's experiment; choose "
             "another model on Home / model, or add the set on Experiment / data."
         )
     else:
-        st.session_state[SOURCE_KEY] = "a set of the experiment"
+        st.session_state[SOURCE_KEY] = _KEPT[SOURCE_KEY] = "a set of the experiment"
         st.session_state[SET_KEY] = _KEPT[SET_KEY] = ref.spec
         st.session_state[INDEX_KEY] = _KEPT[INDEX_KEY] = ref.index
 
@@ -87,7 +88,15 @@ st.header("1 · The image")
 arrived = follow.incoming("walk")
 if arrived is not None:
     _open_arrived(arrived, experiment.specs)
-source = st.radio("Image from", ["a set of the experiment", "an upload"], horizontal=True, key=SOURCE_KEY)
+_restore(SOURCE_KEY, "a set of the experiment")
+source = st.radio(
+    "Image from",
+    ["a set of the experiment", "an upload"],
+    horizontal=True,
+    key=SOURCE_KEY,
+    on_change=_keep,
+    args=(SOURCE_KEY,),
+)
 sets = experiment.specs
 if st.session_state.get(SET_KEY) not in sets:  # another model's experiment was loaded since
     st.session_state.pop(SET_KEY, None)
