@@ -412,6 +412,10 @@ def _interactions(driver, page: PageCheck, timings: dict[str, float], extra_shot
     elif page.name == "failure_cases":
         _screenshot(driver, extra_shots / "failure_cases_browse.png", scroll_to_heading="Browse the errors")
     elif page.name == "train":
+        # A timer tick already queued when the run ended may still arrive once on a loaded machine; let it land.
+        _wait_idle(driver, page.timeout)
+        time.sleep(2.0)
+        _wait_idle(driver, page.timeout)
         timings["train_page_reruns_in_5s_after_the_run"] = _count_reruns(driver, 5.0)
     elif page.name == "experiment":
         timings["experiment_zip_upload"] = _upload_zip_set(driver, page.timeout)
