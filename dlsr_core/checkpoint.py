@@ -481,8 +481,10 @@ def run_dir_for_name(name: str, root: str | Path) -> Path:
     if candidate.is_symlink() or (candidate.exists() and not candidate.is_dir()):
         raise CheckpointError(f"{candidate} exists and is not a run folder; pick another run name")
     if candidate.is_dir() and any(candidate.iterdir()):
-        # "experiment.json": the run's sets (dlsr_core.data.experiment.EXPERIMENT_NAME), written before training
-        known = {FIRST_NAME, LAST_NAME, "resume.pt", "experiment.json", checksum_path(Path(FIRST_NAME)).name}
+        # "experiment.json": the run's sets (dlsr_core.data.experiment.EXPERIMENT_NAME), written before training;
+        # "train.lock": a training run's lock (dlsr_core.training.locking.LOCK_NAME), left behind by a killed one
+        known = {FIRST_NAME, LAST_NAME, "resume.pt", "experiment.json", "train.lock"}
+        known.add(checksum_path(Path(FIRST_NAME)).name)
         known.add(checksum_path(Path(LAST_NAME)).name)
         if not all(entry.name in known or entry.name.endswith(".partial") for entry in candidate.iterdir()):
             raise CheckpointError(f"{candidate} already holds other files; pick another run name")

@@ -13,7 +13,7 @@ from dlsr_core.data.shifts import SHIFTS
 _BUILTIN_SOURCES = ("digits", "letters", "textures")
 _SPLIT_SOURCES = {"fashion_mnist": ("train", "test")}
 _SOURCE_ALIASES = {"fashion-mnist": "fashion_mnist", "fmnist": "fashion_mnist"}
-_NAME_RE = re.compile(r"^[A-Za-z0-9_.-]+$")
+_NAME_RE = re.compile(r"[A-Za-z0-9_.-]+")  # always fullmatch: `$` also matches before a final "\n"
 _SPEC_HELP = (
     "expected one of: fashion_mnist:train, fashion_mnist:test, digits, letters, textures, "
     "demo:<name>, torchvision:<Class>[:<split>], folder:<path>, optionally followed by "
@@ -82,7 +82,7 @@ def parse_dataset(text: str) -> DatasetSpec:
             raise DatasetError(f"{text!r}: {source} needs a split, use {choices}")
         return DatasetSpec(source, split=split, shifts=shift_tuple)
     if source == "demo":
-        if not _NAME_RE.match(arg):
+        if not _NAME_RE.fullmatch(arg):
             raise DatasetError(f"{text!r}: use demo:<name>, one of {list_demo_sets() or '(none found)'}")
         return DatasetSpec("demo", name=arg, shifts=shift_tuple)
     if source == "torchvision":

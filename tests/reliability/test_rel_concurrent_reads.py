@@ -97,7 +97,8 @@ class WriterProcess:
 
 def _assert_concurrent(saves, reads, errors):
     assert not errors, f"{len(errors)} of {reads} reads failed during {saves} saves, e.g. {errors[:3]}"
-    assert saves >= MIN_OVERLAP and reads >= MIN_OVERLAP, (saves, reads)  # the reads really overlapped a stream of saves
+    # the reads really overlapped a stream of saves
+    assert saves >= MIN_OVERLAP and reads >= MIN_OVERLAP, (saves, reads)
 
 
 @pytest.fixture
