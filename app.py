@@ -22,6 +22,7 @@ PAGES = [
     st.Page("pages/distributions.py", title="Score distributions", icon=":material/bar_chart:"),
     st.Page("pages/feature_map.py", title="Feature map (UMAP)", icon=":material/scatter_plot:"),
     st.Page("pages/failure_cases.py", title="Failure cases", icon=":material/report:"),
+    st.Page("pages/compare_models.py", title="Compare models", icon=":material/compare_arrows:"),
     st.Page("pages/feature_vs_pixel.py", title="Feature vs pixel", icon=":material/compare:"),
     st.Page("pages/train.py", title="Train", icon=":material/model_training:"),
 ]

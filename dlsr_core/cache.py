@@ -37,6 +37,7 @@ from dlsr_core.features import FeatureSet, ProgressCallback, extract_features, s
 from dlsr_core.fixed_batches import EXTRACTION_VERSION
 from dlsr_core.mapped import map_tensor, read_safetensors_header, stream_sha256, tensor_byte_range
 from dlsr_core.presets import DEFAULT_FEATURES, FeatureOptions, feature_options_tag
+from dlsr_core.ranks import all_ranks, check_same, gather, one_line, raise_together, rank_and_size, smallest
 
 # Bump when preprocessing, pooling or the backbone's batching changes, so old cache files stop matching.
 PREPROCESSING_VERSION = f"resize-square-v1+gap-std-v1+{EXTRACTION_VERSION}"
@@ -52,17 +53,25 @@ logger = logging.getLogger(__name__)
 _warned_folders: set[str] = set()
 
 
-def _warn_unusable(path: Path, error: OSError) -> None:
+def _unusable_reason(path: Path, error: OSError) -> str:
+    """Why writing or reading the cache file `path` failed with `error`, in words."""
     folder = path.parent
+    if folder.exists() and not folder.is_dir():
+        return "it is a file, not a folder"
+    if path.is_dir():
+        return f"a folder has taken the cache file's name {path.name}"
+    return f"{error.strerror or type(error).__name__}: {getattr(error, 'filename', None) or path}"
+
+
+def _warn_unusable(path: Path, error: OSError) -> None:
+    _warn_folder(path.parent, _unusable_reason(path, error))
+
+
+def _warn_folder(folder: Path, reason: str) -> None:
+    """Say once per folder that the cache there cannot be used (`reason`) and that the command carries on."""
     if str(folder) in _warned_folders:
         return
     _warned_folders.add(str(folder))
-    if folder.exists() and not folder.is_dir():
-        reason = "it is a file, not a folder"
-    elif path.is_dir():
-        reason = f"a folder has taken the cache file's name {path.name}"
-    else:
-        reason = f"{error.strerror or type(error).__name__}: {getattr(error, 'filename', None) or path}"
     logger.warning(
         "feature cache %s is not usable (%s); carrying on without caching (features are recomputed next time). "
         "Point --cache-dir or DLSR_CACHE_DIR at a writable folder to cache them.",
@@ -300,11 +309,15 @@ def cached_features(
     images = open_dataset(dataset, data_root=data_root, download=download)
     key = cache_key(images.identity, backbone, weights_identity(backbone, weights), input_size, options)
     path = _cache_path(Path(cache_dir) if cache_dir else default_cache_dir(), key, images.name)
+    world_size = rank_and_size()[1]
+    if world_size > 1:  # ranks that disagree on the rows would each extract a different share of different data
+        described = {f"the cache key's {name}": value for name, value in key.items()}
+        described.update(images=str(len(images)), batch_size=str(batch_size or "the device's"))
+        check_same(described, f"the features of {dataset}")
     cached = load_feature_set(path, key, memory_map, len(images))
     if cache_only:
         return cached
-    rank, world_size = _distributed_rank()
-    if (cached is not None) if world_size == 1 else _all_ranks(cached is not None):
+    if all_ranks(cached is not None):
         return cached
     if extractor is None:
         from dlsr_core.backbones import create_feature_extractor
@@ -330,25 +343,6 @@ def cached_features(
     return feature_set
 
 
-def _distributed_rank() -> tuple[int, int]:
-    """(rank, world size) of an initialised process group, else (0, 1)."""
-    import torch.distributed as dist
-
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size()
-    return 0, 1
-
-
-def _all_ranks(flag: bool) -> bool:
-    """True when `flag` is true on every rank (a collective: every rank must call it)."""
-    import torch.distributed as dist
-
-    device = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else torch.device("cpu")
-    value = torch.tensor([int(flag)], device=device)
-    dist.all_reduce(value, op=dist.ReduceOp.MIN)
-    return bool(value.item())
-
-
 def _part_path(path: Path, rank: int, world_size: int) -> Path:
     return path.with_name(f"{path.name}.part{rank}of{world_size}")
 
@@ -371,18 +365,9 @@ def remove_leftovers(folder: Path) -> int:
     return removed
 
 
-def _join_parts(path: Path, key: dict[str, str], world_size: int, dataset_name: str) -> str:
-    """Write the entry at `path` from the ranks' part files, in rank order; returns "" or what went wrong."""
-    parts = [
-        load_feature_set(_part_path(path, r, world_size), {**key, "shard": f"{r}/{world_size}"})
-        for r in range(world_size)
-    ]
-    if any(part is None for part in parts):
-        return (
-            f"rank 0 could not read every rank's part of {path.name} in {path.parent}; the feature cache directory "
-            "must be shared by all ranks (pass --cache-dir on a shared filesystem)"
-        )
-    joined = FeatureSet(
+def _joined(parts: list[FeatureSet], dataset_name: str) -> FeatureSet:
+    """The ranks' parts (in rank order) as one set: the rows a single process would have extracted."""
+    return FeatureSet(
         features=torch.cat([part.features for part in parts]),
         stage_dims=parts[0].stage_dims,
         indices=torch.cat([part.indices for part in parts]),
@@ -391,7 +376,17 @@ def _join_parts(path: Path, key: dict[str, str], world_size: int, dataset_name: 
         backbone=parts[0].backbone,
         seconds=sum(part.seconds for part in parts),
     )
-    save_feature_set(path, joined, key)
+
+
+def _join_parts(path: Path, key: dict[str, str], world_size: int, dataset_name: str) -> str:
+    """Write the entry at `path` from the ranks' part files, in rank order; returns "" or what went wrong."""
+    parts = [
+        load_feature_set(_part_path(path, r, world_size), {**key, "shard": f"{r}/{world_size}"})
+        for r in range(world_size)
+    ]
+    if any(part is None for part in parts):
+        return "rank 0 cannot read every rank's part file in it (is it one folder shared by all ranks?)"
+    save_feature_set(path, _joined(parts, dataset_name), key)
     return ""
 
 
@@ -401,16 +396,18 @@ def _extract_sharded(
     """Each rank extracts a contiguous run of whole batches; rank 0 joins the parts into the entry at `path`.
 
     Batches are fixed blocks of dataset positions (features.extract_features), so every row is computed in exactly the
-    batch a single process would use and the joined entry equals a single-process extraction bit for bit.
+    batch a single process would use and the joined entry equals a single-process extraction bit for bit. Faults end
+    as they would in one process, on every rank: a failed extraction (not enough memory, ...) raises on every rank
+    (dlsr_core.ranks.raise_together); a cache that cannot be used (a part or the entry cannot be written or read) is
+    warned about and the ranks exchange their parts through the process group instead.
     """
-
-    rank, world_size = _distributed_rank()
+    rank, world_size = rank_and_size()
     started = time.perf_counter()
-    batch_size = batch_size or extractor.batch_size_for(input_size)
+    batch_size = batch_size or smallest(extractor.batch_size_for(input_size))  # one block size on every rank
     blocks_per_rank = -(-math.ceil(len(images) / batch_size) // world_size)
     begin = min(rank * blocks_per_rank * batch_size, len(images))
     end = min((rank + 1) * blocks_per_rank * batch_size, len(images))
-    problem = ""
+    shard, error = None, None
     try:
         shard = extract_features(
             extractor,
@@ -421,24 +418,68 @@ def _extract_sharded(
             dataset_name=images.name,
             positions=range(begin, end),
         )
-        save_feature_set(_part_path(path, rank, world_size), shard, {**key, "shard": f"{rank}/{world_size}"})
-    except Exception as error:  # as below: a rank that failed alone would leave the others waiting forever
-        problem = f"rank {rank} could not extract or store its part of {path.name}: {type(error).__name__}: {error}"
-    if not _all_ranks(not problem):
-        _part_path(path, rank, world_size).unlink(missing_ok=True)
-        raise RuntimeError(problem or f"another rank failed to extract its part of {path.name}; see its error")
+    except Exception as caught:  # raised on every rank: a rank that failed alone would leave the others waiting
+        error = caught
+    raise_together(error, f"rank {rank} of {world_size} could not extract its part of {images.name}: {_account(error)}")
+    try:
+        joined, reason = _store_and_join(shard, path, key, len(images), memory_map)
+    finally:
+        _part_path(path, rank, world_size).unlink(missing_ok=True)  # rank 0 has read every part by now
+    if joined is None:
+        _warn_folder(path.parent, reason)
+        joined = _exchange_parts(shard, path, key, images.name)
+    elif rank == 0:
+        remove_leftovers(path.parent)
+    return replace(joined, seconds=time.perf_counter() - started)
+
+
+def _account(error: BaseException | None) -> str:
+    if isinstance(error, MemoryError):
+        return f"not enough memory ({one_line(error)})"
+    return f"{type(error).__name__}: {one_line(error)}"
+
+
+def _store_and_join(shard: FeatureSet, path: Path, key: dict, count: int, memory_map: bool):
+    """(the joined entry, "") once every rank has stored its part, rank 0 has joined them and every rank has read the
+    entry; (None, why the cache cannot be used) otherwise. Every rank gets the same answer."""
+    rank, world_size = rank_and_size()
+    part = _part_path(path, rank, world_size)
+    reason, error = "", None
+    try:
+        save_feature_set(part, shard, {**key, "shard": f"{rank}/{world_size}"})
+    except OSError as caught:
+        reason = f"rank {rank}: {_unusable_reason(part, caught)}"
+    except Exception as caught:  # not enough memory to serialise it, ...
+        error = caught
+    raise_together(error, f"rank {rank} could not store its part of {path.name}: {_account(error)}")
+    reasons = [text for text in gather(reason) if text]
+    if reasons:
+        return None, reasons[0]
     if rank == 0:
         try:
-            problem = _join_parts(path, key, world_size, images.name)
-        except Exception as error:  # every rank must reach the collective below, or the others would wait forever
-            problem = f"rank 0 could not join the parts of {path.name}: {type(error).__name__}: {error}"
-    joined_everywhere = _all_ranks(not problem)
-    _part_path(path, rank, world_size).unlink(missing_ok=True)  # rank 0 has read every part before the collective
-    if not joined_everywhere:
-        raise RuntimeError(problem or f"rank 0 failed to join the parts of {path.name}; see its error")
-    if rank == 0:
-        remove_leftovers(path.parent)
-    joined = load_feature_set(path, key, memory_map, len(images))
-    if joined is None:
-        raise RuntimeError(f"the joined feature cache {path} cannot be read on rank {rank}")
-    return replace(joined, seconds=time.perf_counter() - started)
+            reason = _join_parts(path, key, world_size, shard.dataset)
+        except OSError as caught:
+            reason = _unusable_reason(path, caught)
+        except Exception as caught:
+            error = caught
+    raise_together(error, f"rank 0 could not join the parts of {path.name}: {_account(error)}")
+    reason = gather(reason)[0]
+    if reason:
+        return None, reason
+    joined = load_feature_set(path, key, memory_map, count)
+    unread = [r for r, readable in enumerate(gather(joined is not None)) if not readable]
+    if unread:
+        return None, f"rank {unread[0]} cannot read the entry rank 0 wrote (is it one folder shared by all ranks?)"
+    return joined, ""
+
+
+def _exchange_parts(shard: FeatureSet, path: Path, key: dict, dataset_name: str) -> FeatureSet:
+    """Every rank's part through the process group, joined in rank order (the cache could not be used); rank 0 still
+    tries to store the result, as a single process would."""
+    joined = _joined(gather(shard), dataset_name)
+    if rank_and_size()[0] == 0:
+        try:
+            save_feature_set(path, joined, key)
+        except OSError:  # already warned about
+            pass
+    return joined

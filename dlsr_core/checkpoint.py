@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
 import os
 import re
 from dataclasses import asdict, dataclass, field, fields
@@ -41,6 +40,7 @@ from dlsr_core.diffusion import LFDN, OFFICIAL_MIN_TIMESTEP, ConfigError, LFDNCo
 from dlsr_core.features import stage_dims_problem
 from dlsr_core.options import MAX_INPUT_SIZE, MIN_INPUT_SIZE
 from dlsr_core.presets import FeatureOptions, ScoringOptions, options_from, validate_options
+from dlsr_core.safetensors_header import header_tensors
 from dlsr_core.schema import SchemaError, from_json
 
 FORMAT_NAME = "dlsr-lfdn"
@@ -179,41 +179,7 @@ def _read_header(path: Path, stream: BinaryIO) -> _Header:
     if not isinstance(metadata, dict) or not all(isinstance(v, str) for v in metadata.values()):
         raise CheckpointError(f"{path}: its metadata must map names to strings")
     payload = size - 8 - length
-    return _Header(header_tensors(header, payload, _TENSOR_DTYPES, damaged), metadata, payload)
-
-
-def header_tensors(
-    header: dict,
-    payload: int,
-    dtypes: dict[str, int],
-    damaged: str,
-    error: type[CheckpointError] = CheckpointError,
-) -> dict[str, tuple[str, tuple[int, ...]]]:
-    """name -> (dtype, shape) of the tensor entries of a parsed safetensors header (`__metadata__` removed): each
-    must have a dtype of `dtypes` (name -> bytes per value), a shape of whole numbers and offsets inside the
-    `payload` data bytes spanning exactly its size, and together they must cover the payload. Raises `error` with
-    `damaged` (the file's one-line problem) and the first entry at fault."""
-    tensors, covered = {}, 0
-    for name, entry in header.items():
-        try:
-            dtype, shape, (begin, end) = entry["dtype"], entry["shape"], entry["data_offsets"]
-            valid = (
-                dtype in dtypes
-                and isinstance(shape, list)
-                and all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape)
-                and all(isinstance(o, int) and not isinstance(o, bool) for o in (begin, end))
-                and 0 <= begin <= end <= payload
-                and end - begin == math.prod(shape) * dtypes[dtype]
-            )
-        except (KeyError, TypeError, ValueError):
-            valid = False
-        if not valid:
-            raise error(f"{damaged} (tensor {name!r} is described wrongly or lies outside the file)")
-        tensors[name] = (dtype, tuple(shape))
-        covered += end - begin
-    if covered != payload:
-        raise error(f"{damaged} ({payload} data bytes, tensors describe {covered})")
-    return tensors
+    return _Header(header_tensors(header, payload, _TENSOR_DTYPES, damaged, CheckpointError), metadata, payload)
 
 
 def _info_from_metadata(path: Path, metadata: dict[str, str]) -> CheckpointInfo:
@@ -496,8 +462,10 @@ def run_dir_for_name(name: str, root: str | Path) -> Path:
     if candidate.is_symlink() or (candidate.exists() and not candidate.is_dir()):
         raise CheckpointError(f"{candidate} exists and is not a run folder; pick another run name")
     if candidate.is_dir() and any(candidate.iterdir()):
-        # "experiment.json": the run's sets (dlsr_core.data.experiment.EXPERIMENT_NAME), written before training
-        known = {FIRST_NAME, LAST_NAME, "resume.pt", "experiment.json", checksum_path(Path(FIRST_NAME)).name}
+        # "experiment.json": the run's sets (dlsr_core.data.experiment.EXPERIMENT_NAME), written before training;
+        # "train.lock": a training run's lock (dlsr_core.training.locking.LOCK_NAME), left behind by a killed one
+        known = {FIRST_NAME, LAST_NAME, "resume.pt", "experiment.json", "train.lock"}
+        known.add(checksum_path(Path(FIRST_NAME)).name)
         known.add(checksum_path(Path(LAST_NAME)).name)
         if not all(entry.name in known or entry.name.endswith(".partial") for entry in candidate.iterdir()):
             raise CheckpointError(f"{candidate} already holds other files; pick another run name")

@@ -6,7 +6,7 @@ import streamlit as st
 
 from dlsr_core import explorer
 from dlsr_core.explorer import failures
-from pages import shared, widgets
+from pages import gallery, shared, widgets
 
 st.title("Failure cases")
 st.markdown(
@@ -20,7 +20,6 @@ experiment = shared.current_experiment(detector, run_dir).experiment
 id_spec = experiment.id_set.spec
 timestep, steps, score = widgets.sampling_controls(detector)
 draws = widgets.current_draws()  # the sidebar's noise-draws control
-k = st.slider("Images shown per group (most extreme first)", 4, 40, 12, step=4)
 
 ready = shared.experiment_features(detector, experiment)
 fingerprint = shared.fingerprint(run_dir)
@@ -48,13 +47,6 @@ def _labels(spec: str, indices: tuple[int, ...], class_names):
 @st.cache_resource(max_entries=4, show_spinner="Grouping the unlabelled ID images into clusters…")
 def _clusters(run_fingerprint: str, spec: str, indices: tuple[int, ...], _features: np.ndarray) -> explorer.Clusters:
     return explorer.id_clusters(_features)
-
-
-@st.cache_data(max_entries=128, show_spinner=False)
-def _images(spec: str, index_tuple: tuple[int, ...]):
-    return [
-        image.resize((84, 84), 0) if image is not None else None for image in explorer.dataset_images(spec, index_tuple)
-    ]
 
 
 sets, analysed = {}, {}
@@ -127,30 +119,25 @@ st.dataframe(
 )
 
 st.subheader("Why? Errors per measured category")
-st.dataframe(
+# st.table wraps long text (the criteria) instead of cutting it off.
+st.table(
     pd.DataFrame(
         [
             {
                 "error": count.kind,
                 "category": count.category,
                 "errors": count.errors,
-                "share of these errors %": 100 * count.share_of_errors,
-                "share of all images %": None if count.base_rate is None else 100 * count.base_rate,
+                "share of these errors": f"{100 * count.share_of_errors:.0f} %",
+                "share of all images": "—" if count.base_rate is None else f"{100 * count.base_rate:.0f} %",
                 "measured as": failures.CATEGORY_HELP[count.category],
             }
             for count in analysis.counts
         ]
-    ),
-    hide_index=True,
-    width="stretch",
-    column_config={
-        "share of these errors %": st.column_config.NumberColumn(format="%.0f"),
-        "share of all images %": st.column_config.NumberColumn(
-            format="%.0f",
-            help="How common the criterion is among all ID images (ID rows) or all OOD images (OOD rows): a category "
-            "explains errors only where it is more common among them than overall.",
-        ),
-    },
+    ).set_index("error")
+)
+st.caption(
+    "Share of all images: how common the criterion is among all ID images (ID rows) or all OOD images (OOD rows); a "
+    "category explains errors only where it is more common among them than overall."
 )
 grouping = (
     f"the mean feature vector of each of the {len(clusters.names)} clusters of the (unlabelled) ID features, shown "
@@ -175,46 +162,76 @@ if clusters is not None:
         positions = tuple(int(i) for i in sets[id_spec].indices[rows])
         with cluster_columns[cluster % len(cluster_columns)]:
             st.markdown(f"**{name}** ({int(np.sum(clusters.labels == cluster)):,} images)")
-            st.image([image for image in _images(id_spec, positions) if image is not None], width=56)
+            st.image([gallery.thumbnail(i) for i in gallery.set_images(id_spec, positions) if i is not None], width=56)
 
 
-def _caption(case: explorer.FailureCase) -> str:
-    where = experiment.name_of(case.dataset)
-    what = f" · {case.true_class}" if case.true_class else ""
-    near = f"\nlooks like: {case.nearest_class}" if case.nearest_class else ""
-    tags = ", ".join(case.categories)
-    return f"{where} #{case.index}{what} · {case.score:.3g}{near}\n{tags}"
+# Browse every error -------------------------------------------------------------------------------------------------
+st.subheader("Browse the errors")
+cases = analysis.cases
+filters = st.columns([3, 3, 3, 2])
+set_options = [spec for spec in sets if any(case.dataset == spec for case in cases)]
+# An empty filter keeps everything (a list of every option would fill the box with chips).
+chosen_sets = filters[0].multiselect(
+    "Sets", set_options, format_func=experiment.name_of, key="failure_sets", placeholder="all sets"
+)
+category_options = [name for name in failures.CATEGORY_HELP if any(name in case.categories for case in cases)]
+chosen_categories = filters[1].multiselect(
+    "Categories", category_options, key="failure_categories", placeholder="all categories"
+)
+class_options = sorted({explorer.id_class_of(case) for case in cases} - {None})
+chosen_classes = filters[2].multiselect(
+    "ID class",
+    class_options,
+    key="failure_classes",
+    placeholder="all classes" if class_options else "no ID labels",
+    help="An ID error's own class; for an OOD error, the ID class it resembles most (nearest class mean).",
+    disabled=not class_options,
+)
+per_page = filters[3].selectbox("Per page", [6, 12, 24, 48], index=1, key="failure_per_page")
+shown = explorer.filter_cases(
+    cases, set(chosen_sets) or None, set(chosen_categories) or None, set(chosen_classes) or None
+)
+
+
+def _card(case: explorer.FailureCase, image) -> gallery.Card:
+    own = f" · {gallery.md(case.true_class)}" if case.true_class else ""
+    lines = [
+        f"**{gallery.md(experiment.name_of(case.dataset))} \\#{case.index}**{own}",
+        f"{label} {case.score:.4g} · rank {case.rank}",
+    ]
+    if case.nearest_class:
+        lines.append(f"looks like: {gallery.md(case.nearest_class)}")
+    lines.append(f":gray[{gallery.md(', '.join(case.categories))}]")
+    return gallery.Card(image, tuple(lines), explorer.ImageRef.of_set(case.dataset, case.index))
 
 
 for kind, blurb in (
     (failures.ID_KIND, "ID images scored above the threshold (false alarms), highest score first"),
     (failures.OOD_KIND, "OOD images scored at or below the threshold (missed detections), lowest score first"),
 ):
-    group = analysis.of_kind(kind)
-    st.subheader(f"{kind}: {len(group)}")
+    group = [case for case in shown if case.kind == kind]
+    total = len(analysis.of_kind(kind))
+    st.markdown(f"#### {kind}: {len(group)}" + (f" of {total} (filtered)" if len(group) < total else ""))
     if not group:
-        st.caption("None at this threshold.")
+        st.caption("None at this threshold." if not total else "None with these filters.")
         continue
-    shown = group[:k]
-    st.caption(f"{blurb}; showing {len(shown)} of {len(group)}.")
-    images = [_images(case.dataset, (case.index,))[0] for case in shown]
-    per_row = 6
-    for start in range(0, len(shown), per_row):
-        columns = st.columns(per_row)
-        for column, image, case in zip(
-            columns, images[start : start + per_row], shown[start : start + per_row], strict=False
-        ):
-            if image is not None:
-                column.image(image, caption=_caption(case), width="stretch")
+    st.caption(f"{blurb}.")
+    window = gallery.pager(len(group), per_page, key=f"failure_page_{kind}")
+    page_cases = group[window.start : window.stop]
+    images = {}
+    for spec in dict.fromkeys(case.dataset for case in page_cases):
+        wanted = tuple(case.index for case in page_cases if case.dataset == spec)
+        images.update({(spec, i): image for i, image in zip(wanted, gallery.set_images(spec, wanted), strict=True)})
+    gallery.show_cards([_card(case, images[(case.dataset, case.index)]) for case in page_cases])
 
-st.subheader("All errors")
-stage_count = len(analysis.cases[0].stage_cos) if analysis.cases else 0
+st.subheader("All errors" + (f" ({len(shown)} with these filters)" if len(shown) < len(cases) else ""))
+stage_count = len(cases[0].stage_cos) if cases else 0
 table = pd.DataFrame(
     [
         {
             "kind": c.kind,
             "rank": c.rank,
-            "set": c.dataset,
+            "set": experiment.name_of(c.dataset),
             "index": c.index,
             "class": c.true_class,
             "nearest ID class": c.nearest_class,
@@ -222,7 +239,7 @@ table = pd.DataFrame(
             label: c.score,
             **{f"cos stage {i + 1}": v for i, v in enumerate(c.stage_cos)},
         }
-        for c in analysis.cases
+        for c in shown
     ]
 )
 st.dataframe(
@@ -230,14 +247,17 @@ st.dataframe(
     hide_index=True,
     width="stretch",
     column_config={
-        f"cos stage {i + 1}": st.column_config.ProgressColumn(format="%.3f", min_value=-1.0, max_value=1.0)
-        for i in range(stage_count)
+        **gallery.text_columns(table, ("kind", "set", "class", "nearest ID class", "categories")),
+        **{
+            f"cos stage {i + 1}": st.column_config.ProgressColumn(format="%.3f", min_value=-1.0, max_value=1.0)
+            for i in range(stage_count)
+        },
     },
 )
 st.download_button(
-    "Export failure cases as CSV",
+    f"Export these {len(shown)} failure cases as CSV",
     explorer.failure_csv(
-        analysis.cases,
+        shown,
         score,
         threshold,
         {"model_id": shared.model_id(detector, run_dir), "t": timestep, "steps": steps, "draws": draws},

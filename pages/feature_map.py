@@ -1,21 +1,21 @@
 """Feature map: 2-D UMAP (PCA while it computes) of ID and OOD features and their reconstructions.
 
-Hovering a point shows its image thumbnail and score. The chart is a self-contained Plotly page inside
-st.iframe (Plotly's JavaScript is inlined from the installed plotly package, so no network is needed),
-because Streamlit's own plotly_chart cannot show images on hover. UMAP runs in a background worker process
+Hovering a point names its image and score; a lasso, a box or a click selects points, and the selected images appear
+below with their scores, verdicts and layer profiles, one click away from How DLSR works, and export as CSV
+(explorer.map_selection maps the selection event back to the images). UMAP runs in a background worker process
 (dlsr_core.embedding.BackgroundProjector): the page never waits for it, it shows PCA meanwhile.
 """
 
-import json
-
 import numpy as np
-import plotly.graph_objects as go
 import streamlit as st
+import torch
 
 from dlsr_core import embedding, explorer
-from pages import shared, widgets
+from pages import gallery, shared, widgets
+from pages.map_figure import map_figure
 
-PALETTE = ("#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b")  # one colour per set
+SELECTION_PER_PAGE = 12
+KIND_WORDS = {"original": "its features", "reconstructed": "its reconstruction"}
 
 st.title("Feature map (UMAP)")
 detector, run_dir = shared.detector_or_stop()
@@ -63,10 +63,8 @@ def _points(run_fingerprint, sets_key, timestep, steps, draws, per_set, with_rec
 
 
 @st.cache_data(max_entries=64, show_spinner=False)
-def _thumbnails(spec: str, indices: tuple[int, ...]) -> list[str]:
-    return [
-        explorer.thumbnail_uri(image) if image is not None else "" for image in explorer.dataset_images(spec, indices)
-    ]
+def _files(spec: str, indices: tuple[int, ...]) -> list[str]:
+    return explorer.image_files(spec, indices)
 
 
 @st.cache_resource
@@ -96,113 +94,13 @@ setting = explorer.map_setting(
     steps,
     draws,
 )
-# One thumbnail per (set, image); a reconstruction shows its original's picture.
-thumbs, thumb_of = [], {}
-bar = st.empty()  # decoding a few hundred large images per set takes seconds: say how far it is
-for position, spec in enumerate(specs):
-    bar.progress(position / len(specs), text=f"Making hover thumbnails: {experiment.name_of(spec)}…")
-    wanted = sorted({int(i) for s, i in zip(points.sets, points.indices, strict=True) if s == spec})
-    for index, uri in zip(wanted, _thumbnails(spec, tuple(wanted)), strict=True):
-        thumb_of[(spec, index)] = len(thumbs)
-        thumbs.append(uri)
-bar.empty()
-
 values = points.scores[score]
-id_mask = points.mask(experiment.id_set.spec, "original")
-ranks = explorer.rank_percentiles(values)
 # Placed among all ID reference images, against the threshold every other page uses (not the ID points shown).
 id_reference_features = explorer.reference_subset(feature_sets[experiment.id_set.spec])
-id_reference = shared.reference_scores(detector, run_dir, id_reference_features, timestep, steps, score)
+reference = shared.reference_set(detector, run_dir, id_reference_features, timestep, steps, score)
+id_reference = reference[score]
 threshold = explorer.id_threshold95(id_reference)
 id_percentiles = [explorer.percent_text(p) for p in explorer.percent_below(id_reference, values)]
-
-
-def _html(coordinates: np.ndarray, title: str) -> str:
-    figure = go.Figure()
-    label = explorer.SCORE_LABELS[score]
-    groups = [(spec, kind) for spec in specs for kind in ("original", "reconstructed")]
-    first_trace = True
-    for spec, kind in groups:
-        mask = points.mask(spec, kind)
-        if not mask.any():
-            continue
-        custom = [
-            [thumb_of[(spec, int(i))], experiment.name_of(spec), kind, int(i), float(v), id_percentiles[row]]
-            for row, i, v in zip(np.flatnonzero(mask), points.indices[mask], values[mask], strict=True)
-        ]
-        marker = dict(
-            size=6 if kind == "original" else 5,
-            symbol="circle" if kind == "original" else "x",
-            opacity=0.75 if kind == "original" else 0.5,
-            color=PALETTE[specs.index(spec) % len(PALETTE)],
-        )
-        if colour_by == "score rank":
-            marker.update(
-                color=ranks[mask],
-                colorscale="Viridis",
-                cmin=0.0,
-                cmax=100.0,
-                showscale=first_trace,
-                # Horizontal, under the plot: a vertical bar on the right sat on top of the legend.
-                colorbar=dict(
-                    title=dict(text=f"{label} rank among shown points (%)", side="top"),
-                    orientation="h",
-                    y=-0.12,
-                    yanchor="top",
-                    len=0.6,
-                    thickness=12,
-                ),
-            )
-            first_trace = False
-        figure.add_trace(
-            go.Scattergl(
-                x=coordinates[mask, 0],
-                y=coordinates[mask, 1],
-                mode="markers",
-                marker=marker,
-                customdata=custom,
-                name=f"{experiment.name_of(spec)} ({'ẑ₀' if kind == 'reconstructed' else 'z₀'})",
-                legendgroup=spec,
-                hovertemplate=f"%{{customdata[1]}} #%{{customdata[3]}} (%{{customdata[2]}})<br>"
-                f"{label} = %{{customdata[4]:.4g}}, above %{{customdata[5]}} % of ID images<extra></extra>",
-            )
-        )
-    figure.update_layout(
-        height=540,
-        margin=dict(l=5, r=5, t=30, b=70 if colour_by == "score rank" else 5),
-        title=title,
-        template="plotly_white",
-        legend=dict(font_size=11, x=1.02, y=1.0, xanchor="left"),
-    )
-    return _page(figure.to_json(), json.dumps(thumbs))
-
-
-@st.cache_resource
-def _plotly_js() -> str:
-    from plotly.offline import get_plotlyjs
-
-    return get_plotlyjs()
-
-
-def _page(figure_json: str, thumbs_json: str) -> str:
-    return f"""<html><head><meta charset="utf-8"><script>{_plotly_js()}</script></head>
-<body style="margin:0;font-family:sans-serif">
-<div style="display:flex;gap:8px">
-  <div id="map" style="flex:1;min-width:0"></div>
-  <div id="hover" style="width:140px;font-size:12px;color:#333;padding-top:40px">Hover a point to see its image.</div>
-</div>
-<script>
-const fig = {figure_json};
-const thumbs = {thumbs_json};
-Plotly.newPlot("map", fig.data, fig.layout, {{displaylogo: false, responsive: true}});
-document.getElementById("map").on("plotly_hover", (event) => {{
-  const c = event.points[0].customdata;
-  document.getElementById("hover").innerHTML =
-    `<img src="${{thumbs[c[0]]}}" width="112" height="112" style="image-rendering:pixelated;border:1px solid #ccc">`
-    + `<br><b>${{c[1]}}</b> #${{c[3]}}<br>${{c[2]}}<br>score ${{Number(c[4]).toPrecision(4)}}`
-    + `<br>above ${{c[5]}} % of ID`;
-}});
-</script></body></html>"""
 
 
 coordinates, shown, waiting = None, "PCA", False
@@ -225,7 +123,25 @@ if method == "UMAP":
 if coordinates is None:
     coordinates = _pca(fingerprint, sets_key, timestep, steps, draws, per_set, with_reconstructions)
 title = {"UMAP": "UMAP (cosine)", "PCA": "PCA"}[shown] + (" — UMAP is being computed…" if waiting else "")
-st.iframe(_html(coordinates, title), height=560)
+traces = explorer.map_traces(points, specs)
+event = st.plotly_chart(
+    map_figure(
+        traces,
+        points,
+        coordinates,
+        experiment.names,
+        values,
+        id_percentiles,
+        explorer.SCORE_LABELS[score],
+        colour_by == "score rank",
+        title,
+    ),
+    width="stretch",
+    key="feature-map",
+    on_select="rerun",
+    selection_mode=("points", "box", "lasso"),
+)
+selected = explorer.selected_rows(traces, event.selection.points if event else [])
 
 if waiting:
 
@@ -245,12 +161,65 @@ if waiting:
 score_label = explorer.SCORE_LABELS[score]
 st.caption(
     f"{shown} of {len(points.matrix)} points: {per_set} per set from {len(specs)} sets"
-    f"{', originals (●) and reconstructions (×)' if with_reconstructions else ''}; "
+    f"{', features (filled symbols) and their reconstructions (open symbols)' if with_reconstructions else ''}; "
     f"t={timestep}, {steps} DDIM step(s), {draws} noise draw(s); colour: "
     f"{'set' if colour_by == 'set' else score_label + ' rank'}; hover: {score_label}. Positions depend only on the "
     f"features{' and their reconstructions' if with_reconstructions else ''}, never on the score: changing the score "
     "recolours the same map."
 )
+
+
+st.subheader("Selected images")
+if not len(selected):
+    st.caption(
+        "Drag a lasso around points on the map (the chart's toolbar also offers a box), or click one point: the "
+        "selected images appear here with their scores, verdicts and layer profiles, and can be exported or opened "
+        "on another page. Double-click the map to clear the selection."
+    )
+else:
+    images = explorer.selected_images(points, selected, score, id_reference, threshold)
+    ood_count = sum(image.verdict == "OOD" for image in images)
+    count_by_set: dict[str, int] = {}
+    for image in images:
+        count_by_set[image.ref.spec] = count_by_set.get(image.ref.spec, 0) + 1
+    st.markdown(
+        f"**{len(images)} image(s)** from {len(selected)} selected point(s): {ood_count} OOD, "
+        f"{len(images) - ood_count} ID at the threshold {score_label} = {threshold:.4g} — "
+        + ", ".join(f"{gallery.md(experiment.name_of(spec))} {count}" for spec, count in count_by_set.items())
+    )
+    file_of = {}
+    for spec in count_by_set:
+        wanted = tuple(image.ref.index for image in images if image.ref.spec == spec)
+        file_of.update({(spec, i): file for i, file in zip(wanted, _files(spec, wanted), strict=True)})
+    files = [file_of[(image.ref.spec, image.ref.index)] for image in images]
+    st.download_button(
+        f"Export the {len(images)} selected images as CSV",
+        explorer.selection_csv(
+            images,
+            experiment.names,
+            files,
+            score,
+            threshold,
+            {"model_id": shared.model_id(detector, run_dir), "t": timestep, "steps": steps, "draws": draws},
+        ),
+        file_name=f"dlsr_map_selection_{score}_t{timestep}.csv",
+        mime="text/csv",
+    )
+    window = gallery.pager(len(images), SELECTION_PER_PAGE, key="map_selection_page")
+    shown_images = images[window.start : window.stop]
+    features = torch.from_numpy(points.matrix[[image.row for image in shown_images]])
+    profiles = explorer.image_profiles(detector, features, reference, score, timestep, steps, draws)
+    cards = []
+    for image, profile in zip(shown_images, profiles, strict=True):
+        badge = {"OOD": ":red-badge[OOD]", "ID": ":green-badge[ID]"}.get(image.verdict, ":gray-badge[no verdict]")
+        lines = (
+            f"**{gallery.md(experiment.name_of(image.ref.spec))} \\#{image.ref.index}** {badge}",
+            f"{score_label} = `{image.score:.4g}` · above {explorer.percent_text(image.id_percentile)} % of ID",
+            ":gray[selected: " + " and ".join(KIND_WORDS[kind] for kind in image.kinds) + "]",
+        )
+        picture = gallery.set_images(image.ref.spec, (image.ref.index,))[0]
+        cards.append(gallery.Card(picture, lines, image.ref, profile, explorer.verdict_note(profile, image.verdict)))
+    gallery.show_cards(cards)
 
 inside = explorer.share_among_id(coordinates, points.sets, points.kinds, experiment.id_set.spec)
 rows = []

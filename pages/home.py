@@ -67,5 +67,6 @@ st.info(
     "Next: **How DLSR works** to follow one image through the method step by step (the page to show a class); "
     "**Score images** to test your own pictures; **Score distributions** for AUROC/FPR95 of every method and "
     "the paper's explanatory figures (training's effect, Fig. 3; the timestep sweep, Fig. 4); **Feature map** to "
-    "see the sets in 2-D; **Failure cases** for every error at the threshold and a measured reason for it."
+    "see the sets in 2-D and select images on it; **Failure cases** for every error at the threshold and a measured "
+    "reason for it; **Compare models** to put a second model (another run or epoch) beside this one, image by image."
 )

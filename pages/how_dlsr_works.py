@@ -5,13 +5,15 @@ import plotly.graph_objects as go
 import streamlit as st
 
 from dlsr_core import explorer
-from pages import figures, shared, widgets
+from pages import figures, follow, shared, widgets
 from pages.walkthrough_figures import comparison_figure, stage_figure, stage_footers
 
 SOURCE_KEY = "walk_source"
 SET_KEY = "walk_set"
 INDEX_KEY = "walk_index"
 SHIFT_KEY = "walk_shift"
+UPLOADER_KEY = "walk_uploader"
+UPLOAD_KEPT = "upload"  # _KEPT key: the digest of the traced upload (its bytes are in follow.upload_store)
 GREY, ORANGE, GREEN = "#8c8c8c", "#e07b39", "#3c8d47"
 STATIC = {"displayModeBar": False}  # Plotly's toolbar covers the small titles; a projected page needs none
 SHIFT_WHOLE_SET = 2000  # ID sets up to this size are shifted whole and cached on disk
@@ -40,6 +42,30 @@ def _restore(key: str, default):
     return st.session_state[key]
 
 
+def _upload_changed() -> None:
+    if st.session_state.get(UPLOADER_KEY) is None:  # the user removed the file: nothing to trace any more
+        _KEPT.pop(UPLOAD_KEPT, None)
+
+
+def _open_arrived(ref: explorer.ImageRef, sets: list[str]) -> None:
+    """Trace the image a link brought (a score card, a failure case, a map selection, Compare models)."""
+    if ref.is_upload:
+        if ref.digest not in follow.upload_store():
+            st.warning(follow.missing_upload_message(ref))
+            return
+        st.session_state[SOURCE_KEY] = _KEPT[SOURCE_KEY] = "an upload"
+        _KEPT[UPLOAD_KEPT] = ref.digest
+    elif ref.spec not in sets:
+        st.warning(
+            f"The linked image belongs to {ref.spec}, which is not a set of the loaded model's experiment; choose "
+            "another model on Home / model, or add the set on Experiment / data."
+        )
+    else:
+        st.session_state[SOURCE_KEY] = _KEPT[SOURCE_KEY] = "a set of the experiment"
+        st.session_state[SET_KEY] = _KEPT[SET_KEY] = ref.spec
+        st.session_state[INDEX_KEY] = _KEPT[INDEX_KEY] = ref.index
+
+
 def _shift_chosen() -> None:
     """Clicking the selected pill unselects it; the panel keeps showing that shift, so the pill stays selected."""
     if st.session_state[SHIFT_KEY] is None:
@@ -59,7 +85,18 @@ draws = widgets.current_draws()
 
 # 1 · the image ------------------------------------------------------------------------------------------------------
 st.header("1 · The image")
-source = st.radio("Image from", ["a set of the experiment", "an upload"], horizontal=True, key=SOURCE_KEY)
+arrived = follow.incoming("walk")
+if arrived is not None:
+    _open_arrived(arrived, experiment.specs)
+_restore(SOURCE_KEY, "a set of the experiment")
+source = st.radio(
+    "Image from",
+    ["a set of the experiment", "an upload"],
+    horizontal=True,
+    key=SOURCE_KEY,
+    on_change=_keep,
+    args=(SOURCE_KEY,),
+)
 sets = experiment.specs
 if st.session_state.get(SET_KEY) not in sets:  # another model's experiment was loaded since
     st.session_state.pop(SET_KEY, None)
@@ -87,12 +124,24 @@ if source == "a set of the experiment":
         st.stop()
     features, image = feature_set.features[int(rows[0])], _set_image(spec, index)
     image_name = f"{experiment.name_of(spec)} #{index}"
+    follow.shown("walk", explorer.ImageRef.of_set(spec, index))
 else:
-    upload = st.file_uploader("One image (PNG, JPEG, WebP, BMP, TIFF, GIF)", type=list(explorer.UPLOAD_TYPES))
-    if upload is None:
+    upload = st.file_uploader(
+        "One image (PNG, JPEG, WebP, BMP, TIFF, GIF)",
+        type=list(explorer.UPLOAD_TYPES),
+        key=UPLOADER_KEY,
+        on_change=_upload_changed,
+    )
+    store = follow.upload_store()
+    if upload is not None:
+        _KEPT[UPLOAD_KEPT] = store.put(upload.name, upload.getvalue())
+    kept = store.get(_KEPT.get(UPLOAD_KEPT, ""))
+    if kept is None:
         st.info("Upload an image to trace it, or switch back to a set of the experiment.")
         st.stop()
-    files = [(upload.name, upload.getvalue())]
+    if upload is None:  # Streamlit empties the uploader when another page is opened: the file is kept
+        st.caption(f"Tracing **{kept[0]}**, uploaded before in this session; upload another file to replace it.")
+    files = [kept]
     batch = shared.prepared_uploads(
         detector.backbone,
         detector.backbone_weights(),
@@ -102,9 +151,10 @@ else:
         detector.feature_options,
     )
     if not batch.names:
-        st.error(f"**{upload.name}** cannot be traced: {batch.errors[0][1]}")
+        st.error(f"**{kept[0]}** cannot be traced: {batch.errors[0][1]}")
         st.stop()
-    features, image, image_name = batch.features[0], batch.images[0], upload.name
+    features, image, image_name = batch.features[0], batch.images[0], kept[0]
+    follow.shown("walk", explorer.ImageRef.of_upload(_KEPT[UPLOAD_KEPT]))
 
 size_px = detector.input_size
 columns = st.columns([1, 1, 3])

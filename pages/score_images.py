@@ -4,19 +4,46 @@ layer profile: where each stage's reconstruction falls among ID images)."""
 import streamlit as st
 
 from dlsr_core import explorer
-from pages import figures, shared, widgets
+from pages import figures, follow, shared, widgets
 
 SOURCE_KEY = "score_source"  # "uploads" | "samples": the latest action wins
 UPLOADER_KEY = "score_file_uploader"
+KEPT_KEY = "score_kept_uploads"  # digests of the files last uploaded here (in follow.upload_store)
+SET_REFS_KEY = "score_set_refs"  # digest -> token of the set image a sample or an opened image is
+CHOSEN_KEY = "score_chosen"  # what the non-upload images are: "samples" | "opened"
 
 
 def _uploads_changed() -> None:
     st.session_state[SOURCE_KEY] = "uploads"
+    if not st.session_state.get(UPLOADER_KEY):  # the user removed every file: forget the kept ones too
+        st.session_state[KEPT_KEY] = []
+
+
+def _open_arrived(ref: explorer.ImageRef) -> None:
+    """Show the image a link brought (from How DLSR works, a failure case, a map selection, Compare models)."""
+    if ref.is_upload:
+        stored = follow.upload_store().get(ref.digest)
+        if stored is None:
+            st.warning(follow.missing_upload_message(ref))
+            return
+        files = [stored]
+    else:
+        try:
+            files = [(ref.label(experiment.names), explorer.set_image_png(ref))]
+        except (ValueError, OSError) as error:  # DatasetError is a ValueError
+            st.warning(f"The linked image cannot be opened here: {error}")
+            return
+        st.session_state.setdefault(SET_REFS_KEY, {})[follow.upload_store().put(*files[0])] = ref.token
+    st.session_state[shared.UPLOADS_KEY] = files
+    st.session_state[SOURCE_KEY], st.session_state[CHOSEN_KEY] = "samples", "opened"
 
 
 st.title("Score images")
 detector, run_dir = shared.detector_or_stop()
 experiment = shared.current_experiment(detector, run_dir).experiment
+arrived = follow.incoming("score")
+if arrived is not None:
+    _open_arrived(arrived)
 timestep, steps, score = widgets.sampling_controls(detector)
 draws = widgets.current_draws()
 
@@ -27,33 +54,49 @@ uploaded = st.file_uploader(
     key=UPLOADER_KEY,
     on_change=_uploads_changed,
 )
+store = follow.upload_store()
+kept_before = False
+if uploaded:
+    uploads = [(file.name, file.getvalue()) for file in uploaded]
+    st.session_state[KEPT_KEY] = store.put_all(uploads)
+else:  # Streamlit empties the uploader when another page is opened: the files are kept in the session
+    uploads = [store.get(digest) for digest in st.session_state.get(KEPT_KEY, []) if digest in store]
+    kept_before = bool(uploads)
 buttons = st.columns([1, 1, 2])
 if buttons[0].button("Use sample images", help="Two images from each set of the model's experiment (ID and OOD)"):
     # Tests seed (name, bytes) pairs under UPLOADS_KEY the same way: AppTest-driven runs need no browser upload.
-    st.session_state[shared.UPLOADS_KEY] = explorer.sample_uploads(experiment.names)
-    st.session_state[SOURCE_KEY] = "samples"
+    sampled = explorer.sample_files(experiment.names)
+    st.session_state[shared.UPLOADS_KEY] = [(name, data) for name, data, _ in sampled]
+    st.session_state[SET_REFS_KEY] = {store.put(name, data): ref.token for name, data, ref in sampled}
+    st.session_state[SOURCE_KEY], st.session_state[CHOSEN_KEY] = "samples", "samples"
 samples = list(st.session_state.get(shared.UPLOADS_KEY, []))
-source = st.session_state.get(SOURCE_KEY) or ("uploads" if uploaded else "samples")
-if source == "samples" and uploaded and buttons[1].button("Show my uploads"):
+source = st.session_state.get(SOURCE_KEY) or ("uploads" if uploads else "samples")
+if source == "samples" and uploads and buttons[1].button("Show my uploads"):
     source = st.session_state[SOURCE_KEY] = "uploads"
-if source == "uploads" and not uploaded:
+if source == "uploads" and not uploads:
     source = "samples"
 if source == "samples" and not samples:
     source = "uploads"
-if samples and source == "samples" and buttons[1].button("Clear sample images"):
+opened = st.session_state.get(CHOSEN_KEY) == "opened"
+if samples and source == "samples" and buttons[1].button("Clear opened image" if opened else "Clear sample images"):
     del st.session_state[shared.UPLOADS_KEY]
     samples, source = [], "uploads"
 
-files = [(file.name, file.getvalue()) for file in uploaded or []] if source == "uploads" else samples
+files = uploads if source == "uploads" else samples
 if not files:
     st.info("Upload one or more images, or press **Use sample images**.")
     st.stop()
 if source == "uploads":
-    shown = f"Showing your {len(files)} uploaded file(s)."
+    shown = f"Showing your {len(files)} uploaded file(s)" + (
+        " (kept from before in this session; upload new files to replace them)." if kept_before else "."
+    )
     hidden = "" if samples else " Press **Use sample images** to score sample images of the experiment's sets instead."
+elif opened:
+    shown = f"Showing the image opened from another page: {files[0][0]}."
+    hidden = " Your uploaded files are kept: press **Show my uploads** to score them again." if uploads else ""
 else:
     shown = f"Showing {len(files)} sample images (two from each set of the experiment, ID and OOD)."
-    hidden = " Your uploaded files are kept: press **Show my uploads** to score them again." if uploaded else ""
+    hidden = " Your uploaded files are kept: press **Show my uploads** to score them again." if uploads else ""
 st.caption(shown + hidden)
 
 all_id_features = shared.features_or_stop(detector, experiment.id_set.spec, experiment.id_set.name)
@@ -113,6 +156,11 @@ st.plotly_chart(
 )
 
 per_row = 3
+digest_of = dict(digests)  # file name -> content digest (the store holds every file shown here)
+set_refs = st.session_state.get(SET_REFS_KEY, {}) if source == "samples" else {}
+for (name, data), (_, digest) in zip(files, digests, strict=True):
+    if digest not in store:  # the links below find every file shown here
+        store.put(name, data)
 for start in range(0, len(results), per_row):
     columns = st.columns(per_row)
     chunk = zip(columns, results[start : start + per_row], batch.images[start : start + per_row], strict=False)
@@ -129,4 +177,9 @@ for start in range(0, len(results), per_row):
             note = explorer.verdict_note(result.profile, result.verdict)
             if note:
                 st.caption(note)
+            digest = digest_of[result.name]
+            token = set_refs.get(digest)
+            follow.links(
+                explorer.ImageRef.from_token(token) if token else explorer.ImageRef.of_upload(digest), score=False
+            )
 st.session_state["score_results"] = results

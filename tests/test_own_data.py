@@ -180,7 +180,7 @@ def test_failure_cases_use_the_folders_class_names(own_data, monkeypatch):
     monkeypatch.setenv("DLSR_RUN_DIR", str(own_data["run"]))
     monkeypatch.setenv("DLSR_CACHE_DIR", str(own_data["cache"]))
     app = open_page("pages/failure_cases.py")
-    errors = app.dataframe[2].value
+    errors = app.dataframe[1].value
     id_rows = errors[errors["kind"] == "ID flagged as OOD"]
     assert len(id_rows) > 0 and set(id_rows["class"]) <= set(CLASSES)
     ood_rows = errors[errors["kind"] == "OOD accepted as ID"]
@@ -206,7 +206,7 @@ def test_unlabelled_id_data_gets_clusters_instead_of_classes(own_data, monkeypat
     monkeypatch.setenv("DLSR_CACHE_DIR", str(own_data["cache"]))
     app = open_page("pages/failure_cases.py")
     assert "ID clusters (the ID set has no labels)" in texts(app)
-    errors = app.dataframe[2].value
+    errors = app.dataframe[1].value
     named = set(errors["class"].dropna()) | set(errors["nearest ID class"].dropna())
     assert named and all(re.fullmatch(r"ID cluster \d", name) for name in named)
 

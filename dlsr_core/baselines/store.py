@@ -30,7 +30,8 @@ import torch
 from torch import Tensor
 
 from dlsr_core.atomic import atomic_write_bytes, sha256_hex
-from dlsr_core.checkpoint import DIGEST_KEY, CheckpointError, checksum_path, content_digest, header_tensors
+from dlsr_core.checkpoint import DIGEST_KEY, CheckpointError, checksum_path, content_digest
+from dlsr_core.safetensors_header import header_tensors
 from dlsr_core.schema import SchemaError, from_json
 from dlsr_core.validation import TrainingData
 

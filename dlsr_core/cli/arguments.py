@@ -107,3 +107,21 @@ def resolve_feature_options(args, info=None) -> FeatureOptions:
         normalization=args.normalization,
         same_padding=args.same_padding,
     )
+
+
+# Options that only change what one process prints or writes for itself; every other option must be the same on every
+# torchrun rank.
+RANK_LOCAL_OPTIONS = frozenset({"quiet", "verbose", "skipped_csv"})
+
+
+def check_same_on_ranks(args) -> None:
+    """Under torchrun, refuse on every rank (ranks.RankMismatchError) a command line that differs between ranks, before
+    anything is extracted or trained; nothing happens on one process."""
+    from dlsr_core.ranks import check_same
+
+    given = {
+        ("--" + name.replace("_", "-") if name != "command" else name): repr(value)
+        for name, value in vars(args).items()
+        if name not in RANK_LOCAL_OPTIONS and name not in ("opened", "skipped_rows")
+    }
+    check_same(given, f"the {args.command} command")

@@ -49,8 +49,13 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     from dlsr_core.backbones import WeightsUnavailableError
     from dlsr_core.baselines import NotFittedError
     from dlsr_core.data import DatasetError, ExperimentError, ImageLoadError
+    from dlsr_core.ranks import RankFailedError, RankMismatchError
+    from dlsr_core.training import RunInUseError
 
     return (
+        RunInUseError,
+        RankMismatchError,
+        RankFailedError,
         CheckpointError,
         ExperimentError,
         ConfigError,

@@ -11,6 +11,7 @@ from dlsr_core.cli.arguments import (
     add_feature_options,
     add_feature_preset_options,
     add_preset_option,
+    check_same_on_ranks,
     resolve_feature_options,
 )
 from dlsr_core.cli.datasets import dataset_features, open_datasets
@@ -53,9 +54,10 @@ def run(args) -> None:
     """Run `extract` with the parsed command line."""
     from dlsr_core.training import distributed_context
 
+    rank, world_size, _ = distributed_context()  # under torchrun, every rank extracts its share of each set
+    check_same_on_ranks(args)
     info = _model_defaults(args)
     open_datasets(args, args.dataset)
-    rank, world_size, _ = distributed_context()  # under torchrun, every rank extracts its share of each set
     options = resolve_feature_options(args, info)
     for dataset in args.dataset:
         features = dataset_features(args, dataset, args.backbone, args.weights, args.input_size, options=options)

@@ -16,7 +16,18 @@ from dlsr_core.cli.datasets import dataset_features, open_datasets
 from dlsr_core.cli.sampling import add_sampling_options, check_timestep, load_detector
 from dlsr_core.diffusion import ConfigError
 
-EXPERIMENT_ID_SET = ""  # `--explain` without a value: the checkpoint experiment's ID evaluation set
+# `--explain` without a value: the checkpoint experiment's ID evaluation set. A NUL cannot be typed in an argument, so
+# no value given on a command line is ever taken for it (an empty one is refused by _explain_set).
+EXPERIMENT_ID_SET = "\0experiment"
+
+
+def _explain_set(text: str) -> str:
+    if text != EXPERIMENT_ID_SET and not text.strip():
+        raise argparse.ArgumentTypeError(
+            "an empty ID set name; give a dataset (e.g. --explain demo:fashion_mnist_test), or --explain alone for "
+            "the ID evaluation set of the checkpoint's experiment"
+        )
+    return text
 
 
 def add_parser(commands: argparse._SubParsersAction) -> None:
@@ -30,6 +41,7 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
         "--explain",
         nargs="?",
         const=EXPERIMENT_ID_SET,
+        type=_explain_set,
         default=None,
         metavar="ID_SET",
         help="add each image's layer profile: pct_stageN = %% of ID reference images (ID_SET, at most 5,000 of them; "

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from tqdm import tqdm
@@ -16,6 +16,7 @@ from dlsr_core.cli.arguments import (
     add_feature_preset_options,
     add_preset_option,
     add_scoring_preset_options,
+    check_same_on_ranks,
     resolve_feature_options,
 )
 from dlsr_core.cli.datasets import dataset_features, open_datasets
@@ -28,7 +29,15 @@ from dlsr_core.cli.experiment import (
     write_experiment,
 )
 from dlsr_core.diffusion import LFDNConfig
-from dlsr_core.presets import DEFAULT_PRESET, get_preset, with_overrides
+from dlsr_core.presets import (
+    DEFAULT_PRESET,
+    ArchitectureOptions,
+    FeatureOptions,
+    ScoringOptions,
+    TrainingOptions,
+    get_preset,
+    with_overrides,
+)
 
 
 def add_parser(commands: argparse._SubParsersAction) -> None:
@@ -90,20 +99,26 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
     add_scoring_preset_options(train)
 
 
-def _check_resume_early(args, epochs: int) -> bool:
-    """Before extracting: refuse a bad resume.pt, and say so when the run already has the epochs asked for."""
+def _check_resume_early(args, plan: _Plan) -> bool:
+    """Before extracting: refuse a bad resume.pt or settings the run cannot change, and say so when the run already
+    has the epochs asked for (returns True then)."""
     from dlsr_core.checkpoint import LAST_NAME
-    from dlsr_core.training import RESUME_NAME, read_resume_state
+    from dlsr_core.training import RESUME_NAME, check_fixed_settings, read_resume_state
 
     out = Path(args.out)
     if args.restart:
         return False
     if (out / RESUME_NAME).exists():
         saved = read_resume_state(out / RESUME_NAME)
-        if saved.epoch >= epochs:
+        model_config = _model_config(args, plan.architecture, saved.model_config.feature_dim)
+        model_fields = {key: value for key, value in asdict(model_config).items() if key != "feature_dim"}
+        provenance = asdict(_provenance(args, plan, stage_dims=()))
+        del provenance["stage_dims"]  # known once the features are extracted; train() checks it then
+        check_fixed_settings(saved, model_fields, _train_config(args, plan.training), provenance)
+        if saved.epoch >= plan.training.epochs:
             print(
-                f"nothing to do: {out} has already trained {saved.epoch} epochs (asked for {epochs}); pass a "
-                "larger --epochs to continue it, or --restart to train a new model from scratch"
+                f"nothing to do: {out} has already trained {saved.epoch} epochs (asked for {plan.training.epochs}); "
+                "pass a larger --epochs to continue it, or --restart to train a new model from scratch"
             )
             return True
     elif (out / LAST_NAME).exists():
@@ -114,28 +129,61 @@ def _check_resume_early(args, epochs: int) -> bool:
     return False
 
 
+@dataclass(frozen=True)
+class _Plan:
+    """The run's settings from the preset and the explicit flags."""
+
+    preset: str
+    feature_options: FeatureOptions
+    architecture: ArchitectureOptions
+    scoring: ScoringOptions
+    training: TrainingOptions
+
+
+def _plan(args) -> _Plan:
+    preset = get_preset(args.preset or DEFAULT_PRESET)
+    return _Plan(
+        preset.name,
+        resolve_feature_options(args),
+        with_overrides(preset.architecture, input_activation=args.input_activation, time_mlp_width=args.time_mlp_width),
+        with_overrides(preset.scoring, sampler=args.sampler, mfsim_stages=args.mfsim_stages),
+        with_overrides(
+            preset.training,
+            epochs=args.epochs,
+            batch_size=args.train_batch_size,
+            learning_rate=args.lr,
+            weight_decay=args.weight_decay,
+            ema_decay=args.ema_decay,
+            amp=args.amp,
+            drop_last=args.drop_last,
+        ),
+    )
+
+
 def run(args) -> None:
-    """Run `train` with the parsed command line."""
+    """Run `train` with the parsed command line: every torchrun rank must have been given the same one, and the
+    run folder is locked against a second `train` (rank 0 holds the lock for all ranks)."""
+    from dlsr_core.training import distributed_context, run_lock
+
+    distributed_context()
+    check_same_on_ranks(args)
+    with run_lock(args.out):
+        _run_locked(args)
+
+
+def _run_locked(args) -> None:
+    from dlsr_core.ranks import check_same, one_line, raise_together
     from dlsr_core.training import distributed_context, train
 
     rank, world_size, _ = distributed_context()
-    preset = get_preset(args.preset or DEFAULT_PRESET)
-    feature_options = resolve_feature_options(args)
-    architecture = with_overrides(
-        preset.architecture, input_activation=args.input_activation, time_mlp_width=args.time_mlp_width
-    )
-    scoring = with_overrides(preset.scoring, sampler=args.sampler, mfsim_stages=args.mfsim_stages)
-    training = with_overrides(
-        preset.training,
-        epochs=args.epochs,
-        batch_size=args.train_batch_size,
-        learning_rate=args.lr,
-        weight_decay=args.weight_decay,
-        ema_decay=args.ema_decay,
-        amp=args.amp,
-        drop_last=args.drop_last,
-    )
-    nothing_to_do = _check_resume_early(args, training.epochs)
+    plan = _plan(args)
+    error, nothing_to_do = None, False
+    try:
+        nothing_to_do = _check_resume_early(args, plan)
+    except CheckpointError as caught:
+        error = caught
+    raise_together(error, one_line(error))
+    check_same({"nothing to do": str(nothing_to_do)}, f"{args.out} (--out must be one folder that every rank reads)")
     record = rank == 0 and wants_experiment(args)  # named sets are recorded even when no epoch is left to train
     if nothing_to_do and not record:
         return
@@ -148,11 +196,10 @@ def run(args) -> None:
         return
     # Memory-mapped: the training set need not fit in RAM, and torchrun ranks share one copy in the page cache.
     features = dataset_features(
-        args, args.dataset, args.backbone, args.weights, args.input_size, options=feature_options, memory_map=True
+        args, args.dataset, args.backbone, args.weights, args.input_size, options=plan.feature_options, memory_map=True
     )
-    model_config, train_config, provenance = _run_configs(
-        args, preset.name, architecture, training, feature_options, features
-    )
+    model_config = _model_config(args, plan.architecture, features.features.shape[1])
+    train_config = _train_config(args, plan.training)
     on_step, on_epoch, close_progress = _progress(args, rank, world_size, train_config, len(features))
     if experiment is not None:  # written with the first saved checkpoint: a run that fails before has no new file
         on_epoch = with_experiment(args, experiment, on_epoch)
@@ -162,16 +209,19 @@ def run(args) -> None:
             args.out,
             model_config,
             train_config,
-            provenance,
+            _provenance(args, plan, features.stage_dims),
             resume=not args.restart,
             on_step=on_step,
             on_epoch=on_epoch,
-            scoring=scoring,
+            scoring=plan.scoring,
         )
     finally:
         close_progress()
-    if rank != 0:
-        return
+    if rank == 0:
+        _report(args, plan, result, train_config, len(features), experiment)
+
+
+def _report(args, plan: _Plan, result, train_config, rows: int, experiment) -> None:
     if result.nothing_to_do:
         print(
             f"nothing to do: {result.run_dir} has already trained {result.epochs_done} epochs (asked for "
@@ -179,46 +229,49 @@ def run(args) -> None:
         )
         return
     print(
-        f"trained {result.epochs_done}/{train_config.epochs} epochs on {len(features)} vectors "
-        f"(preset {preset.name}), final loss {result.last_loss:.5f}; checkpoints in {result.run_dir}"
+        f"trained {result.epochs_done}/{train_config.epochs} epochs on {rows} vectors "
+        f"(preset {plan.preset}), final loss {result.last_loss:.5f}; checkpoints in {result.run_dir}"
     )
     if experiment is not None:
         report_experiment(args, experiment)
 
 
-def _run_configs(args, preset_name: str, architecture, training, feature_options, features):
-    """(LFDNConfig, TrainConfig, Provenance) of the run: the preset's with the explicit flags applied."""
-    from dlsr_core.cache import weights_identity
+def _model_config(args, architecture: ArchitectureOptions, feature_dim: int) -> LFDNConfig:
     from dlsr_core.presets import time_embed_width
-    from dlsr_core.training import Provenance, TrainConfig
 
-    feature_dim = features.features.shape[1]
-    model_config = LFDNConfig(
+    return LFDNConfig(
         feature_dim=feature_dim,
         width=args.width,
         depth=args.depth,
         input_activation=architecture.input_activation,
         time_embed_width=time_embed_width(architecture.time_mlp_width, args.width, feature_dim),
     )
-    train_config = TrainConfig(
-        **asdict(training),
-        checkpoint_every=args.checkpoint_every,
-        seed=args.seed,
-        half_precision_checkpoints=args.half,
+
+
+def _train_config(args, training: TrainingOptions):
+    from dlsr_core.training import TrainConfig
+
+    return TrainConfig(
+        **asdict(training), checkpoint_every=args.checkpoint_every, seed=args.seed, half_precision_checkpoints=args.half
     )
+
+
+def _provenance(args, plan: _Plan, stage_dims: tuple[int, ...]):
+    from dlsr_core.cache import weights_identity
+    from dlsr_core.training import Provenance
+
     weights = (
         args.weights if args.weights in ("pretrained", "random") else weights_identity(args.backbone, args.weights)
     )
-    provenance = Provenance(
+    return Provenance(
         args.backbone,
         weights,
         args.input_size,
-        features.stage_dims,
+        stage_dims,
         args.dataset,
-        preset=preset_name,
-        **asdict(feature_options),
+        preset=plan.preset,
+        **asdict(plan.feature_options),
     )
-    return model_config, train_config, provenance
 
 
 def _progress(args, rank: int, world_size: int, train_config, rows: int):

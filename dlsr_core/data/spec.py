@@ -15,7 +15,7 @@ _BUILTIN_SOURCES = ("digits", "letters", "textures", "shapes")
 _SPLIT_SOURCES = {"fashion_mnist": ("train", "test", "fit", "val")}
 _CLASSES_PREFIX = "classes="
 _SOURCE_ALIASES = {"fashion-mnist": "fashion_mnist", "fmnist": "fashion_mnist"}
-_NAME_RE = re.compile(r"^[A-Za-z0-9_.-]+$")
+_NAME_RE = re.compile(r"[A-Za-z0-9_.-]+")  # always fullmatch: `$` also matches before a final "\n"
 _SPEC_HELP = (
     "expected one of: fashion_mnist:train|test|fit|val[:classes=0,2-4], digits, letters, textures, shapes, "
     "demo:<name>[:classes=...], torchvision:<Class>[:<split>], folder:<path>, optionally followed by "
@@ -92,7 +92,7 @@ def parse_dataset(text: str) -> DatasetSpec:
         return DatasetSpec(source, split=split, shifts=shift_tuple, classes=classes)
     if source == "demo":
         name, _, selection = arg.partition(":")
-        if not _NAME_RE.match(name.strip()):
+        if not _NAME_RE.fullmatch(name.strip()):
             raise DatasetError(f"{text!r}: use demo:<name>, one of {list_demo_sets() or '(none found)'}")
         classes = _parse_classes(selection.strip(), text) if selection.strip() else None
         return DatasetSpec("demo", name=name.strip(), shifts=shift_tuple, classes=classes)

@@ -43,6 +43,7 @@ from dlsr_core.explorer.epochs import (
     epoch_checkpoints,
     epoch_scores,
     keep_snapshot,
+    snapshot_files,
     training_effect,
 )
 from dlsr_core.explorer.experiments import (
@@ -74,6 +75,7 @@ from dlsr_core.explorer.explanation import (
     StageName,
     StageReference,
     explanation_columns,
+    image_profiles,
     layer_profiles,
     profile_arrays,
     profile_draws,
@@ -92,6 +94,8 @@ from dlsr_core.explorer.failures import (
     SetData,
     analyse_errors,
     failure_csv,
+    filter_cases,
+    id_class_of,
     id_clusters,
     image_statistics,
     image_statistics_of,
@@ -103,6 +107,14 @@ from dlsr_core.explorer.feature_vs_pixel import (
     load_pixel_model,
     pixel_model_path,
     pixel_reference_images,
+)
+from dlsr_core.explorer.map_selection import (
+    MapTrace,
+    SelectedImage,
+    map_traces,
+    selected_images,
+    selected_rows,
+    selection_csv,
 )
 from dlsr_core.explorer.maps import DEFAULT_PER_SET as DEFAULT_MAP_PER_SET
 from dlsr_core.explorer.maps import (
@@ -116,7 +128,19 @@ from dlsr_core.explorer.maps import (
     share_among_id,
 )
 from dlsr_core.explorer.markup import PROFILE_COLOURS, profile_html
+from dlsr_core.explorer.model_pairs import (
+    Disagreement,
+    ModelChoice,
+    ModelPair,
+    aligned_rows,
+    compare_models,
+    model_choices,
+    pair_csv,
+)
 from dlsr_core.explorer.once import ComputedOnce
+from dlsr_core.explorer.paging import PageWindow, page_window
+from dlsr_core.explorer.references import QUERY_KEY as IMAGE_QUERY_KEY
+from dlsr_core.explorer.references import ImageRef, UploadStore, image_files, set_image_png
 from dlsr_core.explorer.runs import (
     ModelSummary,
     available_scores,
@@ -177,13 +201,36 @@ from dlsr_core.explorer.uploads import (
     embed_images,
     encode_png,
     prepare_uploads,
-    sample_uploads,
+    sample_files,
     score_uploads,
-    thumbnail_uri,
 )
 from dlsr_core.explorer.walkthrough import Trace, noised_features, trace_image
 
 __all__ = [
+    "IMAGE_QUERY_KEY",
+    "Disagreement",
+    "ImageRef",
+    "MapTrace",
+    "ModelChoice",
+    "ModelPair",
+    "PageWindow",
+    "SelectedImage",
+    "UploadStore",
+    "aligned_rows",
+    "compare_models",
+    "filter_cases",
+    "id_class_of",
+    "image_files",
+    "image_profiles",
+    "map_traces",
+    "model_choices",
+    "page_window",
+    "pair_csv",
+    "selected_images",
+    "selected_rows",
+    "selection_csv",
+    "set_image_png",
+    "snapshot_files",
     "ANALYSED_ROWS",
     "BAND_PERCENT",
     "ComputedOnce",
@@ -304,7 +351,7 @@ __all__ = [
     "reference_subset",
     "reset_edits",
     "run_fingerprint",
-    "sample_uploads",
+    "sample_files",
     "save_edit",
     "save_projection",
     "score_arrays",
@@ -325,7 +372,6 @@ __all__ = [
     "sweep",
     "sweep_summary",
     "templates",
-    "thumbnail_uri",
     "training_effect",
     "trace_image",
     "verdict",

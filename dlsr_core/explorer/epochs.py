@@ -74,13 +74,23 @@ def epoch_checkpoints(detector: Detector) -> list[EpochCheckpoint]:
     if detector.early is not None:
         early = detector.early
         found.setdefault(early.info.epoch, EpochCheckpoint(early.info.epoch, early.path, f"epoch {early.info.epoch}"))
-    folder = final.path.parent / SNAPSHOT_DIR
-    if folder.is_dir():
-        for path in folder.iterdir():
-            match = _SNAPSHOT_NAME.fullmatch(path.name)
-            if match and int(match.group(1)) < final.info.epoch:
-                found.setdefault(int(match.group(1)), EpochCheckpoint(int(match.group(1)), path, f"epoch {match[1]}"))
+    for epoch, path in snapshot_files(final.path.parent):
+        if epoch < final.info.epoch:
+            found.setdefault(epoch, EpochCheckpoint(epoch, path, f"epoch {epoch}"))
     return [found[epoch] for epoch in sorted(found)]
+
+
+def snapshot_files(run_dir: str | Path) -> list[tuple[int, Path]]:
+    """(epoch, file) of the snapshots a run kept in its epochs/ folder, oldest first (none for most runs)."""
+    folder = Path(run_dir) / SNAPSHOT_DIR
+    if not folder.is_dir():
+        return []
+    found = []
+    for path in folder.iterdir():
+        match = _SNAPSHOT_NAME.fullmatch(path.name)
+        if match:
+            found.append((int(match.group(1)), path))
+    return sorted(found)
 
 
 def detector_at(detector: Detector, checkpoint: EpochCheckpoint) -> Detector:

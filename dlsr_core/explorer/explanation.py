@@ -271,6 +271,24 @@ def layer_profiles(reference: StageReference, values: np.ndarray) -> list[LayerP
     return profiles
 
 
+def image_profiles(
+    detector: Detector,
+    features: Tensor,
+    reference: Mapping[str, np.ndarray],
+    score: str,
+    timestep: int,
+    steps: int | None = DEFAULT_STEPS,
+    draws: int = DEFAULT_DRAWS,
+    seed: int = 0,
+) -> list[LayerProfile]:
+    """Layer profiles of images' features (M, D) under `score`, against `reference` (score_matrix of the ID reference
+    features at the same setting): what Score images, the feature map's selection and the CLI show for an image."""
+    names = stage_names(detector.backbone, tuple(detector.stage_dims))
+    stages = stage_reference(stage_values(reference, score), score, names)
+    profiled = profile_arrays(detector, features, score, timestep, steps, draws, seed)
+    return layer_profiles(stages, stage_values(profiled, score))
+
+
 def _share_of_id(percent: float, size: int) -> str:
     """'99.7 % of ID images', or 'all 2,000 ID images' when beyond every one of them."""
     return f"all {size:,} ID images" if percent >= 100.0 else f"{percent_text(percent)} % of ID images"

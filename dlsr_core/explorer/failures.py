@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import csv
 import io
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, replace
 
 import numpy as np
@@ -340,6 +340,29 @@ def _category_counts(
                 )
             )
     return counts
+
+
+def id_class_of(case: FailureCase) -> str | None:
+    """The ID class an error is about: its own class (an ID image flagged) or the class it resembles (an OOD image
+    accepted, the nearest ID class in feature space); None without ID labels."""
+    return case.true_class if case.kind == ID_KIND else case.nearest_class
+
+
+def filter_cases(
+    cases: Sequence[FailureCase],
+    sets: Collection[str] | None = None,
+    categories: Collection[str] | None = None,
+    classes: Collection[str] | None = None,
+) -> list[FailureCase]:
+    """The cases of `sets` that carry at least one of `categories` and are about one of the ID `classes`
+    (id_class_of), in their order; None leaves that filter out."""
+    return [
+        case
+        for case in cases
+        if (sets is None or case.dataset in sets)
+        and (categories is None or any(category in categories for category in case.categories))
+        and (classes is None or id_class_of(case) in classes)
+    ]
 
 
 def failure_csv(

@@ -204,63 +204,72 @@ class TrainingJob:
             save_experiment(path, request.experiment, user_data_dir())
 
     def _run(self) -> None:
+        from dlsr_core.training import RunInUseError, run_lock
+
+        request = self.request
+        try:
+            with run_lock(request.run_dir, "the app's Train page"):  # before anything in the run folder is touched
+                self._train_locked()
+        except _StopRequested:
+            self._update(phase="stopped", message="stopped during feature extraction; nothing was trained or cached")
+        except RunInUseError as error:  # another run (the CLI, another browser tab) trains into this folder
+            self._update(phase="failed", message=gui_message(str(error)))
+        except Exception as error:  # shown in the page; the last saved checkpoint stays usable
+            self._update(phase="failed", message=gui_message(f"{type(error).__name__}: {error}"))
+            traceback.print_exc()
+
+    def _train_locked(self) -> None:
         from dlsr_core.cache import cached_features
         from dlsr_core.diffusion import LFDNConfig
         from dlsr_core.training import Provenance, TrainConfig, train
 
         request = self.request
-        try:
-            if not request.resume:
-                clear_snapshots(request.run_dir)
-            self._update(phase="extracting", message=f"extracting features of {request.dataset}")
-            features = cached_features(
-                request.dataset,
-                request.backbone,
-                weights=request.weights,
-                input_size=request.input_size,
-                cache_dir=request.cache_dir,
-                data_root=request.data_root,
-                download=request.download,
-                progress=self._extraction_progress,
-            )
-            if len(features) == 0:
-                raise ValueError(f"{request.dataset} has no readable images ({features.skipped} skipped)")
-            steps = -(-len(features) // request.batch_size)
-            self._update(
-                phase="training",
-                steps_per_epoch=steps,
-                message=f"training on {len(features)} feature vectors ({features.skipped} unreadable skipped)",
-            )
+        if not request.resume:
+            clear_snapshots(request.run_dir)
+        self._update(phase="extracting", message=f"extracting features of {request.dataset}")
+        features = cached_features(
+            request.dataset,
+            request.backbone,
+            weights=request.weights,
+            input_size=request.input_size,
+            cache_dir=request.cache_dir,
+            data_root=request.data_root,
+            download=request.download,
+            progress=self._extraction_progress,
+        )
+        if len(features) == 0:
+            raise ValueError(f"{request.dataset} has no readable images ({features.skipped} skipped)")
+        steps = -(-len(features) // request.batch_size)
+        self._update(
+            phase="training",
+            steps_per_epoch=steps,
+            message=f"training on {len(features)} feature vectors ({features.skipped} unreadable skipped)",
+        )
 
-            def on_step(epoch: int, step: int, loss: float) -> None:
-                with self._lock:
-                    self._state.epoch, self._state.step = epoch, step
-                    self._state.losses.append(loss)
+        def on_step(epoch: int, step: int, loss: float) -> None:
+            with self._lock:
+                self._state.epoch, self._state.step = epoch, step
+                self._state.losses.append(loss)
 
-            def on_epoch(report) -> None:
-                if report.checkpoint_saved and not self._state.checkpoints:
-                    self._write_experiment()  # with the first checkpoint: a failed run leaves no new file
-                if report.checkpoint_saved and request.keep_epochs:
-                    keep_snapshot(request.run_dir, report.epoch)
-                with self._lock:
-                    self._state.epoch_losses.append(report.loss)
-                    self._state.checkpoints += int(report.checkpoint_saved)
+        def on_epoch(report) -> None:
+            if report.checkpoint_saved and not self._state.checkpoints:
+                self._write_experiment()  # with the first checkpoint: a failed run leaves no new file
+            if report.checkpoint_saved and request.keep_epochs:
+                keep_snapshot(request.run_dir, report.epoch)
+            with self._lock:
+                self._state.epoch_losses.append(report.loss)
+                self._state.checkpoints += int(report.checkpoint_saved)
 
-            result = train(
-                features.features,
-                request.run_dir,
-                LFDNConfig(feature_dim=features.features.shape[1], width=request.width, depth=request.depth),
-                TrainConfig(epochs=request.epochs, batch_size=request.batch_size, learning_rate=request.learning_rate),
-                Provenance(request.backbone, request.weights, request.input_size, features.stage_dims, request.dataset),
-                resume=request.resume,
-                on_step=on_step,
-                on_epoch=on_epoch,
-                should_stop=self._stop.is_set,
-            )
-            phase = "stopped" if result.stopped_early else "finished"
-            self._update(phase=phase, message=end_message(result, self.snapshot(), request.epochs))
-        except _StopRequested:
-            self._update(phase="stopped", message="stopped during feature extraction; nothing was trained or cached")
-        except Exception as error:  # shown in the page; the last saved checkpoint stays usable
-            self._update(phase="failed", message=gui_message(f"{type(error).__name__}: {error}"))
-            traceback.print_exc()
+        result = train(
+            features.features,
+            request.run_dir,
+            LFDNConfig(feature_dim=features.features.shape[1], width=request.width, depth=request.depth),
+            TrainConfig(epochs=request.epochs, batch_size=request.batch_size, learning_rate=request.learning_rate),
+            Provenance(request.backbone, request.weights, request.input_size, features.stage_dims, request.dataset),
+            resume=request.resume,
+            on_step=on_step,
+            on_epoch=on_epoch,
+            should_stop=self._stop.is_set,
+        )
+        phase = "stopped" if result.stopped_early else "finished"
+        self._update(phase=phase, message=end_message(result, self.snapshot(), request.epochs))

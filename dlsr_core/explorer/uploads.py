@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import base64
 import hashlib
 import io
 from collections.abc import Mapping, Sequence
@@ -14,14 +13,8 @@ from PIL import Image
 from torch import Tensor
 
 from dlsr_core.checkpoint import CheckpointError
-from dlsr_core.explorer.explanation import (
-    LayerProfile,
-    layer_profiles,
-    profile_arrays,
-    stage_names,
-    stage_reference,
-    stage_values,
-)
+from dlsr_core.explorer.explanation import LayerProfile, image_profiles
+from dlsr_core.explorer.references import ImageRef
 from dlsr_core.explorer.scores import id_threshold95, percent_below, score_matrix, verdict
 from dlsr_core.scoring import DEFAULT_DRAWS, DEFAULT_STEPS, Detector
 
@@ -174,10 +167,7 @@ def score_uploads(
     id_scores = np.asarray(reference[score], dtype=np.float64)
     threshold = id_threshold95(id_scores)
     id_percents = percent_below(id_scores, scores[score])
-    names_of_stages = stage_names(detector.backbone, tuple(detector.stage_dims))
-    stages = stage_reference(stage_values(reference, score), score, names_of_stages)
-    profiled = profile_arrays(detector, features, score, timestep, steps, draws, seed)
-    profiles = layer_profiles(stages, stage_values(profiled, score))
+    profiles = image_profiles(detector, features, reference, score, timestep, steps, draws, seed)
     results = []
     for row, name in enumerate(names):
         value = float(scores[score][row])
@@ -202,17 +192,10 @@ def encode_png(image: Image.Image) -> bytes:
     return buffer.getvalue()
 
 
-def thumbnail_uri(image: Image.Image, size: int = 56) -> str:
-    """A data: URI of a small PNG thumbnail, for hover labels in HTML."""
-    thumb = image.copy()
-    thumb.thumbnail((size, size))
-    return "data:image/png;base64," + base64.b64encode(encode_png(thumb)).decode()
-
-
-def sample_uploads(sets: Mapping[str, str], per_set: int = 2, seed: int = 0) -> list[tuple[str, bytes]]:
+def sample_files(sets: Mapping[str, str], per_set: int = 2, seed: int = 0) -> list[tuple[str, bytes, ImageRef]]:
     """A few images of each set (`sets`: spec -> display name; the experiment's ID and OOD sets) as in-memory PNG
-    "uploads", for a demo without files at hand. Sets that cannot be opened here, and unreadable images, are left
-    out."""
+    "uploads" (name, bytes, the set image it is), for a demo without files at hand. Sets that cannot be opened
+    here, and unreadable images, are left out."""
     from dlsr_core.data import DatasetError, open_dataset
 
     rng = np.random.default_rng(seed)
@@ -226,7 +209,7 @@ def sample_uploads(sets: Mapping[str, str], per_set: int = 2, seed: int = 0) -> 
         for index in rng.choice(len(dataset), size=min(per_set, len(dataset)), replace=False):
             image = dataset[int(index)]
             if image is not None:
-                files.append((f"{label}_{int(index)}.png", encode_png(image)))
+                files.append((f"{label}_{int(index)}.png", encode_png(image), ImageRef.of_set(spec, int(index))))
     return files
 
 

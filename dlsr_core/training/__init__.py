@@ -15,31 +15,36 @@ trains with bounded resident memory.
 
 Layout (a loop that reads top to bottom over named steps): ``loop`` holds ``train()``; ``batches`` the feature
 statistics and each epoch's batches, ``step`` the loss and optimiser update, ``ema`` the averaged weights, ``guard``
-the divergence rule, ``checkpointing`` what a finished epoch saves, ``resume`` the resume file, ``distributed`` the
-DDP helpers, ``config`` the settings and reports.
+the divergence rule, ``checkpointing`` what a finished epoch saves, ``resume`` the resume file, ``locking`` the lock
+that keeps a second run out of a run folder, ``distributed`` the DDP helpers, ``config`` the settings and reports.
 """
 
 from dlsr_core.training.batches import feature_statistics, steps_per_rank_epoch
 from dlsr_core.training.config import EpochReport, Provenance, TrainConfig, TrainResult
 from dlsr_core.training.distributed import distributed_context
 from dlsr_core.training.guard import DIVERGENCE_FACTOR, DIVERGENCE_WINDOW, TrainingDivergedError
+from dlsr_core.training.locking import LOCK_NAME, RunInUseError, run_lock
 from dlsr_core.training.loop import train
-from dlsr_core.training.resume import RESUME_KEYS, RESUME_NAME, ResumeState, read_resume_state
+from dlsr_core.training.resume import RESUME_KEYS, RESUME_NAME, ResumeState, check_fixed_settings, read_resume_state
 
 __all__ = [
     "DIVERGENCE_FACTOR",
     "DIVERGENCE_WINDOW",
+    "LOCK_NAME",
     "RESUME_KEYS",
     "RESUME_NAME",
     "EpochReport",
     "Provenance",
     "ResumeState",
+    "RunInUseError",
     "TrainConfig",
     "TrainResult",
     "TrainingDivergedError",
+    "check_fixed_settings",
     "distributed_context",
     "feature_statistics",
     "read_resume_state",
+    "run_lock",
     "steps_per_rank_epoch",
     "train",
 ]

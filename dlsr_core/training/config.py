@@ -9,6 +9,7 @@ from pathlib import Path
 from torch import Tensor
 
 from dlsr_core.diffusion import ConfigError, LFDNConfig
+from dlsr_core.features import stage_dims_problem
 
 
 @dataclass(frozen=True)
@@ -79,6 +80,9 @@ def validate(features: Tensor, model_config: LFDNConfig, train_config: TrainConf
             f"feature size mismatch: features {features.shape[1]}-d, model {model_config.feature_dim}-d, "
             f"stages {provenance.stage_dims}"
         )
+    problem = stage_dims_problem(provenance.backbone, provenance.stage_dims, model_config.feature_dim)
+    if problem:  # checkpoints recording it could not be loaded, or would split MFsim's stages wrongly
+        raise ConfigError(f"the training features' {problem}")
     if train_config.epochs < 1 or train_config.batch_size < 1 or train_config.checkpoint_every < 1:
         raise ConfigError(f"epochs, batch_size and checkpoint_every must be positive: {train_config}")
     if not 0.0 <= train_config.ema_decay < 1.0:

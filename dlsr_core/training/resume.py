@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import logging
 import pickle
+import zipfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -18,6 +19,7 @@ from dlsr_core.schema import SchemaError, from_json
 from dlsr_core.training.config import Provenance, TrainConfig
 
 RESUME_NAME = "resume.pt"
+_TORCH_PICKLE_PROTOCOL = 2  # what torch.save writes, so every resume file; torch.load warns about any other
 logger = logging.getLogger("dlsr_core.training")
 
 # Settings a resumed run may change (they only steer the rest of the run) and those it must keep; the CLI options
@@ -25,7 +27,13 @@ logger = logging.getLogger("dlsr_core.training")
 _RESUMABLE_CHANGES = ("epochs", "learning_rate", "weight_decay", "ema_decay", "checkpoint_every", "amp")
 # drop_last changes the steps per epoch, so a run keeps it.
 _FIXED_SETTINGS = {"batch_size": "--train-batch-size", "seed": "--seed", "drop_last": "--drop-last"}
-_FIXED_ARCHITECTURE = {"feature_dim": "the feature size", "width": "--width", "depth": "--depth"}
+_FIXED_ARCHITECTURE = {
+    "feature_dim": "the feature size",
+    "width": "--width",
+    "depth": "--depth",
+    "input_activation": "--input-activation",
+    "time_embed_width": "--time-mlp-width",
+}
 _FIXED_PROVENANCE = {
     "backbone": "--backbone",
     "weights": "--weights",
@@ -64,12 +72,34 @@ def _resume_error(path: Path, reason: str) -> CheckpointError:
     )
 
 
+def _pickle_protocol(path: Path) -> int | None:
+    """The protocol its first pickle declares (of data.pkl in a zip archive), read without unpickling; None when it
+    declares none or the file is not readable as either format (torch.load then says what is wrong)."""
+    with path.open("rb") as stream:
+        head = stream.read(4)
+        if head == b"PK\x03\x04":
+            try:
+                with zipfile.ZipFile(stream) as archive:
+                    pickles = [name for name in archive.namelist() if name.rpartition("/")[2] == "data.pkl"]
+                    if not pickles:
+                        return None
+                    with archive.open(pickles[0]) as member:
+                        head = member.read(2)
+            except (zipfile.BadZipFile, zipfile.LargeZipFile, NotImplementedError, EOFError, ValueError):
+                return None
+    return head[1] if len(head) >= 2 and head[0] == pickle.PROTO[0] else None
+
+
 def read_resume_state(path: str | Path) -> ResumeState:
     """Read and check `resume.pt` (never executes code: weights_only); raises CheckpointError saying what is wrong."""
     path = Path(path)
     try:
         if path.stat().st_size == 0:
             raise _resume_error(path, "the file is empty (0 bytes)")
+        protocol = _pickle_protocol(path)
+        if protocol is not None and protocol != _TORCH_PICKLE_PROTOCOL:  # torch.load would warn before refusing it
+            reason = f"it is pickled with protocol {protocol}, which no resume file is written with (refused unread)"
+            raise _resume_error(path, reason)
         state = torch.load(path, map_location="cpu", weights_only=True)
     except CheckpointError:
         raise
@@ -145,30 +175,7 @@ def _resume_into(
 ) -> tuple[int, int]:
     """Load a checked resume file into the model, EMA and optimizer; returns (epoch, global step)."""
     saved = read_resume_state(path)
-    refused = [
-        f"{option} ({getattr(model_config, key)} now, {getattr(saved.model_config, key)} in the run)"
-        for key, option in _FIXED_ARCHITECTURE.items()
-        if getattr(model_config, key) != getattr(saved.model_config, key)
-    ]
-    if saved.model_config != model_config and not refused:
-        refused.append(f"the model configuration ({model_config} now, {saved.model_config} in the run)")
-    refused += [
-        f"{option} ({getattr(train_config, key)} now, {getattr(saved.train_config, key)} in the run)"
-        for key, option in _FIXED_SETTINGS.items()
-        if getattr(train_config, key) != getattr(saved.train_config, key)
-    ]
-    if saved.provenance is not None:
-        now, then = asdict(provenance), asdict(saved.provenance)
-        refused += [
-            f"{option} ({now[key]} now, {then[key]} in the run)"
-            for key, option in _FIXED_PROVENANCE.items()
-            if key in now and key in then and now[key] != then[key]
-        ]
-    if refused:
-        raise CheckpointError(
-            f"{path.parent} was trained with other settings that cannot change on resume: {'; '.join(refused)}. "
-            "Use the run's settings, another --out folder, or --restart"
-        )
+    check_fixed_settings(saved, asdict(model_config), train_config, asdict(provenance))
     raw = saved.raw
     try:
         model.load_state_dict({k: v.to(device) for k, v in raw["model"].items()})
@@ -187,6 +194,43 @@ def _resume_into(
     if changes:
         logger.info("resuming %s from epoch %d with %s", path.parent, saved.epoch, ", ".join(changes))
     return saved.epoch, saved.global_step
+
+
+def check_fixed_settings(
+    saved: ResumeState, model_fields: dict, train_config: TrainConfig, provenance_fields: dict
+) -> None:
+    """Raise CheckpointError naming each setting that differs from the run's in `saved` and cannot change on resume.
+
+    `model_fields` and `provenance_fields` (LFDNConfig / Provenance fields by name) may hold only some fields: before
+    the training features are extracted, their size and stage sizes are not known, and the others are checked early.
+    """
+    then = asdict(saved.model_config)
+    refused = [
+        f"{option} ({model_fields[key]} now, {then[key]} in the run)"
+        for key, option in _FIXED_ARCHITECTURE.items()
+        if key in model_fields and model_fields[key] != then[key]
+    ]
+    others = [key for key, value in model_fields.items() if key not in _FIXED_ARCHITECTURE and value != then.get(key)]
+    if others and not refused:
+        changes = ", ".join(f"{key} {model_fields[key]} now, {then.get(key)} in the run" for key in others)
+        refused.append(f"the model configuration ({changes})")
+    refused += [
+        f"{option} ({getattr(train_config, key)} now, {getattr(saved.train_config, key)} in the run)"
+        for key, option in _FIXED_SETTINGS.items()
+        if getattr(train_config, key) != getattr(saved.train_config, key)
+    ]
+    if saved.provenance is not None:
+        recorded = asdict(saved.provenance)
+        refused += [
+            f"{option} ({provenance_fields[key]} now, {recorded[key]} in the run)"
+            for key, option in _FIXED_PROVENANCE.items()
+            if key in provenance_fields and key in recorded and provenance_fields[key] != recorded[key]
+        ]
+    if refused:
+        raise CheckpointError(
+            f"{saved.path.parent} was trained with other settings that cannot change on resume: {'; '.join(refused)}. "
+            "Use the run's settings, another --out folder, or --restart"
+        )
 
 
 def save_resume_state(

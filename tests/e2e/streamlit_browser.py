@@ -18,6 +18,8 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
+from browser_follow import follow_first_image, lasso_on_map, wait_plot_title
+
 REPO = Path(__file__).resolve().parents[2]
 CHROMIUM = os.environ.get("DLSR_CHROMIUM", "/usr/bin/chromium")
 CHROMEDRIVER = os.environ.get("DLSR_CHROMEDRIVER", "/usr/bin/chromedriver")
@@ -44,7 +46,8 @@ class PageCheck:
     expect: str
     click: str | None = None
     timeout: float = 240.0
-    in_iframe: str | None = None  # text that must appear inside an embedded iframe (the hover-enabled map)
+    plot_title: str | None = None  # a Plotly chart title that proves the chart was drawn (the feature map)
+    shot_first: bool = False  # take the page's screenshot before its interactions (they leave the page)
     choose: tuple[tuple[str, str], ...] = ()  # (selectbox label, option) to pick before clicking
 
 
@@ -55,8 +58,9 @@ PAGES = (
     PageCheck("score", "Score images", "95%-TPR threshold", click="Use sample images"),
     PageCheck("how_dlsr_works", "How DLSR works", "AUROC, horizontal flip"),
     PageCheck("distributions", "Score distributions", "Metrics (percent)"),
-    PageCheck("feature_map", "Feature map (UMAP)", "UMAP of", in_iframe="UMAP (cosine)"),
+    PageCheck("feature_map", "Feature map (UMAP)", "UMAP of", plot_title="UMAP (cosine)", shot_first=True),
     PageCheck("failure_cases", "Failure cases", "OOD accepted as ID"),
+    PageCheck("compare_models", "Compare models", "AUROC on the same sets"),
     PageCheck("feature_vs_pixel", "Feature vs pixel", "Scores and their references"),
     # The default training set is the 60,000-image Fashion-MNIST training split; a demo set keeps the test short.
     PageCheck(
@@ -243,52 +247,6 @@ def _wait_text(driver, text: str, timeout: float) -> float:
     )
 
 
-def _wait_iframe_text(driver, text: str, timeout: float) -> float:
-    """Wait for `text` inside an iframe, then check the hover thumbnail there; returns when the text was seen
-    (time.perf_counter())."""
-    from selenium.webdriver.common.by import By
-
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        for frame in driver.find_elements(By.TAG_NAME, "iframe"):
-            driver.switch_to.frame(frame)
-            try:
-                if text in driver.find_element(By.TAG_NAME, "body").text:
-                    seen = time.perf_counter()
-                    _check_hover_thumbnail(driver)
-                    return seen
-            finally:
-                driver.switch_to.default_content()
-        time.sleep(0.2)
-    raise AssertionError(f"{text!r} did not appear inside an iframe within {timeout:.0f} s")
-
-
-def _check_hover_thumbnail(driver) -> None:
-    """Inside the map's iframe: moving the mouse onto the first point must show its thumbnail and score."""
-    from selenium.webdriver.common.action_chains import ActionChains
-    from selenium.webdriver.common.by import By
-
-    left, top, width, height = driver.execute_script(
-        """
-        const gd = document.getElementById('map'); const layout = gd._fullLayout;
-        const x = gd._fullData[0].x[0], y = gd._fullData[0].y[0];
-        return [layout._size.l + layout.xaxis.l2p(x), layout._size.t + layout.yaxis.l2p(y),
-                gd.clientWidth, gd.clientHeight];
-        """
-    )
-    plot = driver.find_element(By.ID, "map")  # Selenium offsets are from the element's centre
-    ActionChains(driver).move_to_element_with_offset(plot, int(left - width / 2), int(top - height / 2)).perform()
-    deadline = time.time() + 10
-    while time.time() < deadline:
-        source = driver.execute_script("const i = document.querySelector('#hover img'); return i && i.src;")
-        if source:
-            assert source.startswith("data:image/png;base64,"), source[:40]
-            assert "score" in driver.execute_script("return document.getElementById('hover').textContent;")
-            return
-        time.sleep(0.2)
-    raise AssertionError("hovering a point did not show its thumbnail")
-
-
 def _press_on_slider(
     driver, index: int, target: str, selector: str = "body", timeout: float = 120, key: str = "ARROW_RIGHT"
 ) -> float:
@@ -391,21 +349,25 @@ def _choose_radio(driver, option: str, expect: str, timeout: float = 120) -> flo
     return _watched_seconds(driver, expect, timeout)
 
 
-def _screenshot(driver, path: Path, scroll_to_radio: str | None = None) -> None:
+def _screenshot(driver, path: Path, scroll_to_radio: str | None = None, scroll_to_heading: str | None = None) -> None:
     """Save the visible window (mouse parked on the title, charts given a second to draw), scrolled so that the
-    radio group containing `scroll_to_radio` is at the top when given."""
+    radio group containing `scroll_to_radio`, or the heading holding `scroll_to_heading`, is at the top when given."""
     from selenium.webdriver.common.action_chains import ActionChains
     from selenium.webdriver.common.by import By
 
     ActionChains(driver).move_to_element(driver.find_element(By.TAG_NAME, "h1")).perform()
+    target = None
     if scroll_to_radio:
-        group = next(
+        target = next(
             r for r in driver.find_elements(By.CSS_SELECTOR, '[data-testid="stRadio"]') if scroll_to_radio in r.text
         )
-        driver.execute_script("arguments[0].scrollIntoView({block: 'start'});", group)
+    elif scroll_to_heading:
+        target = next(h for h in driver.find_elements(By.CSS_SELECTOR, "h2, h3") if scroll_to_heading in h.text)
+    if target is not None:
+        driver.execute_script("arguments[0].scrollIntoView({block: 'start'});", target)
     time.sleep(1.0)
     path.write_bytes(small_png(driver.get_screenshot_as_png()))
-    if scroll_to_radio:
+    if target is not None:
         driver.execute_script("document.querySelector('h1').scrollIntoView({block: 'start'});")
 
 
@@ -441,7 +403,19 @@ def _interactions(driver, page: PageCheck, timings: dict[str, float], extra_shot
             _watch_for(driver, f"hover: {score}", "body")
             _choose_option(driver, "Score", score)
             timings[name] = _watched_seconds(driver, f"hover: {score}", 120)
+        _wait_idle(driver, page.timeout)
+        wait_plot_title(driver, "UMAP (cosine)", 60)
+        timings["feature_map_lasso_selection"] = lasso_on_map(driver, page.timeout)
+        _wait_idle(driver, page.timeout)
+        _screenshot(driver, extra_shots / "feature_map_selection.png", scroll_to_heading="Selected images")
+        timings["follow_to_how_dlsr_works"] = follow_first_image(driver, page.timeout)
+    elif page.name == "failure_cases":
+        _screenshot(driver, extra_shots / "failure_cases_browse.png", scroll_to_heading="Browse the errors")
     elif page.name == "train":
+        # A timer tick already queued when the run ended may still arrive once on a loaded machine; let it land.
+        _wait_idle(driver, page.timeout)
+        time.sleep(2.0)
+        _wait_idle(driver, page.timeout)
         timings["train_page_reruns_in_5s_after_the_run"] = _count_reruns(driver, 5.0)
     elif page.name == "experiment":
         timings["experiment_zip_upload"] = _upload_zip_set(driver, page.timeout)
@@ -505,17 +479,27 @@ def _upload_duplicates(driver, timeout: float = 120) -> float:
         return time.perf_counter() - started
 
 
-def visit_all(server: StreamlitServer, screenshot_dir: Path, pages=PAGES) -> dict[str, float]:
-    """Load each page, press its button, wait for its text, check for exceptions, save a screenshot.
-
-    Returns seconds per page (until its text is shown and its script is idle, the map's hover check included);
-    'feature_map_iframe_shown' is when the map's UMAP was on screen (on a first visit with the default settings: the
-    stored projection); 'first_page_from_start' is the time from launching the server to a usable Home page; and the
-    timed interactions of `_interactions` (train_page_reruns_in_5s_after_the_run is a count, not seconds).
-    """
+def _page_screenshot(driver, page: PageCheck, screenshot_dir: Path) -> None:
+    """The page's screenshot, mouse parked on the title (no tooltip in the picture), charts given a second to draw;
+    an exception on the page fails the check."""
     from selenium.webdriver.common.action_chains import ActionChains
     from selenium.webdriver.common.by import By
 
+    ActionChains(driver).move_to_element(driver.find_element(By.TAG_NAME, "h1")).perform()
+    time.sleep(1.0)
+    if driver.find_elements(By.CSS_SELECTOR, '[data-testid="stException"]'):
+        raise AssertionError(f"{page.name}: exception on the page")
+    (screenshot_dir / f"{page.name}.png").write_bytes(small_png(driver.get_screenshot_as_png()))
+
+
+def visit_all(server: StreamlitServer, screenshot_dir: Path, pages=PAGES) -> dict[str, float]:
+    """Load each page, press its button, wait for its text, check for exceptions, save a screenshot.
+
+    Returns seconds per page (until its text is shown and its script is idle);
+    'feature_map_shown' is when the map's UMAP was on screen (on a first visit with the default settings: the
+    stored projection); 'first_page_from_start' is the time from launching the server to a usable Home page; and the
+    timed interactions of `_interactions` (train_page_reruns_in_5s_after_the_run is a count, not seconds).
+    """
     screenshot_dir.mkdir(parents=True, exist_ok=True)
     timings: dict[str, float] = {}
     with tempfile.TemporaryDirectory(prefix="dlsr-chrome-") as profile:
@@ -537,17 +521,15 @@ def visit_all(server: StreamlitServer, screenshot_dir: Path, pages=PAGES) -> dic
                 if page.name == "home":
                     timings["first_page_from_start"] = time.perf_counter() - server.started_at
                 _wait_idle(driver, page.timeout)
-                if page.in_iframe:
-                    timings[f"{page.name}_iframe_shown"] = _wait_iframe_text(driver, page.in_iframe, 60) - started
+                if page.plot_title:
+                    timings[f"{page.name}_shown"] = wait_plot_title(driver, page.plot_title, 60) - started
                 timings[page.name] = time.perf_counter() - started
+                if page.shot_first:
+                    _page_screenshot(driver, page, screenshot_dir)
                 _interactions(driver, page, timings, screenshot_dir)
                 _wait_idle(driver, page.timeout)
-                # Park the mouse on the title (no tooltip in the picture) and let charts finish drawing.
-                ActionChains(driver).move_to_element(driver.find_element(By.TAG_NAME, "h1")).perform()
-                time.sleep(1.0)
-                if driver.find_elements(By.CSS_SELECTOR, '[data-testid="stException"]'):
-                    raise AssertionError(f"{page.name}: exception on the page")
-                (screenshot_dir / f"{page.name}.png").write_bytes(small_png(driver.get_screenshot_as_png()))
+                if not page.shot_first:
+                    _page_screenshot(driver, page, screenshot_dir)
                 if page.name == "score":  # after the screenshot, which shows the sample images
                     timings["score_duplicate_upload"] = _upload_duplicates(driver)
                     _wait_idle(driver, page.timeout)

@@ -4,7 +4,8 @@
     python tests/e2e/take_screenshots.py --from-json docs/screenshots/timings.json   # only rewrite the README table
 
 Starts the app on a free port, visits every page in headless Chromium like a user (same session), times the first
-page and each interaction (a timestep change, a DDIM-steps change, a score change, the map's stored projection),
+page and each interaction (a timestep change, a DDIM-steps change, a score change, the map's stored projection, a lasso
+on the map and following a selected image to How DLSR works),
 prints the timings and writes them, with the machine and the date, to timings.json beside the screenshots, then
 puts them in README.md between the `timings:start` / `timings:end` markers. Timings taken while other jobs run are
 noisy: the JSON and the table record the load average at the start and the end.
@@ -37,9 +38,12 @@ TIMING_ROWS = (
     ("distributions_steps_back_cached", "Score distributions: back to 1 step (kept per setting)"),
     ("distributions_fig3_view", "Score distributions: open the Fig. 3 view (first-epoch model scores every set)"),
     ("distributions_fig4_sweep", "Score distributions: Fig. 4 sweep, 8 timesteps × 300 images per set"),
-    ("feature_map_iframe_shown", "Feature map: first visit until the UMAP is on screen (stored projection)"),
+    ("feature_map_shown", "Feature map: first visit until the UMAP is on screen (stored projection)"),
     ("feature_map_score_change", "Feature map: score MFsim → MSE (same positions, recoloured)"),
+    ("feature_map_lasso_selection", "Feature map: lasso a group of points until their images are listed"),
+    ("follow_to_how_dlsr_works", "Feature map → How DLSR works: follow a selected image's link"),
     ("failure_cases", "Failure cases: first visit"),
+    ("compare_models", "Compare models: first visit (the loaded model against its first epoch, every set)"),
     ("feature_vs_pixel", "Feature vs pixel: first visit (6 images through the pixel DDPM and DLSR)"),
     ("train_page_reruns_in_5s_after_the_run", "Train page: script reruns in 5 s after the run ended (count)"),
     ("experiment_zip_upload", "Experiment / data: upload a ZIP of 16 images as a set until it is in the set table"),

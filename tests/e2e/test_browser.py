@@ -34,7 +34,9 @@ def test_every_page_renders_in_a_real_browser(tmp_path):
         "score_timestep_change",
         "distributions_steps_change",
         "feature_map_score_change",
-        "feature_map_iframe_shown",
+        "feature_map_shown",
+        "feature_map_lasso_selection",  # a lasso drawn with the mouse lists the selected images
+        "follow_to_how_dlsr_works",  # their link opens How DLSR works on that image (checked there)
     )
     for name in measured:
         assert name in timings, f"{name} was not measured"

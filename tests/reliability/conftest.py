@@ -10,6 +10,10 @@ from __future__ import annotations
 
 import hashlib
 import shutil
+import signal
+import subprocess
+import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -187,3 +191,27 @@ def assert_loads(run: Path, epoch: int | None = None) -> None:
         assert last.info.epoch == epoch
     if (run / "first.safetensors").exists():
         load_checkpoint(run / "first.safetensors")
+
+
+class PausedProcess:
+    """`script` (Python) run in another process with the arguments target, ready, go: it creates `ready` when it has
+    reached the moment under test (a write not yet renamed, a lock taken) and waits there until `go` exists."""
+
+    def __init__(self, script: str, target: Path, scratch: Path) -> None:
+        self.ready, self.go = scratch / "paused.ready", scratch / "paused.go"
+        command = [sys.executable, "-c", script, str(target), str(self.ready), str(self.go)]
+        self.process = subprocess.Popen(command, cwd=REPO, stderr=subprocess.PIPE, text=True)
+        deadline = time.monotonic() + 120
+        while not self.ready.exists():
+            assert self.process.poll() is None and time.monotonic() < deadline, self.process.stderr.read()
+            time.sleep(0.01)
+
+    def kill(self) -> None:
+        """SIGKILL: it stops where it is, no clean-up runs."""
+        self.process.send_signal(signal.SIGKILL)
+        self.process.wait(timeout=60)
+
+    def finish(self) -> int:
+        """Let it go on; its exit code."""
+        self.go.write_text("")
+        return self.process.wait(timeout=60)

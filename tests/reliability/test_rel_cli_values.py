@@ -58,6 +58,9 @@ PARSE_CASES = [
     ("json-under-a-file", [*EVALUATE, "--json", "<file>/r.json"], "is a file, not a folder"),
     ("out-is-a-file", ["train", "-d", TRAIN_SET, "--out", "<file>"], "is a file; give a folder"),
     ("skipped-csv-is-a-folder", [*SCORE, "--skipped-csv", "<folder>"], "is a folder"),
+    ("explain-empty", [*SCORE, "--explain", ""], "argument --explain: an empty ID set name"),
+    ("explain-blank", [*SCORE, "--explain", "   "], "argument --explain: an empty ID set name"),
+    ("explain-equals-empty", [*SCORE, "--explain="], "argument --explain: an empty ID set name"),
     ("unknown-option", [*SCORE, "--frobnicate"], "unrecognized arguments: --frobnicate"),
     ("missing-required", ["train", "--out", "<folder>"], "the following arguments are required: --dataset"),
 ]

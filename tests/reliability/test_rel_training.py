@@ -4,14 +4,17 @@ from __future__ import annotations
 
 import io
 import pickle
+import subprocess
+import sys
 
 import pytest
 import torch
-from conftest import FEATURE_OPTIONS, TINY, TRAIN_SET, FakeExtractor, assert_clean_error, assert_loads
+from conftest import FEATURE_OPTIONS, REPO, TINY, TRAIN_SET, FakeExtractor, assert_clean_error, assert_loads
 
 from dlsr_core.cache import cached_features
 from dlsr_core.checkpoint import LAST_NAME, load_checkpoint
-from dlsr_core.training import RESUME_NAME
+from dlsr_core.diffusion import ConfigError, LFDNConfig
+from dlsr_core.training import RESUME_NAME, Provenance, TrainConfig, train
 
 
 def _resume_state(run):
@@ -113,6 +116,101 @@ def test_options_that_cannot_change_on_resume_are_refused_by_name(options, needl
     assert_clean_error(outcome, 2, needle)
     sandbox.assert_only_changed(before)
     assert_loads(run, epoch=2)
+
+
+@pytest.mark.parametrize(
+    "options,needle",
+    [
+        (["--std-eps", "1e-5"], "--std-eps (1e-05 now, 1e-06 in the run)"),
+        (["--pooling", "stride16-grid"], "--pooling (stride16-grid now, gap in the run)"),
+        (["--input-size", "64"], "--input-size (64 now, 32 in the run)"),
+        (["--resize", "bilinear"], "--resize (bilinear now, model in the run)"),
+        (["--input-activation", "silu"], "--input-activation (silu now, none in the run)"),
+        (["--time-mlp-width", "64"], "--time-mlp-width (64 now, 0 in the run)"),
+        (["--width", "32"], "--width (32 now, 16 in the run)"),
+        (["-d", "demo:digits"], "--dataset (demo:digits now, demo:fashion_mnist_rotated in the run)"),
+    ],
+    ids=["std-eps", "pooling", "input-size", "resize", "input-activation", "time-mlp-width", "width", "dataset"],
+)
+def test_fixed_settings_are_refused_before_any_extraction(options, needle, resumable, sandbox, cli, monkeypatch):
+    """The features of none of these are cached: extracting them first (minutes on a real set) would be wasted."""
+    run, _ = resumable
+
+    def never(*args, **kwargs):
+        raise AssertionError("a backbone was built: the refusal came after extraction started")
+
+    monkeypatch.setattr("dlsr_core.backbones.create_feature_extractor", never)
+    before = sandbox.snapshot()
+    outcome = _train(cli, sandbox, run, "--epochs", "3", "--cache-dir", sandbox.cache, *options)
+    assert_clean_error(outcome, 2, needle, "cannot change on resume")
+    sandbox.assert_only_changed(before)
+    assert_loads(run, epoch=2)
+
+
+def _pickled(protocol):
+    def write(run):
+        (run / RESUME_NAME).write_bytes(pickle.dumps({"epoch": 2, "model": {}}, protocol=protocol))
+
+    return write
+
+
+def _archived(protocol):
+    def write(run):
+        buffer = io.BytesIO()
+        torch.save(_resume_state(run), buffer, pickle_protocol=protocol)
+        (run / RESUME_NAME).write_bytes(buffer.getvalue())
+
+    return write
+
+
+@pytest.mark.parametrize(
+    "damage,protocol",
+    [(_pickled(3), 3), (_pickled(4), 4), (_pickled(5), 5), (_archived(4), 4), (_archived(5), 5)],
+    ids=["pickle-3", "pickle-4", "pickle-5", "torch-archive-4", "torch-archive-5"],
+)
+def test_resume_file_of_another_pickle_protocol_is_refused_without_a_warning(
+    damage, protocol, resumable, sandbox, cli, recwarn
+):
+    run, cache = resumable
+    damage(run)
+    before = sandbox.snapshot()
+    outcome = _train(cli, sandbox, run, "--epochs", "3", *cache)
+    assert_clean_error(outcome, 2, f"pickled with protocol {protocol}", str(run / RESUME_NAME), "--restart")
+    assert [str(warning.message) for warning in recwarn] == []  # torch.load never saw it
+    sandbox.assert_only_changed(before)
+    assert_loads(run, epoch=2)
+
+
+def test_the_issues_protocol_4_resume_file_prints_one_line(resumable, sandbox):
+    """As a user sees it (a separate process, real stderr): the error line and nothing before it."""
+    run, cache = resumable
+    _pickled(4)(run)
+    command = [sys.executable, "-m", "dlsr_core", "train", "-d", TRAIN_SET, "--out", run, *TINY, *FEATURE_OPTIONS]
+    result = subprocess.run([*map(str, command), "--quiet", *cache], cwd=REPO, capture_output=True, text=True)
+    assert result.returncode == 2 and result.stdout == ""
+    assert result.stderr.splitlines() == [result.stderr.strip()] and result.stderr.startswith("error: cannot resume")
+
+
+@pytest.mark.parametrize(
+    "stages,needle",
+    [((320, 112, 40, 24, 16), "are not those of efficientnet_lite0"), ((-16, 48, 40, 112, 328), ">= 1")],
+    ids=["permuted", "negative"],
+)
+def test_stage_sizes_that_are_not_the_backbones_are_refused_by_train(stages, needle, sandbox, seeded_cache):
+    """train() itself refuses them (not only the cache reader): a checkpoint recording them would mislead MFsim."""
+    features = cached_features(
+        TRAIN_SET, "efficientnet_lite0", weights="random", input_size=32, cache_dir=seeded_cache, cache_only=True
+    )
+    run = sandbox.runs / "permuted"
+    with pytest.raises(ConfigError, match=needle):
+        train(
+            features.features,
+            run,
+            LFDNConfig(feature_dim=512, width=16, depth=1),
+            TrainConfig(epochs=1),
+            Provenance("efficientnet_lite0", "random", 32, stages, TRAIN_SET),
+        )
+    assert not run.exists()
 
 
 @pytest.mark.parametrize("epochs", ["1", "2"])
