@@ -86,8 +86,15 @@ def training_data_matches(record: TrainingData | None, dataset: str, subset: str
     """Whether a baseline fitted on `record` belongs to a model trained on `subset` of `dataset`: the same dataset
     spec, and the same row rule or two rules that both keep every class. A part of the split named as a dataset
     (`fashion_mnist:fit`) is its rows of `fashion_mnist:train`. An unknown record matches nothing."""
-    if subset is None and dataset in SPLIT_NAMES:
-        dataset, subset = SPLIT_NAMES[dataset]
-    if record is None or record.dataset != dataset:
+    if record is None:
         return False
-    return record.subset == subset or (record.subset in CLASS_PRESERVING_SUBSETS and subset in CLASS_PRESERVING_SUBSETS)
+    dataset, subset = _as_rows(dataset, subset)
+    recorded, rule = _as_rows(record.dataset, record.subset)
+    if recorded != dataset:
+        return False
+    return rule == subset or (rule in CLASS_PRESERVING_SUBSETS and subset in CLASS_PRESERVING_SUBSETS)
+
+
+def _as_rows(dataset: str, subset: str | None) -> tuple[str, str | None]:
+    """(dataset, row rule) with a split part named as a dataset written as its rows of fashion_mnist:train."""
+    return SPLIT_NAMES[dataset] if subset is None and dataset in SPLIT_NAMES else (dataset, subset)

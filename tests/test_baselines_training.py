@@ -62,6 +62,7 @@ def test_training_data_match_keeps_class_restricted_subsets_apart():
     assert training_data_matches(fit, "fashion_mnist:fit")
     assert not training_data_matches(fit, "fashion_mnist:val")
     assert not training_data_matches(held_out_classes, "fashion_mnist:fit")
+    assert training_data_matches(TrainingData("fashion_mnist:fit"), "fashion_mnist:train", FIT_RULE)
 
 
 def toy_pixels(count: int, seed: int = 0) -> torch.Tensor:

@@ -47,7 +47,8 @@ def test_feature_jobs_run_one_at_a_time_report_progress_and_keep_errors():
 def test_the_set_table_says_what_each_set_holds(tmp_path):
     experiment = shipped.EXPERIMENT
     infos = {spec: explorer.describe_set(spec) for spec in experiment.specs}
-    infos["fashion_mnist:train"] = explorer.SetInfo("fashion_mnist:train", problem="not installed")
+    training = experiment.training_set
+    infos[training] = explorer.SetInfo(training, problem="not installed")
     rows = explorer.set_rows(experiment, infos, {"demo:digits": "cached"})
     assert [row["role"] for row in rows] == ["training", "ID evaluation", *["OOD (far)"] * 3, *["OOD (near)"] * 2]
     assert rows[0]["features"] == "unavailable: not installed"
@@ -99,7 +100,7 @@ def test_a_template_keeps_the_models_training_set_and_warns_when_it_differs():
     sets, warning = explorer.from_template(mine, path)
     assert warning is None and sets.training_set == "torchvision:CIFAR10:train" and len(sets.ood_sets) == 12
     sets, warning = explorer.from_template(shipped.EXPERIMENT, path)
-    assert sets.training_set == "fashion_mnist:train" and "may not be this model's in-distribution" in warning
+    assert sets.training_set == shipped.EXPERIMENT.training_set and "may not be this model's in-distribution" in warning
 
 
 def test_a_run_trained_on_the_train_page_gets_its_evaluation_sets():
