@@ -19,6 +19,8 @@ KNOWN_STAGE_DIMS: dict[str, tuple[int, ...]] = {
     "efficientnet_b4": (24, 32, 56, 160, 448),
     "resnet50": (256, 512, 1024),
     "efficientnet_lite0": (16, 24, 40, 112, 320),
+    "efficientnet_lite1": (16, 24, 40, 112, 320),
+    "efficientnet_lite2": (16, 24, 48, 120, 352),
 }
 MAX_STAGES = 64
 

@@ -33,6 +33,8 @@ def _default_training_set(experiment) -> str | None:
 offered = builtin_sets()
 default_set = _default_training_set(loaded) or offered[0]
 kind = default_set.partition(":")[0]  # the form opens on the loaded model's kind of training data
+if kind not in ("torchvision", "folder") and default_set not in offered:
+    offered.insert(0, default_set)  # e.g. a class selection such as fashion_mnist:fit:classes=0-3,5,7
 # Outside the form, so that choosing a source shows only that source's fields (a form reruns only on submit).
 source = st.radio(
     "ID dataset",

@@ -24,7 +24,7 @@ def official_run(tmp_path_factory):
         run,
         LFDNConfig(feature_dim=sum(DIMS), width=16, depth=1),
         TrainConfig(epochs=3, batch_size=32, learning_rate=1e-2),
-        Provenance("efficientnet_lite0", "pretrained", 64, DIMS, "fake", preset="official"),
+        Provenance("toy_backbone", "random", 64, DIMS, "fake", preset="official"),
     )
     return run
 

@@ -65,7 +65,8 @@ def test_a_changed_run_asks_in_gui_words_and_start_over_retrains(tmp_path):
 
 
 def test_default_training_set_is_not_the_evaluation_set_when_fashion_mnist_is_installed():
-    expected = "fashion_mnist:train" if explorer.dataset_available("fashion_mnist:train") else shipped.ID_SET
+    training = shipped.EXPERIMENT.training_set
+    expected = training if explorer.dataset_available(training) else shipped.ID_SET
     assert explorer.default_training_set(shipped.EXPERIMENT) == expected
     assert not explorer.dataset_available("folder:/no/such/folder")
 

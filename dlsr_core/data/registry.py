@@ -34,9 +34,10 @@ SOURCES: dict[str, Callable[[DatasetSpec, Path | None, bool], ImageDataset]] = {
 
 
 def builtin_sets() -> list[str]:
-    """Sets that need no path or download: the demo sets, Fashion-MNIST's training split (Debian package) and the
-    generated sources — what the Train page offers as "Built-in"."""
-    return [f"demo:{name}" for name in list_demo_sets()] + ["fashion_mnist:train", "digits", "letters", "textures"]
+    """Sets that need no path or download: the demo sets, Fashion-MNIST's training split and its fit part (Debian
+    package) and the generated sources — what the Train page offers as "Built-in"."""
+    generated = ["digits", "letters", "textures", "shapes"]
+    return [f"demo:{name}" for name in list_demo_sets()] + ["fashion_mnist:train", "fashion_mnist:fit", *generated]
 
 
 def open_dataset(

@@ -54,7 +54,13 @@ class StageName:
 
 # The stages (timm out_indices) each registered backbone keeps: backbones.BACKBONES[name].out_indices, written out
 # here because importing the backbones package imports timm (about 2 s); tests/test_explanation.py checks they agree.
-STAGE_LEVELS = {"efficientnet_b4": (0, 1, 2, 3, 4), "resnet50": (1, 2, 3), "efficientnet_lite0": (0, 1, 2, 3, 4)}
+STAGE_LEVELS = {
+    "efficientnet_b4": (0, 1, 2, 3, 4),
+    "resnet50": (1, 2, 3),
+    "efficientnet_lite0": (0, 1, 2, 3, 4),
+    "efficientnet_lite1": (0, 1, 2, 3, 4),
+    "efficientnet_lite2": (0, 1, 2, 3, 4),
+}
 
 
 def _feature_levels(backbone: str, count: int) -> tuple[int, ...]:
