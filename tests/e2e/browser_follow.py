@@ -7,6 +7,7 @@ import time
 from urllib.parse import parse_qs, urlparse
 
 MAP = '[data-testid="stPlotlyChart"] .js-plotly-plot'
+CARD_LINK = "Trace in How DLSR works"  # on every image card of the selection grid
 
 
 def wait_plot_title(driver, text: str, timeout: float) -> float:
@@ -25,7 +26,7 @@ def wait_plot_title(driver, text: str, timeout: float) -> float:
 
 def lasso_on_map(driver, timeout: float = 120, half: int = 45) -> float:
     """Drag a lasso (the map's default drag mode) around an ID point, as a user does with the mouse; returns
-    seconds until the page lists the selected images."""
+    seconds from the release of the mouse until the selected images' cards are on the page."""
     from selenium.webdriver.common.action_chains import ActionChains
     from selenium.webdriver.common.by import By
     from streamlit_browser import _watch_for, _watched_seconds
@@ -47,8 +48,14 @@ def lasso_on_map(driver, timeout: float = 120, half: int = 45) -> float:
         """,
         MAP,
     )
-    _watch_for(driver, "selected point(s)", "body")
-    chain = ActionChains(driver).move_to_element_with_offset(  # Selenium's offsets are from the element's centre
+    _watch_for(driver, CARD_LINK, "body")  # the cards come last: their links mean the grid is on screen
+    # The user waits from the release of the mouse, not while drawing: the timer restarts at the mouseup.
+    driver.execute_script(
+        "window.addEventListener('mouseup', () => { window.__dlsrChange.start = performance.now(); },"
+        " {once: true, capture: true});"
+    )
+    # Selenium's offsets are from the element's centre.
+    chain = ActionChains(driver, duration=50).move_to_element_with_offset(
         plot, int(left - width / 2 - half), int(top - height / 2 - half)
     )
     chain.click_and_hold()
@@ -56,7 +63,7 @@ def lasso_on_map(driver, timeout: float = 120, half: int = 45) -> float:
         for _ in range(4):  # several small moves: the lasso's path follows the mouse
             chain.move_by_offset(dx // 4, dy // 4)
     chain.release().perform()
-    return _watched_seconds(driver, "selected point(s)", timeout)
+    return _watched_seconds(driver, CARD_LINK, timeout)
 
 
 def follow_first_image(driver, timeout: float = 120) -> float:

@@ -40,7 +40,10 @@ TIMING_ROWS = (
     ("distributions_fig4_sweep", "Score distributions: Fig. 4 sweep, 8 timesteps × 300 images per set"),
     ("feature_map_shown", "Feature map: first visit until the UMAP is on screen (stored projection)"),
     ("feature_map_score_change", "Feature map: score MFsim → MSE (same positions, recoloured)"),
-    ("feature_map_lasso_selection", "Feature map: lasso a group of points until their images are listed"),
+    (
+        "feature_map_lasso_selection",
+        "Feature map: lasso a group of points, from the mouse's release until their image cards are shown",
+    ),
     ("follow_to_how_dlsr_works", "Feature map → How DLSR works: follow a selected image's link"),
     ("failure_cases", "Failure cases: first visit"),
     ("compare_models", "Compare models: first visit (the loaded model against its first epoch, every set)"),
