@@ -3,6 +3,7 @@ profiles, duplicates, markers and controls, settings that hold across pages, and
 
 import base64
 import json
+import time
 from pathlib import Path
 
 import numpy as np
@@ -183,8 +184,16 @@ def test_walkthrough_traces_an_image_and_the_timestep_visibly_moves_it(detector)
 
     # What counts as OOD? A vertical flip, scored like the core scores it.
     app.pills(key="walk_shift").set_value("vflip").run()
+    # A shift whose features are not cached yet is extracted in the background while the page shows progress and
+    # stops (keeping the previous comparison); the page is rerun until the new one is there, as the user sees it.
+    deadline = time.monotonic() + 240
+    while app.session_state["walkthrough_shift"].shift != "vflip" and time.monotonic() < deadline:
+        assert not app.exception
+        time.sleep(0.5)
+        app.run()
     assert not app.exception
     comparison = app.session_state["walkthrough_shift"]
+    assert comparison.shift == "vflip"
     rows = explorer.shift_rows(len(features))
     shifted = explorer.shifted_features(_extractor(detector), detector.input_size, shipped.ID_SET, rows, "vflip")
     core = explorer.compare_shift(detector, features[torch.as_tensor(rows)], shifted, "vflip", "mfsim", 30)
