@@ -20,10 +20,11 @@ import json
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from benchmarks.protocol import VALIDATION_ID, VALIDATION_OOD, choose
-from dlsr_core.baselines.pixel_ddpm import PixelDDPM, ReconstructionSetting, images_to_pixels
+from dlsr_core.baselines.pixel_ddpm import PixelDDPM, ReconstructionSetting
 from dlsr_core.baselines.store import DEFAULT_BASELINES_DIR
 
 CANDIDATES = (
@@ -39,14 +40,19 @@ RESULTS = Path("benchmarks/results")
 
 
 def set_pixels(name: str, count: int) -> torch.Tensor:
-    """Pixels (count, 1, 28, 28) in [-1, 1] of a validation set: every 5th row from its offset (see the docstring)."""
+    """Pixels (count, 1, 28, 28) in [-1, 1] of a validation set: the first `count` of the calibration set's grid
+    (every 5th validation image) shifted to the set's offset (see the docstring); other sets from their first row."""
+    from dlsr_core.baselines.images import dataset_images
+    from dlsr_core.baselines.train import PIXEL_HELD_OUT
     from dlsr_core.data import open_dataset
+    from dlsr_core.validation import evenly_spaced
 
-    dataset = open_dataset(name)
     offset = ROW_OFFSET.get(name)
-    rows = range(count) if offset is None else range(offset, len(dataset), 5)
-    images = [dataset[i] for i in list(rows)[:count]]
-    return images_to_pixels(images, 28, 1)
+    if offset is None:
+        rows = np.arange(count)
+    else:
+        rows = evenly_spaced(np.arange(len(open_dataset(name))), PIXEL_HELD_OUT, offset)[:count]
+    return dataset_images(name, rows, (1, 28))[0]
 
 
 def calibration_pixels() -> torch.Tensor:
