@@ -103,7 +103,7 @@ def _raise_terminated(signum, frame) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     """Run the CLI; returns the process exit code (see the module docstring)."""
-    from dlsr_core.training import TrainingDivergedError
+    from dlsr_core.training import TrainingDivergedError, end_process_group
 
     try:
         args = build_parser().parse_args(argv)
@@ -144,4 +144,5 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         if in_main_thread:
             signal.signal(signal.SIGTERM, previous_handler)
+        end_process_group()
     return 0

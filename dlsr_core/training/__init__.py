@@ -21,7 +21,7 @@ that keeps a second run out of a run folder, ``distributed`` the DDP helpers, ``
 
 from dlsr_core.training.batches import feature_statistics, steps_per_rank_epoch
 from dlsr_core.training.config import EpochReport, Provenance, TrainConfig, TrainResult
-from dlsr_core.training.distributed import distributed_context
+from dlsr_core.training.distributed import distributed_context, end_process_group
 from dlsr_core.training.guard import DIVERGENCE_FACTOR, DIVERGENCE_WINDOW, TrainingDivergedError
 from dlsr_core.training.locking import LOCK_NAME, RunInUseError, run_lock
 from dlsr_core.training.loop import train
@@ -42,6 +42,7 @@ __all__ = [
     "TrainingDivergedError",
     "check_fixed_settings",
     "distributed_context",
+    "end_process_group",
     "feature_statistics",
     "read_resume_state",
     "run_lock",

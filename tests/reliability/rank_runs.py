@@ -22,19 +22,31 @@ from conftest import REPO, Outcome
 HERE = Path(__file__).resolve().parent
 # Seconds a whole multi-process case may take (a few on a quiet machine); beyond it a rank is taken to be hanging.
 RANKS_TIMEOUT = 300
+# A rank's exit code when main() returned without destroying the process group: left to interpreter shutdown, gloo's
+# threads abort the process now and then (SIGABRT after the error line), so it is caught here on every run.
+LEFT_INITIALISED = 97
 RANK_SCRIPT = """
 import os, sys
 sys.path.insert(0, {here!r})
 rank = int(os.environ["RANK"])
 exec(sys.argv[1])
 from dlsr_core.cli import main
-sys.exit(main(sys.argv[2:]))
+code = main(sys.argv[2:])
+import torch.distributed
+if torch.distributed.is_initialized():
+    print("rank_runs: main() returned with the process group still initialised", file=sys.stderr)
+    code = {left_initialised}
+sys.exit(code)
 """
 FAKE_BACKBONE = (
     "import dlsr_core.backbones\n"
     "from conftest import FakeExtractor\n"
     "dlsr_core.backbones.create_feature_extractor = lambda *a, **k: FakeExtractor()\n"
 )
+
+
+def _rank_script() -> str:
+    return RANK_SCRIPT.format(here=str(HERE), left_initialised=LEFT_INITIALISED)
 
 
 def _free_port() -> int:
@@ -58,7 +70,7 @@ def run_ranks(
     Fails the test when a rank has not exited after RANKS_TIMEOUT seconds (a rank left waiting), killing them all.
     """
     port, world_size = _free_port(), len(argvs)
-    script = RANK_SCRIPT.format(here=str(HERE))
+    script = _rank_script()
     processes = []
     for rank, argv in enumerate(argvs):
         env = _environment((envs or [{}] * world_size)[rank])
@@ -86,7 +98,7 @@ def run_ranks(
 def run_torchrun(argv: list[str], setup: str = FAKE_BACKBONE, nproc: int = 2, cwd: Path = REPO) -> Outcome:
     """The same through `torchrun --standalone` (the launcher's own exit code, all ranks' output interleaved)."""
     script = cwd / "rank_main.py"
-    script.write_text(RANK_SCRIPT.format(here=str(HERE)))
+    script.write_text(_rank_script())
     launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}"]
     command = [*launcher, str(script), setup, *map(str, argv)]
     result = subprocess.run(command, cwd=cwd, env=_environment(), capture_output=True, text=True, timeout=RANKS_TIMEOUT)
