@@ -423,10 +423,10 @@ def _wait_for_idle_pages(longest: float = 30.0) -> None:
 def warm_up(detector: Detector, run_dir: Path) -> None:
     """Once per process, after the first page has rendered: load in a background thread, one step at a time and only
     while no page script runs, what the other pages need first — the experiment's features already on disk, the
-    backbone (timm), the sets' scores at the model's own setting and their image statistics, the training set's
-    identity (the stored k-NN and Mahalanobis scores are keyed by it), the comparison baselines (diffusers) — so
-    that their first visit does not wait for it. Nothing is extracted or fitted here, and a failure is left for the
-    page to report."""
+    backbone (timm), the sets' scores at the model's own setting and their image statistics, the first epoch's scores
+    (Compare models' default model B), the training set's identity (the stored k-NN and Mahalanobis scores are keyed
+    by it), the comparison baselines (diffusers) — so that their first visit does not wait for it. Nothing is
+    extracted or fitted here, and a failure is left for the page to report."""
     once = _once()
     store, lock = _feature_store()
     experiment = current_experiment(detector, run_dir).experiment  # read here: st.cache_* belongs to the page thread
@@ -447,6 +447,13 @@ def warm_up(detector: Detector, run_dir: Path) -> None:
             timestep, with_lr = detector.scoring.timestep, detector.has_early
             set_scores(detector, run_fingerprint, spec, features, timestep, DEFAULT_STEPS, with_lr, DEFAULT_DRAWS)
 
+    def first_epoch_scores(spec: str) -> None:  # Compare models opens with the first epoch as model B
+        features, first_epoch = store.get(_feature_key(detector, spec)), run_dir / "first.safetensors"
+        if features is not None and first_epoch.is_file():
+            early = once.get(("first epoch", run_fingerprint), lambda: Detector.load(first_epoch))
+            rows, timestep = explorer.reference_subset(features), detector.scoring.timestep
+            set_scores(early, fingerprint(first_epoch), spec, rows, timestep, DEFAULT_STEPS, False, DEFAULT_DRAWS)
+
     def statistics(spec: str) -> None:
         features = store.get(_feature_key(detector, spec))
         if features is not None:
@@ -464,6 +471,7 @@ def warm_up(detector: Detector, run_dir: Path) -> None:
             backbone,
             *(lambda spec=spec: default_scores(spec) for spec in experiment.specs),
             *(lambda spec=spec: statistics(spec) for spec in experiment.specs),  # what Failure cases measures
+            *(lambda spec=spec: first_epoch_scores(spec) for spec in experiment.specs),
             lambda: explorer.dataset_identity(experiment.training_set),
             lambda: once.get(explorer.baselines_key(), explorer.load_baselines),
         ]

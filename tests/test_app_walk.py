@@ -197,3 +197,23 @@ def test_after_home_the_next_pages_needs_are_loaded_in_the_background(detector, 
     monkeypatch.setattr(explorer, "score_matrix", lambda *a, **k: pytest.fail("recomputed"))
     app.switch_page("pages/distributions.py").run()
     assert not app.exception, [e.value for e in app.exception]
+
+
+def test_compare_models_opens_on_first_epoch_scores_the_background_computed(monkeypatch):
+    """Model B defaults to the loaded run's first epoch: warm_up scores every set with it, so the first visit to
+    Compare models computes no score."""
+    from dlsr_core.scoring import DEFAULT_DRAWS, DEFAULT_STEPS
+    from pages import shared
+
+    open_page()
+    once, run_dir = shared._once(), shared.current_run_dir()
+    first_epoch = shared.fingerprint(run_dir / "first.safetensors")
+    keys = [("scores", first_epoch, spec, 5, DEFAULT_STEPS, DEFAULT_DRAWS, False) for spec in shipped.EXPERIMENT.specs]
+    deadline = time.time() + 240
+    while not all(once.ready(key) for key in keys) and time.time() < deadline:
+        time.sleep(0.5)
+    assert [key[2] for key in keys if not once.ready(key)] == []
+    monkeypatch.setattr(explorer, "score_matrix", lambda *a, **k: pytest.fail("recomputed"))
+    app = open_page("pages/compare_models.py")
+    assert app.selectbox(key="compare_model_b").value == str(run_dir / "first.safetensors")
+    assert "AUROC on the same sets" in [header.value for header in app.subheader]
