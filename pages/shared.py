@@ -448,11 +448,11 @@ def warm_up(detector: Detector, run_dir: Path) -> None:
             set_scores(detector, run_fingerprint, spec, features, timestep, DEFAULT_STEPS, with_lr, DEFAULT_DRAWS)
 
     def first_epoch_scores(spec: str) -> None:  # Compare models opens with the first epoch as model B
-        features, first_epoch = store.get(_feature_key(detector, spec)), run_dir / "first.safetensors"
-        if features is not None and first_epoch.is_file():
-            early = once.get(("first epoch", run_fingerprint), lambda: Detector.load(first_epoch))
+        features, early = store.get(_feature_key(detector, spec)), detector.early  # the model LR uses, in memory
+        if features is not None and early is not None:
             rows, timestep = explorer.reference_subset(features), detector.scoring.timestep
-            set_scores(early, fingerprint(first_epoch), spec, rows, timestep, DEFAULT_STEPS, False, DEFAULT_DRAWS)
+            model, key = Detector(early), fingerprint(early.path)
+            set_scores(model, key, spec, rows, timestep, DEFAULT_STEPS, False, DEFAULT_DRAWS)
 
     def statistics(spec: str) -> None:
         features = store.get(_feature_key(detector, spec))

@@ -202,7 +202,7 @@ def test_after_home_the_next_pages_needs_are_loaded_in_the_background(detector, 
 def test_compare_models_opens_on_first_epoch_scores_the_background_computed(monkeypatch):
     """Model B defaults to the loaded run's first epoch: warm_up scores every set with it, so the first visit to
     Compare models computes no score."""
-    from dlsr_core.scoring import DEFAULT_DRAWS, DEFAULT_STEPS
+    from dlsr_core.scoring import DEFAULT_DRAWS, DEFAULT_STEPS, Detector
     from pages import shared
 
     open_page()
@@ -213,6 +213,12 @@ def test_compare_models_opens_on_first_epoch_scores_the_background_computed(monk
     while not all(once.ready(key) for key in keys) and time.time() < deadline:
         time.sleep(0.5)
     assert [key[2] for key in keys if not once.ready(key)] == []
+    # The same scores as the page's own model B (the first epoch's file, loaded on its own) would compute.
+    page_model_b = Detector.load(run_dir / "first.safetensors")
+    id_rows = explorer.reference_subset(explorer.cached_features_only(page_model_b, shipped.ID_SET))
+    expected = explorer.score_matrix(page_model_b, id_rows.features, 5, DEFAULT_STEPS, draws=DEFAULT_DRAWS)
+    id_key = next(key for key in keys if key[2] == shipped.ID_SET)
+    assert np.array_equal(once.get(id_key, dict)["mfsim"], expected["mfsim"])
     monkeypatch.setattr(explorer, "score_matrix", lambda *a, **k: pytest.fail("recomputed"))
     app = open_page("pages/compare_models.py")
     assert app.selectbox(key="compare_model_b").value == str(run_dir / "first.safetensors")
